@@ -1,0 +1,271 @@
+"""``genopt.feedback()``: KPI values and text critique for a run or an item.
+
+Feedback is validated here (a clear error for NaN/inf, empty KPI names, empty
+feedback, oversized comments, unknown runs) and then appended to the spool (or
+sent to the OTLP receiver), never written to the warehouse directly. Each
+feedback has an idempotency key: the same key for the same run is stored once.
+Inside a flow the default key is ``kpi|item_key|source``, stable across Prefect
+retries of the run; elsewhere a fresh key is drawn unless you pass one.
+
+Example:
+    >>> validate_kpi(" accuracy ")
+    'accuracy'
+    >>> validate_value(float("nan"))
+    Traceback (most recent call last):
+    ...
+    prefect_genopt.feedback.FeedbackError: feedback value must be a finite number, got nan
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+import uuid
+from typing import Any
+
+from prefect_genopt import spool
+from prefect_genopt.context import run_var
+from prefect_genopt.redaction import redact
+from prefect_genopt.settings import get_settings
+
+__all__ = [
+    "feedback",
+    "FeedbackError",
+    "UnknownRunError",
+    "build_record",
+    "validate_kpi",
+    "validate_value",
+    "feedback_id",
+    "deliver",
+]
+
+logger = logging.getLogger("prefect_genopt.feedback")
+MAX_KPI_CHARS = 200
+MAX_KEY_CHARS = 500
+
+
+class FeedbackError(ValueError):
+    """Feedback that cannot be recorded as given."""
+
+
+class UnknownRunError(FeedbackError):
+    """Feedback for a run that neither the warehouse nor the Prefect API knows."""
+
+
+def validate_kpi(kpi: Any) -> str:
+    """A KPI name: a non-empty string of at most 200 characters."""
+    if not isinstance(kpi, str) or not kpi.strip():
+        raise FeedbackError(f"KPI name must be a non-empty string, got {kpi!r}")
+    kpi = kpi.strip()
+    if len(kpi) > MAX_KPI_CHARS:
+        raise FeedbackError(f"KPI name is {len(kpi)} chars; the limit is {MAX_KPI_CHARS}")
+    return kpi
+
+
+def validate_value(value: Any) -> float | None:
+    """A KPI value: None (text-only feedback) or a finite number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise FeedbackError(f"feedback value must be a number, got {value!r}") from None
+    value = float(value)
+    if not math.isfinite(value):
+        raise FeedbackError(f"feedback value must be a finite number, got {value}")
+    return value
+
+
+def _validate_run_id(run_id: Any) -> str:
+    try:
+        return str(uuid.UUID(str(run_id)))
+    except ValueError:
+        raise FeedbackError(
+            f"run id {run_id!r} is not a Prefect flow-run id (a UUID, as in `runs.run_id`)"
+        ) from None
+
+
+def feedback_id(run_id: str, idempotency_key: str) -> str:
+    """The stored id of a feedback: one per (run, idempotency key)."""
+    return hashlib.sha256(f"{run_id}\0{idempotency_key}".encode()).hexdigest()[:32]
+
+
+def _prefect_knows(run_id: str) -> bool | None:
+    """True/False if the Prefect API answers, None if it cannot be reached."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_flow_run(uuid.UUID(run_id))
+        return True
+    except ObjectNotFound:
+        return False
+    except Exception as exc:  # noqa: BLE001 - any transport failure means "cannot tell"
+        logger.warning("cannot reach the Prefect API to check run %s: %s", run_id, exc)
+        return None
+
+
+def verify_run(run_id: str) -> bool:
+    """Check that a run exists: in the warehouse, else through the Prefect API.
+
+    Returns:
+        True when confirmed; False when it could not be checked (kept pending, unverified).
+
+    Raises:
+        UnknownRunError: The Prefect API says there is no such flow run.
+    """
+    from prefect_genopt.warehouse.access import run_exists
+
+    if run_exists(run_id):
+        return True
+    if not get_settings().check_runs_with_prefect:
+        return False
+    known = _prefect_knows(run_id)
+    if known is False:
+        raise UnknownRunError(
+            f"no flow run {run_id} in the warehouse or the Prefect API; feedback not recorded"
+        )
+    return bool(known)
+
+
+def build_record(
+    kpi: str,
+    value: float | None = None,
+    *,
+    comment: str | None = None,
+    run_id: str | None = None,
+    item_key: str | None = None,
+    source: str = "code",
+    idempotency_key: str | None = None,
+    verify: bool = True,
+) -> dict[str, Any]:
+    """Validate feedback and build its spool record (see :func:`feedback`)."""
+    kpi = validate_kpi(kpi)
+    value = validate_value(value)
+    settings = get_settings()
+    if comment is not None:
+        if not isinstance(comment, str):
+            raise FeedbackError(f"comment must be a string, got {type(comment).__name__}")
+        if len(comment) > settings.max_comment_chars:
+            raise FeedbackError(
+                f"comment is {len(comment)} chars; the limit is {settings.max_comment_chars} "
+                "(GENOPT_MAX_COMMENT_CHARS)"
+            )
+        comment = redact(comment)
+    if value is None and not comment:
+        raise FeedbackError("feedback needs a value, a comment, or both")
+    if not isinstance(source, str) or not source.strip():
+        raise FeedbackError("source must be a non-empty string")
+    if item_key is not None:
+        item_key = str(item_key)
+        if len(item_key) > MAX_KEY_CHARS:
+            raise FeedbackError(f"item_key is longer than {MAX_KEY_CHARS} chars")
+    if idempotency_key is not None:
+        idempotency_key = str(idempotency_key)
+        if not idempotency_key or len(idempotency_key) > MAX_KEY_CHARS:
+            raise FeedbackError(f"idempotency_key must be 1..{MAX_KEY_CHARS} chars")
+
+    rc = run_var.get()
+    in_current_run = False
+    if run_id is None:
+        if rc is None:
+            raise FeedbackError(
+                "feedback() outside a pipeline run needs run_id= (the Prefect flow-run id)"
+            )
+        run_id = rc.run_id
+        in_current_run = True
+    else:
+        run_id = _validate_run_id(run_id)
+        in_current_run = rc is not None and rc.run_id == run_id
+
+    if idempotency_key is None:
+        idempotency_key = f"{kpi}|{item_key or ''}|{source}" if in_current_run else uuid.uuid4().hex
+    verified = True if in_current_run else (verify_run(run_id) if verify else False)
+    return {
+        "k": "feedback",
+        "feedback_id": feedback_id(run_id, idempotency_key),
+        "run_id": run_id,
+        "kpi": kpi,
+        "value": value,
+        "comment": comment,
+        "item_key": item_key,
+        "source": source.strip(),
+        "idempotency_key": idempotency_key,
+        "created_ns": time.time_ns(),
+        "verified": verified,
+        "pipeline": rc.pipeline if in_current_run and rc else None,
+        "param_set_id": rc.param_set_id if in_current_run and rc else None,
+        "arm": rc.arm if in_current_run and rc else None,
+    }
+
+
+def deliver(record: dict[str, Any]) -> None:
+    """Send a record to the warehouse's spool (or to the OTLP receiver when configured)."""
+    settings = get_settings()
+    if settings.export_mode == "otlp" and settings.otlp_endpoint:
+        import httpx
+
+        url = settings.otlp_endpoint.rstrip("/") + "/v1/genopt/feedback"
+        try:
+            resp = httpx.post(url, json=record, timeout=10)
+            if resp.status_code < 300:
+                return
+            raise FeedbackError(f"receiver refused feedback: {resp.status_code} {resp.text}")
+        except httpx.HTTPError as exc:
+            logger.warning(
+                "feedback receiver %s unreachable (%s); kept in the local spool %s",
+                url,
+                exc,
+                settings.spool_dir,
+            )
+    spool.append([record], settings.spool_dir)
+
+
+def feedback(
+    kpi: str,
+    value: float | None = None,
+    *,
+    comment: str | None = None,
+    run_id: str | None = None,
+    item_key: str | None = None,
+    source: str = "code",
+    idempotency_key: str | None = None,
+) -> str:
+    """Attach a KPI value and/or text feedback to a run (or one item of it).
+
+    Args:
+        kpi: The KPI's name, e.g. ``"accuracy"`` or ``"csat"``.
+        value: A finite number, or None for text-only feedback.
+        comment: Natural-language critique (secrets are redacted).
+        run_id: The Prefect flow-run id; default: the pipeline run in progress.
+            A run the warehouse does not hold yet is checked against the Prefect
+            API (an unknown run raises :class:`UnknownRunError`) and the feedback
+            waits, pending, until the run arrives.
+        item_key: The work item the feedback is about.
+        source: Who gives it: ``"code"``, ``"human"``, ``"judge"``...
+        idempotency_key: The same key for the same run is stored once.
+
+    Returns:
+        The feedback id.
+
+    Example:
+        >>> feedback("accuracy", float("inf"), run_id="8d6e5f2a-1b7c-4c1e-9a55-0c8f4f2b9e10")
+        Traceback (most recent call last):
+        ...
+        prefect_genopt.feedback.FeedbackError: feedback value must be a finite number, got inf
+    """
+    record = build_record(
+        kpi,
+        value,
+        comment=comment,
+        run_id=run_id,
+        item_key=item_key,
+        source=source,
+        idempotency_key=idempotency_key,
+    )
+    deliver(record)
+    return str(record["feedback_id"])

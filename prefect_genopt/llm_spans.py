@@ -1,0 +1,219 @@
+"""LLM calls made through litellm become child spans with ``gen_ai.*`` attributes.
+
+litellm runs its success callbacks on a bounded background pool that drops work
+when full, after the calling task may have finished. genopt instead wraps
+``litellm.completion`` and ``litellm.acompletion`` so each call is a span
+opened and closed *in the calling thread*, as a child of the current task span:
+model, provider, input/output tokens (new and old GenAI convention names),
+cost in USD (``None`` when litellm does not know the price), latency, the
+messages and the answer (redacted and truncated at storage).
+
+The wrapping happens when litellm is imported (an import hook installed with
+:func:`install`), so ``from litellm import completion`` written after
+``import prefect_genopt`` is traced too. Calls bound before genopt was imported
+are not.
+
+Example:
+    >>> install()
+    >>> import litellm
+    >>> litellm.completion.__name__
+    'completion'
+    >>> is_instrumented(litellm)
+    True
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import importlib.abc
+import importlib.machinery
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from prefect_genopt.redaction import clean
+
+__all__ = ["install", "instrument", "is_instrumented"]
+
+_MARK = "__genopt_traced__"
+_inside: contextvars.ContextVar[bool] = contextvars.ContextVar("genopt_in_llm", default=False)
+_REQUEST_PARAMS = ("temperature", "max_tokens", "top_p", "seed", "response_format")
+
+
+def _model_and_provider(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str | None]:
+    model = str(kwargs.get("model") or (args[0] if args else "unknown"))
+    provider = kwargs.get("custom_llm_provider")
+    if provider is None and "/" in model:
+        provider = model.split("/", 1)[0]
+    return model, provider
+
+
+def _start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> trace.Span:
+    from prefect_genopt.tracing import tracer
+
+    model, provider = _model_and_provider(args, kwargs)
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": model,
+    }
+    if provider:
+        attrs["gen_ai.provider.name"] = provider
+        attrs["gen_ai.system"] = provider
+    messages = (
+        kwargs.get("messages") if "messages" in kwargs else (args[1] if len(args) > 1 else None)
+    )
+    if messages is not None:
+        attrs["gen_ai.prompt"] = clean(messages)
+    for p in _REQUEST_PARAMS:
+        v = kwargs.get(p)
+        if v is not None:
+            attrs[f"gen_ai.request.{p}"] = v if isinstance(v, int | float | str) else clean(v)
+    return tracer().start_span(f"chat {model}", kind=SpanKind.CLIENT, attributes=attrs)
+
+
+def _finish_ok(span: trace.Span, response: Any, started: float) -> None:
+    attrs: dict[str, Any] = {"gen_ai.client.latency_ms": (time.perf_counter() - started) * 1000}
+    usage = getattr(response, "usage", None)
+    if usage is not None:
+        pt = getattr(usage, "prompt_tokens", None)
+        ct = getattr(usage, "completion_tokens", None)
+        if pt is not None:
+            attrs["gen_ai.usage.input_tokens"] = int(pt)
+            attrs["gen_ai.usage.prompt_tokens"] = int(pt)
+        if ct is not None:
+            attrs["gen_ai.usage.output_tokens"] = int(ct)
+            attrs["gen_ai.usage.completion_tokens"] = int(ct)
+    model = getattr(response, "model", None)
+    if model:
+        attrs["gen_ai.response.model"] = str(model)
+    hidden = getattr(response, "_hidden_params", None) or {}
+    cost = hidden.get("response_cost")
+    if cost is not None:
+        attrs["gen_ai.usage.cost"] = float(cost)
+    provider = hidden.get("custom_llm_provider")
+    if provider:
+        attrs["gen_ai.provider.name"] = str(provider)
+        attrs["gen_ai.system"] = str(provider)
+    try:
+        choices = response.choices
+        attrs["gen_ai.completion"] = clean([c.message.content for c in choices])
+        attrs["gen_ai.response.finish_reasons"] = [str(c.finish_reason) for c in choices]
+    except (AttributeError, TypeError):
+        pass
+    span.set_attributes(attrs)
+    span.set_status(Status(StatusCode.OK))
+
+
+def _finish_error(span: trace.Span, exc: BaseException, started: float) -> None:
+    span.set_attribute("gen_ai.client.latency_ms", (time.perf_counter() - started) * 1000)
+    span.set_attribute("error.type", type(exc).__name__)
+    span.set_attribute("genopt.error", clean(f"{type(exc).__name__}: {exc}"))
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, str(exc)[:500]))
+
+
+def _wrap_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def completion(*args: Any, **kwargs: Any) -> Any:
+        if _inside.get() or kwargs.get("stream"):
+            return fn(*args, **kwargs)
+        span = _start(args, kwargs)
+        token = _inside.set(True)
+        started = time.perf_counter()
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                response = fn(*args, **kwargs)
+        except BaseException as exc:
+            _finish_error(span, exc, started)
+            raise
+        else:
+            _finish_ok(span, response, started)
+            return response
+        finally:
+            _inside.reset(token)
+            span.end()
+
+    setattr(completion, _MARK, True)
+    return completion
+
+
+def _wrap_async(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def acompletion(*args: Any, **kwargs: Any) -> Any:
+        if _inside.get() or kwargs.get("stream"):
+            return await fn(*args, **kwargs)
+        span = _start(args, kwargs)
+        token = _inside.set(True)
+        started = time.perf_counter()
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                response = await fn(*args, **kwargs)
+        except BaseException as exc:
+            _finish_error(span, exc, started)
+            raise
+        else:
+            _finish_ok(span, response, started)
+            return response
+        finally:
+            _inside.reset(token)
+            span.end()
+
+    setattr(acompletion, _MARK, True)
+    return acompletion
+
+
+def is_instrumented(module: Any) -> bool:
+    """Whether ``litellm.completion`` is genopt's traced wrapper."""
+    return bool(getattr(getattr(module, "completion", None), _MARK, False))
+
+
+def instrument(module: Any) -> None:
+    """Wrap ``completion``/``acompletion`` of an imported litellm module (idempotent)."""
+    if is_instrumented(module):
+        return
+    module.completion = _wrap_sync(module.completion)
+    if hasattr(module, "acompletion"):
+        module.acompletion = _wrap_async(module.acompletion)
+
+
+class _Loader(importlib.abc.Loader):
+    def __init__(self, inner: importlib.abc.Loader) -> None:
+        self.inner = inner
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.inner.exec_module(module)
+        instrument(module)
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != "litellm":
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _Loader(spec.loader)
+                return spec
+        return None
+
+
+_finder = _Finder()
+
+
+def install() -> None:
+    """Trace litellm calls: now if litellm is imported, else as soon as it is."""
+    mod = sys.modules.get("litellm")
+    if mod is not None:
+        instrument(mod)
+    elif _finder not in sys.meta_path:
+        sys.meta_path.insert(0, _finder)

@@ -1,0 +1,352 @@
+"""``@genopt.pipeline``, ``@genopt.task`` and ``genopt.current_params()``.
+
+Example:
+    >>> from prefect import flow
+    >>> import prefect_genopt as genopt
+    >>> class Params(genopt.Tunables):
+    ...     greeting: str = genopt.prompt("Hello", description="how to greet")
+    >>> @genopt.task
+    ... def greet(name: str) -> str:
+    ...     return f"{genopt.current_params().greeting}, {name}"
+    >>> @flow
+    ... @genopt.pipeline(name="greeter", params=Params)
+    ... def greeter(names: list[str]) -> list[str]:
+    ...     return [greet(n) for n in names]
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+import prefect
+from opentelemetry import trace
+
+from prefect_genopt import llm_spans, semconv
+from prefect_genopt.context import RunContext, run_var
+from prefect_genopt.records import HOST
+from prefect_genopt.redaction import clean, to_text
+from prefect_genopt.tracing import setup_tracing, tracer
+from prefect_genopt.tunables import Tunables, _reads, canonical_json
+
+__all__ = ["pipeline", "task", "current_params", "resolve_params", "entrypoint_of"]
+
+logger = logging.getLogger("prefect_genopt.pipeline")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Defaults(Tunables):
+    """Params of a pipeline that declares none."""
+
+
+def entrypoint_of(fn: Callable[..., Any]) -> dict[str, str]:
+    """Where a flow function lives: module, function, file and a Prefect entrypoint.
+
+    Example:
+        >>> entrypoint_of(entrypoint_of)["function"]
+        'entrypoint_of'
+    """
+    fn = inspect.unwrap(fn)
+    try:
+        path = inspect.getsourcefile(fn) or ""
+    except TypeError:
+        path = ""
+    if path:
+        try:
+            path = os.path.relpath(path)
+        except ValueError:
+            pass
+    return {
+        "module": fn.__module__,
+        "function": fn.__qualname__,
+        "file": path,
+        "entrypoint": f"{path}:{fn.__name__}" if path else f"{fn.__module__}:{fn.__qualname__}",
+    }
+
+
+def resolve_params(
+    pipeline_name: str, params_cls: type[Tunables], item_key: str | None = None
+) -> tuple[Tunables, str, str | None]:
+    """The param set a run (or one of its items) uses: ``(params, arm, routing_error)``.
+
+    Until a rollout exists for the pipeline, every run uses the Tunables
+    defaults on the ``stable`` arm.
+    """
+    return params_cls(), "stable", None
+
+
+def _check_task_runner() -> None:
+    from prefect.context import FlowRunContext
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    ctx = FlowRunContext.get()
+    if ctx is not None and isinstance(ctx.task_runner, ProcessPoolTaskRunner):
+        raise RuntimeError(
+            "prefect-genopt does not support ProcessPoolTaskRunner: tasks in worker "
+            "processes lose the trace context and the run's params. Use the default "
+            "ThreadPoolTaskRunner, or split the work into subflows/deployments."
+        )
+
+
+def _bind(sig: inspect.Signature | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if sig is None:
+        return {"args": args, "kwargs": kwargs}
+    try:
+        return dict(sig.bind_partial(*args, **kwargs).arguments)
+    except TypeError:
+        return {"args": args, "kwargs": kwargs}
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
+def _start_run(
+    name: str,
+    params_cls: type[Tunables],
+    schema: str,
+    schema_hash: str,
+    entry: dict[str, str],
+    inputs: Any,
+) -> RunContext:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        raise RuntimeError(
+            f"pipeline {name!r} was called outside a Prefect flow run: put @genopt.pipeline "
+            "directly under @flow (decorators: @flow, then @genopt.pipeline(...))"
+        )
+    _check_task_runner()
+    params, arm, routing_error = resolve_params(name, params_cls)
+    rc = RunContext(
+        pipeline=name,
+        run_id=str(ctx.flow_run.id),
+        params=params,
+        param_set_id=params.param_set_id,
+        arm=arm,
+        flow_name=ctx.flow.name if ctx.flow else name,
+        routing_error=routing_error,
+    )
+    flow_span = trace.get_current_span()
+    attrs: dict[str, Any] = {
+        semconv.PIPELINE: name,
+        semconv.RUN_ID: rc.run_id,
+        semconv.PARAM_SET_ID: rc.param_set_id,
+        semconv.ARM: arm,
+        semconv.INPUTS: clean(inputs),
+    }
+    if routing_error:
+        attrs[semconv.ROUTING_ERROR] = routing_error
+    flow_span.set_attributes(attrs)
+    start = tracer().start_span(
+        semconv.RUN_START_SPAN,
+        attributes={
+            **attrs,
+            semconv.PARAMS: canonical_json(params.values()).decode(),
+            semconv.SCHEMA: schema,
+            semconv.SCHEMA_HASH: schema_hash,
+            semconv.ENTRYPOINT: to_text(entry),
+            semconv.FLOW_NAME: rc.flow_name,
+            semconv.HOST: HOST,
+            semconv.PID: os.getpid(),
+        },
+    )
+    start.end()
+    return rc
+
+
+def pipeline(name: str | None = None, *, params: type[Tunables] | None = None) -> Callable[[F], F]:
+    """Mark a Prefect flow function as a genopt pipeline.
+
+    Put it directly under ``@flow``. Each run records the run, its param set
+    and arm, the pipeline's Tunables schema (a changed schema gets a new
+    version) and its entrypoint, and makes :func:`current_params` available to
+    the flow and its tasks.
+
+    Args:
+        name: The pipeline's name in the warehouse (default: the function name).
+        params: The pipeline's :class:`~prefect_genopt.Tunables` subclass.
+
+    Example:
+        >>> from prefect import flow
+        >>> class P(Tunables):
+        ...     pass
+        >>> @flow
+        ... @pipeline(name="nightly-report", params=P)
+        ... def report() -> None:
+        ...     pass
+    """
+    if callable(name) and params is None and not isinstance(name, str):
+        return pipeline()(name)  # type: ignore[return-value]
+    params_cls = params or _Defaults
+    if not (isinstance(params_cls, type) and issubclass(params_cls, Tunables)):
+        raise TypeError(f"params must be a genopt.Tunables subclass, got {params_cls!r}")
+
+    def decorate(fn: F) -> F:
+        if isinstance(fn, prefect.Flow):
+            raise TypeError(
+                "@genopt.pipeline must sit below @flow, on the plain function:\n"
+                "    @flow\n    @genopt.pipeline(name=...)\n    def my_flow(...): ..."
+            )
+        pname = name or fn.__name__
+        schema = canonical_json(params_cls.schema_json()).decode()
+        schema_hash = params_cls.schema_hash()
+        entry = entrypoint_of(fn)
+        sig = _signature(fn)
+        setup_tracing()
+        llm_spans.install()
+
+        def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            rc = _start_run(pname, params_cls, schema, schema_hash, entry, _bind(sig, args, kwargs))
+            return run_var.set(rc)
+
+        def finish(result: Any) -> None:
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attribute(semconv.OUTPUT, clean(result))
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                token = begin(args, kwargs)
+                try:
+                    result = await fn(*args, **kwargs)
+                    finish(result)
+                    return result
+                finally:
+                    run_var.reset(token)
+
+            wrapper: Any = async_wrapper
+        else:
+
+            @functools.wraps(fn)
+            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+                token = begin(args, kwargs)
+                try:
+                    result = fn(*args, **kwargs)
+                    finish(result)
+                    return result
+                finally:
+                    run_var.reset(token)
+
+            wrapper = sync_wrapper
+        wrapper.__genopt_pipeline__ = pname
+        wrapper.__genopt_params__ = params_cls
+        return wrapper  # type: ignore[no-any-return]
+
+    return decorate
+
+
+def current_params(item_key: str | None = None) -> Any:
+    """The param set of the pipeline run in progress (an instance of its Tunables).
+
+    Args:
+        item_key: The work item being processed (a ticket id, a row key). It is
+            recorded on the current span; rollouts route per item with it.
+
+    Raises:
+        RuntimeError: Outside a ``@genopt.pipeline`` run.
+    """
+    rc = run_var.get()
+    if rc is None:
+        raise RuntimeError(
+            "genopt.current_params() was called outside a pipeline run: call it inside a "
+            "@genopt.pipeline flow or a task that flow runs"
+        )
+    if item_key is not None:
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute(semconv.ITEM_KEY, str(item_key))
+    return rc.params
+
+
+def _instrument_task_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
+    sig = _signature(fn)
+    task_name = fn.__qualname__
+
+    def before(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
+        span = trace.get_current_span()
+        reads: dict[str, Any] = {}
+        token = _reads.set(reads)
+        if span.is_recording():
+            span.set_attributes(
+                {semconv.TASK_NAME: task_name, semconv.INPUTS: clean(_bind(sig, args, kwargs))}
+            )
+        return span, reads, token
+
+    def after(span: Any, reads: dict[str, Any], token: Any) -> None:
+        _reads.reset(token)
+        if reads and span.is_recording():
+            span.set_attribute(semconv.PARAMS_READ, clean(reads))
+
+    def failed(span: Any, exc: BaseException) -> None:
+        if span.is_recording():
+            span.set_attribute(semconv.ERROR, clean(f"{type(exc).__name__}: {exc}"))
+
+    def succeeded(span: Any, result: Any) -> None:
+        if span.is_recording():
+            span.set_attribute(semconv.OUTPUT, clean(result))
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_task(*args: Any, **kwargs: Any) -> Any:
+            span, reads, token = before(args, kwargs)
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                failed(span, exc)
+                raise
+            finally:
+                after(span, reads, token)
+            succeeded(span, result)
+            return result
+
+        return async_task
+
+    @functools.wraps(fn)
+    def sync_task(*args: Any, **kwargs: Any) -> Any:
+        span, reads, token = before(args, kwargs)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            failed(span, exc)
+            raise
+        finally:
+            after(span, reads, token)
+        succeeded(span, result)
+        return result
+
+    return sync_task
+
+
+@overload
+def task(__fn: F) -> prefect.Task[Any, Any]: ...
+
+
+@overload
+def task(**task_kwargs: Any) -> Callable[[F], prefect.Task[Any, Any]]: ...
+
+
+def task(__fn: Callable[..., Any] | None = None, **task_kwargs: Any) -> Any:
+    """A Prefect task that records its inputs, output, errors and the params it read.
+
+    Takes exactly what ``prefect.task`` takes (``@genopt.task`` or
+    ``@genopt.task(retries=2, name=...)``).
+    """
+    if __fn is None:
+        return lambda fn: task(fn, **task_kwargs)
+    if isinstance(__fn, prefect.Task):
+        raise TypeError("use @genopt.task instead of @task, not both")
+    setup_tracing()
+    llm_spans.install()
+    return prefect.task(_instrument_task_fn(__fn), **task_kwargs)

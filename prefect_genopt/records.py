@@ -1,0 +1,249 @@
+"""The spool record format: one JSON object per line, one schema for every kind.
+
+A *record* is what a writer appends to the spool and what the ingester loads.
+Three kinds share one flat schema (:data:`RECORD_COLUMNS`) so the ingester
+reads a whole batch with one DuckDB ``read_json`` call:
+
+* ``span``: one finished span, normalised (genopt and GenAI attributes lifted
+  into columns; the full attribute map kept as JSON);
+* ``feedback``: one KPI value and/or comment;
+* ``drops``: a count of spans a process could not export.
+
+Every string is redacted and truncated here (:func:`span_record`), the single
+storage boundary for local spans and OTLP spans alike.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from prefect_genopt import semconv
+from prefect_genopt.redaction import redact, truncate
+
+__all__ = [
+    "RECORD_COLUMNS",
+    "span_record",
+    "from_readable_span",
+    "HOST",
+]
+
+HOST = socket.gethostname()
+
+#: Column name -> DuckDB type of a spool line (absent keys load as NULL).
+RECORD_COLUMNS: dict[str, str] = {
+    "k": "VARCHAR",
+    # spans
+    "trace_id": "VARCHAR",
+    "span_id": "VARCHAR",
+    "parent_span_id": "VARCHAR",
+    "name": "VARCHAR",
+    "span_kind": "VARCHAR",
+    "start_ns": "BIGINT",
+    "end_ns": "BIGINT",
+    "status": "VARCHAR",
+    "status_message": "VARCHAR",
+    "run_type": "VARCHAR",
+    "task_name": "VARCHAR",
+    "pipeline": "VARCHAR",
+    "param_set_id": "VARCHAR",
+    "arm": "VARCHAR",
+    "inputs": "VARCHAR",
+    "output": "VARCHAR",
+    "params_read": "JSON",
+    "error": "VARCHAR",
+    "llm_model": "VARCHAR",
+    "llm_provider": "VARCHAR",
+    "input_tokens": "BIGINT",
+    "output_tokens": "BIGINT",
+    "cost_usd": "DOUBLE",
+    "attributes": "JSON",
+    "events": "JSON",
+    "resource": "JSON",
+    # shared by spans and feedback
+    "run_id": "VARCHAR",
+    "item_key": "VARCHAR",
+    "source": "VARCHAR",
+    # feedback
+    "feedback_id": "VARCHAR",
+    "kpi": "VARCHAR",
+    "value": "DOUBLE",
+    "comment": "VARCHAR",
+    "idempotency_key": "VARCHAR",
+    "created_ns": "BIGINT",
+    "verified": "BOOLEAN",
+    # drops
+    "count": "BIGINT",
+    "host": "VARCHAR",
+    "pid": "BIGINT",
+}
+
+
+def _first(attrs: Mapping[str, Any], names: Iterable[str]) -> Any:
+    for n in names:
+        v = attrs.get(n)
+        if v is not None:
+            return v
+    return None
+
+
+def _int(v: Any) -> int | None:
+    try:
+        return None if v is None else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(v: Any) -> float | None:
+    try:
+        f = None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if f is not None and math.isfinite(f) else None
+
+
+def _json_or_text(v: Any) -> Any:
+    """A JSON text attribute as its value (it lands in a JSON column), else as is."""
+    if isinstance(v, str):
+        try:
+            return orjson.loads(v)
+        except orjson.JSONDecodeError:
+            return v
+    return v
+
+
+def _clean_value(key: str, value: Any, limit: int) -> Any:
+    if key in semconv.VERBATIM:
+        return value
+    if isinstance(value, str):
+        return truncate(redact(value), limit)
+    if isinstance(value, list | tuple):
+        return [truncate(redact(v), limit) if isinstance(v, str) else v for v in value]
+    return value
+
+
+def _clean_map(attrs: Mapping[str, Any], limit: int) -> dict[str, Any]:
+    return {k: _clean_value(k, v, limit) for k, v in attrs.items()}
+
+
+def _run_type(name: str, attrs: Mapping[str, Any]) -> str:
+    rt = attrs.get(semconv.PREFECT_RUN_TYPE)
+    if rt:
+        return str(rt)
+    if name == semconv.RUN_START_SPAN:
+        return "run_start"
+    if _first(attrs, semconv.GENAI_MODEL) is not None or semconv.GENAI_OPERATION in attrs:
+        return "llm"
+    return "other"
+
+
+def span_record(
+    *,
+    trace_id: str,
+    span_id: str,
+    parent_span_id: str | None,
+    name: str,
+    span_kind: str,
+    start_ns: int,
+    end_ns: int | None,
+    status: str,
+    status_message: str | None,
+    attributes: Mapping[str, Any],
+    events: list[dict[str, Any]],
+    resource: Mapping[str, Any],
+    source: str,
+    limit: int,
+) -> dict[str, Any]:
+    """Build a normalised, redacted ``span`` record from a span's parts.
+
+    Args:
+        trace_id: 32 hex chars.
+        span_id: 16 hex chars.
+        parent_span_id: 16 hex chars or None for a root span.
+        name: Span name (Prefect uses the run name).
+        span_kind: OpenTelemetry span kind name.
+        start_ns: Start, ns since the epoch.
+        end_ns: End, ns since the epoch.
+        status: ``OK``, ``ERROR`` or ``UNSET``.
+        status_message: The status description, if any.
+        attributes: The span's attributes.
+        events: ``[{"name", "time_ns", "attributes"}]``.
+        resource: The resource attributes.
+        source: Where the span came from (``spool`` for local, ``otlp`` for the receiver).
+        limit: Longest string value kept (longer ones are truncated with a marker).
+    """
+    attrs = _clean_map(attributes, limit)
+    run_id = attrs.get(semconv.RUN_ID)
+    if run_id is None and attrs.get(semconv.PREFECT_RUN_TYPE) == "flow":
+        run_id = attrs.get(semconv.PREFECT_RUN_ID)
+    return {
+        "k": "span",
+        "trace_id": trace_id,
+        "span_id": span_id,
+        "parent_span_id": parent_span_id,
+        "name": truncate(redact(name), 1000),
+        "span_kind": span_kind,
+        "start_ns": start_ns,
+        "end_ns": end_ns,
+        "status": status,
+        "status_message": truncate(redact(status_message), limit) if status_message else None,
+        "run_id": run_id,
+        "run_type": _run_type(name, attrs),
+        "task_name": attrs.get(semconv.TASK_NAME),
+        "pipeline": attrs.get(semconv.PIPELINE),
+        "param_set_id": attrs.get(semconv.PARAM_SET_ID),
+        "arm": attrs.get(semconv.ARM),
+        "item_key": attrs.get(semconv.ITEM_KEY),
+        "inputs": attrs.get(semconv.INPUTS),
+        "output": attrs.get(semconv.OUTPUT),
+        "params_read": _json_or_text(attrs.get(semconv.PARAMS_READ)),
+        "error": attrs.get(semconv.ERROR),
+        "llm_model": _first(attrs, semconv.GENAI_MODEL),
+        "llm_provider": _first(attrs, semconv.GENAI_PROVIDER),
+        "input_tokens": _int(_first(attrs, semconv.GENAI_INPUT_TOKENS)),
+        "output_tokens": _int(_first(attrs, semconv.GENAI_OUTPUT_TOKENS)),
+        "cost_usd": _float(_first(attrs, semconv.GENAI_COST)),
+        "attributes": attrs,
+        "events": [
+            {
+                "name": e.get("name"),
+                "time_ns": e.get("time_ns"),
+                "attributes": _clean_map(e.get("attributes") or {}, limit),
+            }
+            for e in events
+        ],
+        "resource": dict(resource),
+        "source": source,
+        "host": HOST if source == "spool" else None,
+        "pid": os.getpid() if source == "spool" else None,
+    }
+
+
+def from_readable_span(span: Any, limit: int) -> dict[str, Any]:
+    """A ``span`` record from an OpenTelemetry SDK ``ReadableSpan``."""
+    ctx = span.context
+    parent = span.parent
+    return span_record(
+        trace_id=format(ctx.trace_id, "032x"),
+        span_id=format(ctx.span_id, "016x"),
+        parent_span_id=format(parent.span_id, "016x") if parent is not None else None,
+        name=span.name,
+        span_kind=span.kind.name,
+        start_ns=span.start_time,
+        end_ns=span.end_time,
+        status=span.status.status_code.name,
+        status_message=span.status.description,
+        attributes=dict(span.attributes or {}),
+        events=[
+            {"name": e.name, "time_ns": e.timestamp, "attributes": dict(e.attributes or {})}
+            for e in span.events
+        ],
+        resource=dict(span.resource.attributes) if span.resource else {},
+        source="spool",
+        limit=limit,
+    )

@@ -1,0 +1,161 @@
+"""Every prefect-genopt setting and environment variable, in one place.
+
+Settings are read from ``GENOPT_*`` environment variables (and a ``.env`` file is
+*not* read, so a pipeline behaves the same wherever it runs). They are re-read
+whenever the environment changes, so tests and tools can point at another
+warehouse by setting ``GENOPT_WAREHOUSE``.
+
+Example:
+    >>> import os
+    >>> os.environ["GENOPT_WAREHOUSE"] = "/tmp/example-warehouse.duckdb"
+    >>> get_settings().warehouse_path.name
+    'example-warehouse.duckdb'
+    >>> get_settings().spool_dir.name
+    'example-warehouse.duckdb.spool'
+    >>> del os.environ["GENOPT_WAREHOUSE"]
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["GenoptSettings", "get_settings", "default_warehouse_path"]
+
+
+def default_warehouse_path() -> Path:
+    """The warehouse file used when ``GENOPT_WAREHOUSE`` is not set.
+
+    It lives under the Prefect home (``PREFECT_HOME``, default ``~/.prefect``),
+    next to Prefect's own database.
+    """
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    return home / "genopt" / "warehouse.duckdb"
+
+
+class GenoptSettings(BaseSettings):
+    """prefect-genopt settings; each field is the env var ``GENOPT_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="GENOPT_", extra="ignore")
+
+    warehouse: Path | None = Field(
+        default=None,
+        description="Path of the DuckDB warehouse file. Default: "
+        "$PREFECT_HOME/genopt/warehouse.duckdb. The CLI option --warehouse overrides it.",
+    )
+    spool: Path | None = Field(
+        default=None,
+        description="Directory of the append-only spool that every writer appends to. "
+        "Default: the warehouse path with '.spool' appended.",
+    )
+    max_value_chars: int = Field(
+        default=4096,
+        ge=64,
+        description="Span values (task inputs, outputs, LLM messages) longer than this are "
+        "truncated before storage, with a visible marker.",
+    )
+    max_comment_chars: int = Field(
+        default=20_000, ge=1, description="Longest text feedback comment accepted."
+    )
+    redact_patterns: list[str] = Field(
+        default_factory=list,
+        description="Extra regular expressions whose matches are redacted from span values "
+        "(JSON list). Built-in patterns cover API keys, bearer tokens, passwords.",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="When set (e.g. http://collector:4318), spans and feedback are sent to "
+        "this OTLP/HTTP endpoint (a `genopt serve` receiver or a Collector) instead of the "
+        "local spool. Use it on workers that do not share the warehouse's disk.",
+    )
+    span_queue_size: int = Field(
+        default=65_536,
+        ge=1,
+        description="Spans buffered in memory before export in OTLP mode; a span that does "
+        "not fit is counted as dropped (see `genopt status`).",
+    )
+    lock_timeout: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds a reader or the ingester waits for the warehouse file lock "
+        "held by another process before giving up with a clear error.",
+    )
+    ingest_batch_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Largest amount of spool data loaded in one ingest transaction.",
+    )
+    incomplete_after_hours: float = Field(
+        default=24.0,
+        description="A run still 'running' after this long, whose process cannot be checked "
+        "(another host), is reported as 'incomplete'.",
+    )
+    serve_host: str = Field(default="127.0.0.1", description="Address `genopt serve` binds.")
+    serve_port: int = Field(
+        default=4318, ge=0, le=65535, description="Port `genopt serve` listens on (OTLP/HTTP)."
+    )
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body the receiver accepts; larger ones get HTTP 413.",
+    )
+    ingest_interval: float = Field(
+        default=2.0, gt=0, description="Seconds between ingests while `genopt serve` runs."
+    )
+    check_runs_with_prefect: bool = Field(
+        default=True,
+        description="Check feedback for a run unknown to the warehouse against the Prefect "
+        "API (an unknown flow run is refused).",
+    )
+    export: Literal["spool", "otlp", "none"] | None = Field(
+        default=None,
+        description="Where spans go: 'spool' (default), 'otlp' (default when otlp_endpoint is "
+        "set) or 'none' (tracing off; pipelines still run).",
+    )
+
+    @property
+    def warehouse_path(self) -> Path:
+        """The resolved warehouse file path."""
+        return (self.warehouse or default_warehouse_path()).expanduser().resolve()
+
+    @property
+    def spool_dir(self) -> Path:
+        """The resolved spool directory."""
+        return self.spool_dir_for(self.warehouse_path)
+
+    def spool_dir_for(self, warehouse: Path) -> Path:
+        """The spool feeding ``warehouse``: ``GENOPT_SPOOL`` for the configured
+        warehouse, else the warehouse path with ``.spool`` appended."""
+        warehouse = Path(warehouse).expanduser().resolve()
+        if self.spool is not None and warehouse == self.warehouse_path:
+            return self.spool.expanduser().resolve()
+        return warehouse.with_name(warehouse.name + ".spool")
+
+    @property
+    def export_mode(self) -> str:
+        """'spool', 'otlp' or 'none'."""
+        if self.export:
+            return self.export
+        return "otlp" if self.otlp_endpoint else "spool"
+
+
+_cache: tuple[tuple[tuple[str, str], ...], GenoptSettings] | None = None
+
+
+def _env_key() -> tuple[tuple[str, str], ...]:
+    return tuple(
+        sorted((k, v) for k, v in os.environ.items() if k.startswith(("GENOPT_", "PREFECT_HOME")))
+    )
+
+
+def get_settings() -> GenoptSettings:
+    """The current settings, rebuilt only when a ``GENOPT_*`` variable changed."""
+    global _cache
+    key = _env_key()
+    if _cache is None or _cache[0] != key:
+        _cache = (key, GenoptSettings())
+    return _cache[1]

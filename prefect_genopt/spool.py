@@ -1,0 +1,227 @@
+"""The append-only spool: how every process writes without opening the warehouse.
+
+DuckDB lets one process write a file and locks readers out meanwhile, while
+Prefect runs flows in many processes. So pipeline processes, the OTLP receiver
+and CLI commands never open the warehouse for writing: each process appends
+JSON lines to its own spool file (``<host>__<pid>__<id>.open``), one
+``write(2)`` per batch of records, unbuffered, so what was written survives the
+process being killed. A closed file is renamed to ``.jsonl`` (sealed). The
+ingester (:mod:`prefect_genopt.warehouse.ingest`) is the only writer of the
+warehouse; it loads complete lines and remembers how far it got in each file.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> w = SpoolWriter(d)
+    >>> w.append([{"k": "feedback", "kpi": "accuracy", "value": 1.0}])
+    >>> w.close()
+    >>> [f.state for f in list_files(d)]
+    ['sealed']
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from prefect_genopt.records import HOST
+
+__all__ = [
+    "SpoolWriter",
+    "SpoolError",
+    "SpoolFile",
+    "writer_for",
+    "append",
+    "list_files",
+    "close_all",
+    "pid_alive",
+]
+
+OPEN_SUFFIX = ".open"
+SEALED_SUFFIX = ".jsonl"
+DEFAULT_ROTATE_BYTES = 64 * 1024 * 1024
+
+
+class SpoolError(OSError):
+    """The spool could not be written (disk full, permissions, ...)."""
+
+
+def _encode(records: list[dict[str, Any]]) -> bytes:
+    return b"".join(
+        orjson.dumps(r, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+        for r in records
+    )
+
+
+class SpoolWriter:
+    """Appends records to this process's own spool file in ``directory``.
+
+    Thread-safe. Each :meth:`append` is one unbuffered ``write(2)`` of whole
+    lines, so a killed process leaves at most one partial line, which the
+    ingester sets aside (never loads, never loses: it keeps the bytes).
+    """
+
+    def __init__(self, directory: Path, rotate_bytes: int = DEFAULT_ROTATE_BYTES) -> None:
+        self.directory = Path(directory)
+        self.rotate_bytes = rotate_bytes
+        self.pid = os.getpid()
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self._written = 0
+
+    def _open(self) -> int:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            name = f"{HOST}__{self.pid}__{uuid.uuid4().hex[:12]}{OPEN_SUFFIX}"
+            self._path = self.directory / name
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise SpoolError(
+                exc.errno or errno.EIO, f"cannot open spool in {self.directory}: {exc}"
+            )
+        self._written = 0
+        return self._fd
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        """Append records (dicts with a ``k`` kind) as JSON lines."""
+        if not records:
+            return
+        data = _encode(records)
+        with self._lock:
+            fd = self._fd if self._fd is not None else self._open()
+            view = memoryview(data)
+            try:
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+            except OSError as exc:
+                raise SpoolError(exc.errno or errno.EIO, f"spool write failed: {exc}") from exc
+            self._written += len(data)
+            if self._written >= self.rotate_bytes:
+                self._seal()
+
+    def _seal(self) -> None:
+        if self._fd is None or self._path is None:
+            return
+        os.close(self._fd)
+        self._fd = None
+        try:
+            os.rename(self._path, self._path.with_suffix(SEALED_SUFFIX))
+        except FileNotFoundError:  # already ingested and removed as a dead writer's file
+            pass
+        self._path = None
+
+    def close(self) -> None:
+        """Seal the current file (it can be deleted once fully ingested)."""
+        with self._lock:
+            self._seal()
+
+
+_writers: dict[tuple[int, Path], SpoolWriter] = {}
+_writers_lock = threading.Lock()
+
+
+def writer_for(directory: Path) -> SpoolWriter:
+    """This process's writer for ``directory`` (a new one after ``fork``)."""
+    key = (os.getpid(), Path(directory))
+    w = _writers.get(key)
+    if w is None:
+        with _writers_lock:
+            w = _writers.get(key)
+            if w is None:
+                w = _writers[key] = SpoolWriter(directory)
+    return w
+
+
+def append(records: list[dict[str, Any]], directory: Path | None = None) -> None:
+    """Append records to this process's spool file under the configured spool dir."""
+    if directory is None:
+        from prefect_genopt.settings import get_settings
+
+        directory = get_settings().spool_dir
+    writer_for(directory).append(records)
+
+
+def close_all() -> None:
+    """Seal every spool file this process has open (called at exit)."""
+    pid = os.getpid()
+    for (wpid, _), w in list(_writers.items()):
+        if wpid == pid:
+            w.close()
+
+
+atexit.register(close_all)
+
+
+@dataclass(frozen=True)
+class SpoolFile:
+    """A spool file as the ingester sees it."""
+
+    path: Path
+    stem: str
+    host: str
+    pid: int
+    state: str  # "open" or "sealed"
+
+    @property
+    def writer_alive(self) -> bool:
+        """False when the writer is known to be gone (same host, no such process)."""
+        if self.state == "sealed":
+            return False
+        if self.host != HOST:
+            return True
+        return pid_alive(self.pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (killed, not yet reaped) has exited: it will never write again
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().split(b") ", 1)[1][:1] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def list_files(directory: Path) -> list[SpoolFile]:
+    """Spool files in ``directory``, oldest first (by modification time)."""
+    out = []
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    for e in entries:
+        name = e.name
+        if name.endswith(OPEN_SUFFIX):
+            state, stem = "open", name[: -len(OPEN_SUFFIX)]
+        elif name.endswith(SEALED_SUFFIX):
+            state, stem = "sealed", name[: -len(SEALED_SUFFIX)]
+        else:
+            continue
+        parts = stem.split("__")
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        try:
+            mtime = e.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        out.append((mtime, SpoolFile(Path(e.path), stem, parts[0], int(parts[1]), state)))
+    out.sort(key=lambda t: (t[0], t[1].stem))
+    return [f for _, f in out]

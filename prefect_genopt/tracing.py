@@ -1,0 +1,342 @@
+"""Tracing: genopt's span processor and exporters, and installing them.
+
+Prefect 3 already opens one OpenTelemetry span per flow run and per task run,
+but through the no-op API until an SDK ``TracerProvider`` exists.
+:func:`setup_tracing` installs one (or joins the application's own) with a
+:class:`GenoptSpanProcessor`, which
+
+* stamps every span started inside a pipeline run with the run id, pipeline,
+  param-set id and arm (Prefect's task spans do not carry the flow-run id);
+* hands finished spans to a :class:`~opentelemetry.sdk.trace.export.SpanExporter`:
+  synchronously to the :class:`SpoolSpanExporter` (the default; one ``write``
+  per span, nothing buffered, nothing to drop), or through a bounded queue and a
+  background thread to the standard OTLP exporter (``GENOPT_OTLP_ENDPOINT``),
+  counting every span that does not fit;
+* reports dropped spans as a ``genopt.drops`` span so ``genopt status`` shows them.
+
+Example:
+    >>> from opentelemetry.sdk.trace import TracerProvider
+    >>> from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    >>> exporter = InMemorySpanExporter()
+    >>> provider = TracerProvider()
+    >>> provider.add_span_processor(GenoptSpanProcessor(exporter))
+    >>> with provider.get_tracer("demo").start_as_current_span("step"):
+    ...     pass
+    >>> [s.name for s in exporter.get_finished_spans()]
+    ['step']
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from prefect_genopt import semconv, spool
+from prefect_genopt.context import run_var
+from prefect_genopt.records import from_readable_span
+from prefect_genopt.settings import get_settings
+
+__all__ = [
+    "GenoptSpanProcessor",
+    "SpoolSpanExporter",
+    "setup_tracing",
+    "get_processor",
+    "tracer",
+    "DROPS_SPAN",
+]
+
+logger = logging.getLogger("prefect_genopt.tracing")
+
+DROPS_SPAN = "genopt.drops"
+DROPPED = "genopt.dropped"
+TRACER_NAME = "prefect_genopt"
+
+
+class SpoolSpanExporter(SpanExporter):
+    """Writes finished spans to this process's spool file, as ``span`` records.
+
+    Args:
+        directory: The spool directory; default: the configured one, looked up
+            at every export (so a changed ``GENOPT_WAREHOUSE`` is followed).
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        settings = get_settings()
+        records = [from_readable_span(s, settings.max_value_chars) for s in spans]
+        try:
+            spool.append(records, self.directory or settings.spool_dir)
+        except spool.SpoolError:
+            logger.exception("genopt could not write %d span(s) to the spool", len(records))
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        spool.close_all()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class GenoptSpanProcessor(SpanProcessor):
+    """Stamps run context on spans and exports them, counting what is lost.
+
+    Args:
+        exporter: Where finished spans go.
+        queue_size: ``None`` exports synchronously in ``on_end`` (right for the
+            spool: a local append). A number buffers up to that many spans for a
+            background thread (right for network exporters); a span that does
+            not fit is dropped and counted.
+        batch_size: Most spans per background export call.
+        interval: Seconds the background thread waits for a batch to fill.
+    """
+
+    def __init__(
+        self,
+        exporter: SpanExporter,
+        queue_size: int | None = None,
+        batch_size: int = 512,
+        interval: float = 1.0,
+    ) -> None:
+        self.exporter = exporter
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.interval = interval
+        self.dropped = 0
+        self._reported_drops = 0
+        self._run_ids: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._queue: collections.deque[ReadableSpan] = collections.deque()
+        self._wake = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
+        self._exporting = 0
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        if queue_size is not None:
+            self._start_thread()
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    # -- stamping ---------------------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        attrs = span.attributes or {}
+        rc = run_var.get()
+        run_id: str | None = None
+        if attrs.get(semconv.PREFECT_RUN_TYPE) == "flow":
+            run_id = str(attrs.get(semconv.PREFECT_RUN_ID))
+        elif rc is not None:
+            run_id = rc.run_id
+        elif span.parent is not None:
+            run_id = self._run_ids.get(span.parent.span_id)
+        if run_id is None:
+            return
+        self._run_ids[span.context.span_id] = run_id
+        if semconv.RUN_ID not in attrs:
+            span.set_attribute(semconv.RUN_ID, run_id)
+        if rc is not None and rc.run_id == run_id and semconv.PIPELINE not in attrs:
+            span.set_attributes(
+                {
+                    semconv.PIPELINE: rc.pipeline,
+                    semconv.PARAM_SET_ID: rc.param_set_id,
+                    semconv.ARM: rc.arm,
+                }
+            )
+
+    # -- exporting --------------------------------------------------------------------
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self._run_ids.pop(span.context.span_id, None)
+        if not span.context.trace_flags.sampled:
+            return
+        if self.queue_size is None:
+            token = otel_context.attach(
+                otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
+            )
+            try:
+                ok = self.exporter.export([span]) == SpanExportResult.SUCCESS
+            except Exception:  # noqa: BLE001 - an exporter must never break the pipeline
+                logger.exception("genopt span export failed")
+                ok = False
+            finally:
+                otel_context.detach(token)
+            if not ok:
+                with self._lock:
+                    self.dropped += 1
+            return
+        with self._lock:
+            if len(self._queue) >= self.queue_size:
+                self.dropped += 1
+                return
+            self._queue.append(span)
+            if len(self._queue) >= self.batch_size:
+                self._wake.notify()
+
+    def _start_thread(self) -> None:
+        self._stop = False
+        self._thread = threading.Thread(
+            target=self._worker, name="genopt-span-exporter", daemon=True
+        )
+        self._thread.start()
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
+        self._queue.clear()
+        self._exporting = 0
+        self._start_thread()
+
+    def _worker(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue and not self._stop:
+                    self._wake.wait(self.interval)
+                if self._stop and not self._queue:
+                    self._idle.notify_all()
+                    return
+                batch = [
+                    self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))
+                ]
+                self._exporting += 1
+            try:
+                if batch:
+                    self._export_batch(batch)
+            finally:
+                with self._lock:
+                    self._exporting -= 1
+                    if not self._queue and not self._exporting:
+                        self._idle.notify_all()
+
+    def _export_batch(self, batch: list[ReadableSpan]) -> None:
+        token = otel_context.attach(
+            otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
+        )
+        try:
+            result = self.exporter.export(batch)
+        except Exception:  # noqa: BLE001
+            logger.exception("genopt span export failed")
+            result = SpanExportResult.FAILURE
+        finally:
+            otel_context.detach(token)
+        if result != SpanExportResult.SUCCESS:
+            with self._lock:
+                self.dropped += len(batch)
+
+    def _report_drops(self) -> None:
+        with self._lock:
+            new = self.dropped - self._reported_drops
+            if new <= 0:
+                return
+            self._reported_drops = self.dropped
+        logger.warning("genopt dropped %d span(s) (queue full or export failed)", new)
+        drop_span = tracer().start_span(
+            DROPS_SPAN,
+            context=otel_context.Context(),
+            attributes={DROPPED: new, semconv.HOST: spool.HOST, semconv.PID: os.getpid()},
+        )
+        drop_span.end()
+
+    def _drain(self, timeout: float) -> None:
+        if self.queue_size is None or self._thread is None:
+            return
+        with self._lock:
+            self._wake.notify()
+            self._idle.wait_for(lambda: not self._queue and not self._exporting, timeout)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Export everything queued, then report any new drops."""
+        self._drain(timeout_millis / 1000)
+        self._report_drops()
+        self._drain(timeout_millis / 1000)
+        return bool(self.exporter.force_flush(timeout_millis))
+
+    def shutdown(self) -> None:
+        self.force_flush()
+        if self._thread is not None and self._pid == os.getpid():
+            with self._lock:
+                self._stop = True
+                self._wake.notify()
+            self._thread.join(timeout=30)
+        self.exporter.shutdown()
+
+
+_processor: GenoptSpanProcessor | None = None
+_setup_lock = threading.Lock()
+
+
+def _make_processor() -> GenoptSpanProcessor | None:
+    settings = get_settings()
+    mode = settings.export_mode
+    if mode == "none":
+        return None
+    if mode == "otlp":
+        if not settings.otlp_endpoint:
+            raise ValueError("GENOPT_EXPORT=otlp needs GENOPT_OTLP_ENDPOINT")
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        endpoint = settings.otlp_endpoint.rstrip("/") + "/v1/traces"
+        return GenoptSpanProcessor(
+            OTLPSpanExporter(endpoint=endpoint), queue_size=settings.span_queue_size
+        )
+    return GenoptSpanProcessor(SpoolSpanExporter())
+
+
+def setup_tracing(provider: TracerProvider | None = None) -> GenoptSpanProcessor | None:
+    """Install genopt's span processor (idempotent); returns it, or None when off.
+
+    If the application already installed an SDK ``TracerProvider`` (or passes
+    one), genopt adds its processor to it; otherwise genopt installs a new
+    provider as the global one. Called by ``@genopt.pipeline`` and
+    ``@genopt.task`` at decoration time, so Prefect's flow span of the very
+    first run is recorded too.
+    """
+    global _processor
+    with _setup_lock:
+        if _processor is not None and provider is None:
+            return _processor
+        proc = _processor or _make_processor()
+        if proc is None:
+            return None
+        target = provider or trace.get_tracer_provider()
+        if isinstance(target, TracerProvider):
+            target.add_span_processor(proc)
+        elif isinstance(target, trace.ProxyTracerProvider):
+            new = TracerProvider(
+                resource=Resource.create(
+                    {"service.name": os.environ.get("OTEL_SERVICE_NAME", "prefect-genopt")}
+                )
+            )
+            new.add_span_processor(proc)
+            trace.set_tracer_provider(new)
+        else:
+            logger.warning(
+                "genopt cannot record spans: the installed tracer provider %r is not an "
+                "OpenTelemetry SDK TracerProvider; pass one to setup_tracing()",
+                type(target).__name__,
+            )
+            return None
+        _processor = proc
+        return proc
+
+
+def get_processor() -> GenoptSpanProcessor | None:
+    """The processor installed by :func:`setup_tracing`, if any."""
+    return _processor
+
+
+def tracer() -> trace.Tracer:
+    """genopt's tracer (for the run-start, LLM and drops spans)."""
+    return trace.get_tracer(TRACER_NAME)

@@ -1,0 +1,231 @@
+"""Tunables: what a pipeline lets the optimizer change.
+
+A :class:`Tunables` subclass is an immutable pydantic model whose fields are
+declared with :func:`prompt`, :func:`numeric`, :func:`choice` or :func:`demos`.
+Each field carries its *kind*, its bounds and a description; the description
+becomes a constraint the optimizer must respect. An instance is a *param set*:
+immutable and content-addressed (the same values always have the same id).
+
+Example:
+    >>> class TriageParams(Tunables):
+    ...     prompt: str = prompt_field("Classify the ticket.", description="system prompt")
+    ...     threshold: float = numeric(0.5, ge=0.0, le=1.0, description="min confidence")
+    ...     model: str = choice("small", options=["small", "large"], description="model size")
+    >>> a, b = TriageParams(), TriageParams()
+    >>> a.param_set_id == b.param_set_id
+    True
+    >>> TriageParams(threshold=0.7).param_set_id == a.param_set_id
+    False
+    >>> TriageParams.field_kinds()
+    {'prompt': 'prompt', 'threshold': 'numeric', 'model': 'choice'}
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import math
+from functools import cache
+from typing import Any, ClassVar, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "Tunables",
+    "prompt",
+    "prompt_field",
+    "numeric",
+    "choice",
+    "demos",
+    "param_set_id",
+    "canonical_json",
+    "KIND_KEY",
+]
+
+KIND_KEY = "genopt_kind"
+Kind = Literal["prompt", "numeric", "choice", "demos"]
+
+# Records which params the current task read: set by the task wrapper, filled
+# by Tunables.__getattribute__ (a dict name -> value, or None when not tracking).
+_reads: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "genopt_param_reads", default=None
+)
+
+
+def canonical_json(values: dict[str, Any]) -> bytes:
+    """Deterministic JSON (sorted keys) used to content-address param sets."""
+    return orjson.dumps(values, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def param_set_id(values: dict[str, Any]) -> str:
+    """The content address of a param set: ``ps_`` + 16 hex chars of SHA-256.
+
+    Example:
+        >>> param_set_id({"b": 1, "a": 2}) == param_set_id({"a": 2, "b": 1})
+        True
+    """
+    return "ps_" + hashlib.sha256(canonical_json(values)).hexdigest()[:16]
+
+
+@cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(cls.model_fields)
+
+
+class Tunables(BaseModel):
+    """Base class of a pipeline's tunable parameters (an immutable param set).
+
+    Subclass it and declare fields with :func:`prompt`, :func:`numeric`,
+    :func:`choice` or :func:`demos`. Unknown fields are refused; instances are
+    frozen, so a param set is never edited in place: ``p.model_copy(update=...)``
+    makes a new one with a new id.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    _genopt_kinds: ClassVar[dict[str, str]]
+
+    def __getattribute__(self, name: str) -> Any:
+        value = object.__getattribute__(self, name)
+        if name[0] != "_":
+            reads = _reads.get()
+            if reads is not None and name in _field_names(type(self)):
+                reads[name] = value
+        return value
+
+    @model_validator(mode="after")
+    def _check_choices(self) -> Tunables:
+        for name, info in type(self).model_fields.items():
+            extra = info.json_schema_extra
+            if isinstance(extra, dict) and "enum" in extra:
+                value = self.__dict__[name]
+                if value not in extra["enum"]:
+                    raise ValueError(f"{name}: {value!r} is not one of {extra['enum']!r}")
+        return self
+
+    @property
+    def param_set_id(self) -> str:
+        """Content-addressed id of these values (same values, same id)."""
+        return param_set_id(self.values())
+
+    def values(self) -> dict[str, Any]:
+        """The parameter values as a JSON-compatible dict."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def field_kinds(cls) -> dict[str, str]:
+        """Map of field name to its kind (``prompt``, ``numeric``, ``choice``, ``demos``)."""
+        out = {}
+        for name, info in cls.model_fields.items():
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            out[name] = str(extra.get(KIND_KEY, "other"))
+        return out
+
+    @classmethod
+    def schema_json(cls) -> dict[str, Any]:
+        """The JSON schema of the Tunables (kinds, bounds, descriptions, defaults)."""
+        return cls.model_json_schema()
+
+    @classmethod
+    def schema_hash(cls) -> str:
+        """A hash of the JSON schema; a changed schema gets a new pipeline schema version."""
+        return hashlib.sha256(canonical_json(cls.schema_json())).hexdigest()[:16]
+
+
+def _extra(kind: Kind, **more: Any) -> dict[str, Any]:
+    return {KIND_KEY: kind, **{k: v for k, v in more.items() if v is not None}}
+
+
+def prompt(
+    default: str,
+    *,
+    description: str,
+    max_length: int = 8000,
+    min_length: int = 1,
+) -> Any:
+    """A prompt (free text) parameter.
+
+    Args:
+        default: The starting text.
+        description: What the prompt is for; shown to the optimizer as a constraint.
+        max_length: Longest text accepted (the optimizer's answers are held to it).
+        min_length: Shortest text accepted.
+    """
+    return Field(
+        default,
+        description=description,
+        max_length=max_length,
+        min_length=min_length,
+        json_schema_extra=_extra("prompt"),
+    )
+
+
+prompt_field = prompt  # an alias usable inside class bodies that also have a `prompt` field
+
+
+def numeric(
+    default: float | int,
+    *,
+    description: str,
+    ge: float | None = None,
+    le: float | None = None,
+    gt: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A numeric parameter with optional bounds.
+
+    Args:
+        default: The starting value (its type, int or float, is the field's type).
+        description: What the number controls; shown to the optimizer.
+        ge, le, gt, lt: Bounds, as in pydantic.
+    """
+    if isinstance(default, float) and not math.isfinite(default):
+        raise ValueError("numeric default must be finite")
+    return Field(
+        default,
+        description=description,
+        ge=ge,
+        le=le,
+        gt=gt,
+        lt=lt,
+        allow_inf_nan=False,
+        json_schema_extra=_extra("numeric"),
+    )
+
+
+def choice(default: Any, *, options: list[Any], description: str) -> Any:
+    """A parameter that takes one of a fixed list of values.
+
+    Args:
+        default: The starting value; must be one of ``options``.
+        options: The allowed values.
+        description: What the choice controls; shown to the optimizer.
+    """
+    if default not in options:
+        raise ValueError(f"choice default {default!r} is not one of {options!r}")
+    return Field(
+        default,
+        description=description,
+        json_schema_extra=_extra("choice", enum=list(options)),
+    )
+
+
+def demos(
+    default: list[dict[str, Any]] | None = None,
+    *,
+    description: str,
+    max_items: int = 16,
+) -> Any:
+    """A list of few-shot demonstrations (dicts such as ``{"input": ..., "output": ...}``).
+
+    Args:
+        default: The starting demos (default: none).
+        description: What the demos illustrate; shown to the optimizer.
+        max_items: Most demos allowed.
+    """
+    return Field(
+        default_factory=lambda: list(default or []),
+        description=description,
+        max_length=max_items,
+        json_schema_extra=_extra("demos"),
+    )

@@ -1,0 +1,559 @@
+"""The ingester: the only code that opens the warehouse for writing.
+
+One ingest takes the warehouse lock briefly and, in **one transaction**:
+
+1. reads every spool file from where the last ingest stopped (complete lines only),
+2. loads them with one DuckDB ``read_json`` into a temporary batch,
+3. inserts spans, pipelines (a new schema gets a new version), param sets, runs,
+   feedback (feedback for a run not yet seen waits in ``pending_feedback``),
+   drop reports and rejected lines,
+4. advances each file's offset in ``ingest_files``.
+
+A crash anywhere before ``COMMIT`` rolls everything back, offsets included, so
+the next ingest loads the same lines again; keys (span id, feedback id, run id)
+make loading twice store once. Sealed files, and files of writers that died,
+are deleted once fully loaded (a dead writer's unfinished last line is kept in
+``spool_rejects``, never dropped silently).
+
+Example:
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> Ingester(d / "w.duckdb", d / "spool").ingest().records
+    0
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import jsonschema
+import orjson
+
+from prefect_genopt import spool
+from prefect_genopt.records import RECORD_COLUMNS
+from prefect_genopt.settings import get_settings
+from prefect_genopt.tracing import DROPS_SPAN
+from prefect_genopt.warehouse.access import connect
+from prefect_genopt.warehouse.schema import migrate, utcnow
+
+__all__ = ["Ingester", "IngestResult", "ingest", "FAULT_ENV"]
+
+logger = logging.getLogger("prefect_genopt.ingest")
+
+#: Testing hook: ``GENOPT_FAULT=ingest:<point>`` kills the ingesting process
+#: (SIGKILL) at that point inside the load transaction. Points:
+#: ``after-spans``, ``after-runs``, ``before-commit``.
+FAULT_ENV = "GENOPT_FAULT"
+MAX_LINE_BYTES = 64 * 1024 * 1024
+_KINDS = {"span", "feedback"}
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "VARCHAR": (str,),
+    "BIGINT": (int,),
+    "DOUBLE": (int, float),
+    "BOOLEAN": (bool,),
+}
+
+
+def _fault(point: str) -> None:
+    if os.environ.get(FAULT_ENV) == f"ingest:{point}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class IngestResult:
+    """What one :meth:`Ingester.ingest` call did."""
+
+    files: int = 0
+    records: int = 0
+    spans: int = 0
+    feedback: int = 0
+    pending: int = 0
+    rejected: int = 0
+    crashed_runs: int = 0
+    seconds: float = 0.0
+    transactions: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (
+            f"ingested {self.records} records from {self.files} spool file(s) in "
+            f"{self.seconds:.2f}s: {self.spans} new spans, {self.feedback} new feedback, "
+            f"{self.pending} feedback pending, {self.rejected} rejected lines"
+        )
+
+
+@dataclass
+class _Chunk:
+    file: spool.SpoolFile
+    start: int
+    end: int
+    data: bytes
+    finished: bool  # the file will get no more data after `end`
+    tail: bytes = b""  # a dead writer's unfinished last line
+
+
+def _check_line(line: bytes) -> str | None:
+    """Why a spool line cannot be loaded, or None if it can."""
+    if len(line) > MAX_LINE_BYTES:
+        return f"line of {len(line)} bytes exceeds {MAX_LINE_BYTES}"
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON: {exc}"
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    if obj.get("k") not in _KINDS:
+        return f"unknown record kind {obj.get('k')!r}"
+    for key, typ in RECORD_COLUMNS.items():
+        v = obj.get(key)
+        if v is None or typ == "JSON":
+            continue
+        ok = _PY_TYPES[typ]
+        if not isinstance(v, ok) or (typ != "BOOLEAN" and isinstance(v, bool)):
+            return f"field {key!r} should be {typ}, got {type(v).__name__}"
+    if obj["k"] == "span" and not (obj.get("trace_id") and obj.get("span_id")):
+        return "span without trace_id/span_id"
+    if obj["k"] == "feedback" and not (
+        obj.get("feedback_id") and obj.get("run_id") and obj.get("kpi")
+    ):
+        return "feedback without feedback_id/run_id/kpi"
+    return None
+
+
+class Ingester:
+    """Loads the spool into the warehouse.
+
+    Args:
+        warehouse: The DuckDB file (default: the configured one).
+        spool_dir: The spool directory (default: the configured one).
+    """
+
+    def __init__(self, warehouse: Path | None = None, spool_dir: Path | None = None) -> None:
+        settings = get_settings()
+        self.warehouse = Path(warehouse).resolve() if warehouse else settings.warehouse_path
+        self.spool_dir = Path(spool_dir) if spool_dir else settings.spool_dir_for(self.warehouse)
+        self.batch_bytes = settings.ingest_batch_bytes
+        self.timeout = settings.lock_timeout
+
+    # -- reading the spool --------------------------------------------------------------
+
+    def _chunks(self, offsets: dict[str, int], budget: int) -> list[_Chunk]:
+        chunks: list[_Chunk] = []
+        for f in spool.list_files(self.spool_dir):
+            if budget <= 0:
+                break
+            start = offsets.get(f.stem, 0)
+            finished = not f.writer_alive
+            try:
+                with open(f.path, "rb") as fh:
+                    fh.seek(start)
+                    data = fh.read(budget)
+                    more = bool(fh.read(1))
+            except FileNotFoundError:  # renamed (sealed) or removed meanwhile: next time
+                continue
+            cut = data.rfind(b"\n") + 1
+            tail = b""
+            if finished and not more and cut < len(data):
+                tail = data[cut:]
+            if cut == 0 and not tail and not (finished and not more):
+                continue
+            chunks.append(
+                _Chunk(f, start, start + cut + len(tail), data[:cut], finished and not more, tail)
+            )
+            budget -= cut
+        return chunks
+
+    # -- loading ------------------------------------------------------------------------
+
+    def _load_batch(
+        self, con: duckdb.DuckDBPyConnection, chunks: list[_Chunk], now: Any
+    ) -> list[tuple[str, int, str, str]]:
+        """Create temp table ``batch``; returns the rejected lines."""
+        rejects: list[tuple[str, int, str, str]] = []
+        for c in chunks:
+            if c.tail:
+                rejects.append(
+                    (
+                        c.file.stem,
+                        c.end - len(c.tail),
+                        c.tail.decode("utf-8", "replace"),
+                        f"unfinished last line left by writer pid {c.file.pid} that exited",
+                    )
+                )
+        staging = self.spool_dir / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        try:
+            with open(staging, "wb") as fh:
+                for c in chunks:
+                    fh.write(c.data)
+            try:
+                self._read_into_batch(con, staging)
+            except duckdb.Error:
+                # Some line is malformed: sort lines in Python, keep the bad ones aside.
+                with open(staging, "wb") as fh:
+                    for c in chunks:
+                        pos = c.start
+                        for line in c.data.splitlines(keepends=True):
+                            why = _check_line(line.rstrip(b"\n"))
+                            if why is None:
+                                fh.write(line)
+                            else:
+                                rejects.append(
+                                    (c.file.stem, pos, line.decode("utf-8", "replace"), why)
+                                )
+                            pos += len(line)
+                self._read_into_batch(con, staging)
+        finally:
+            staging.unlink(missing_ok=True)
+        return rejects
+
+    def _read_into_batch(self, con: duckdb.DuckDBPyConnection, staging: Path) -> None:
+        con.execute("DROP TABLE IF EXISTS batch")
+        if staging.stat().st_size == 0:
+            cols = ", ".join(f'"{k}" {t}' for k, t in RECORD_COLUMNS.items())
+            con.execute(f"CREATE TEMP TABLE batch ({cols})")
+            return
+        columns = "{" + ", ".join(f"'{k}': '{t}'" for k, t in RECORD_COLUMNS.items()) + "}"
+        con.execute(
+            f"CREATE TEMP TABLE batch AS SELECT * FROM read_json(?, columns={columns}, "
+            f"format='newline_delimited', maximum_object_size={MAX_LINE_BYTES})",
+            [str(staging)],
+        )
+
+    def _apply(self, con: duckdb.DuckDBPyConnection, now: Any, result: IngestResult) -> None:
+        ts = "make_timestamp(CAST({0} // 1000 AS BIGINT))"
+        before = con.execute("SELECT count(*) FROM spans").fetchone()[0]
+        con.execute(
+            f"""
+            INSERT INTO spans
+            SELECT trace_id, span_id, parent_span_id, run_id, name, run_type, task_name,
+                   span_kind, {ts.format("start_ns")}, {ts.format("end_ns")},
+                   (end_ns - start_ns) / 1e6, status, status_message,
+                   json_extract_string(events, '$[#-1].attributes."prefect.state.type"'),
+                   pipeline, param_set_id, arm, item_key, inputs, output, params_read, error,
+                   llm_model, llm_provider, input_tokens, output_tokens, cost_usd,
+                   attributes, events, resource, source, host, pid, ?
+            FROM batch WHERE k = 'span'
+            ON CONFLICT DO NOTHING
+            """,
+            [now],
+        )
+        result.spans += con.execute("SELECT count(*) FROM spans").fetchone()[0] - before
+        _fault("after-spans")
+
+        def attr(name: str) -> str:
+            return f"json_extract_string(attributes, '$.\"{name}\"')"
+
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE starts AS
+            SELECT run_id, pipeline, param_set_id, arm, trace_id,
+                   {ts.format("start_ns")} AS start_time,
+                   {attr("genopt.params")} AS params,
+                   {attr("genopt.schema")} AS schema,
+                   {attr("genopt.schema_hash")} AS schema_hash,
+                   {attr("genopt.entrypoint")} AS entrypoint,
+                   {attr("genopt.flow_name")} AS flow_name,
+                   {attr("genopt.host")} AS host,
+                   TRY_CAST({attr("genopt.pid")} AS BIGINT) AS pid,
+                   inputs,
+                   {attr("genopt.routing_error")} AS routing_error
+            FROM batch
+            WHERE k = 'span' AND run_type = 'run_start' AND run_id IS NOT NULL
+              AND pipeline IS NOT NULL
+            """
+        )
+        con.execute(
+            """
+            INSERT INTO pipelines
+            SELECT n.pipeline,
+                   coalesce(m.maxv, 0)
+                     + row_number() OVER (PARTITION BY n.pipeline ORDER BY n.first_seen),
+                   n.schema_hash, n.schema, n.entrypoint, n.flow_name, n.first_seen, n.last_seen
+            FROM (SELECT pipeline, schema_hash, any_value(schema) AS schema,
+                         arg_max(entrypoint, start_time) AS entrypoint,
+                         arg_max(flow_name, start_time) AS flow_name,
+                         min(start_time) AS first_seen, max(start_time) AS last_seen
+                  FROM starts WHERE schema_hash IS NOT NULL GROUP BY pipeline, schema_hash) n
+            LEFT JOIN (SELECT pipeline, max(version) AS maxv FROM pipelines GROUP BY pipeline) m
+              ON m.pipeline = n.pipeline
+            WHERE NOT EXISTS (SELECT 1 FROM pipelines p
+                              WHERE p.pipeline = n.pipeline AND p.schema_hash = n.schema_hash)
+            """
+        )
+        con.execute(
+            """
+            UPDATE pipelines SET last_seen = greatest(pipelines.last_seen, s.last_seen),
+                                 entrypoint = s.entrypoint, flow_name = s.flow_name
+            FROM (SELECT pipeline, schema_hash, max(start_time) AS last_seen,
+                         arg_max(entrypoint, start_time) AS entrypoint,
+                         arg_max(flow_name, start_time) AS flow_name
+                  FROM starts GROUP BY pipeline, schema_hash) s
+            WHERE pipelines.pipeline = s.pipeline AND pipelines.schema_hash = s.schema_hash
+            """
+        )
+        con.execute(
+            """
+            INSERT INTO param_sets
+            SELECT s.pipeline, s.param_set_id, any_value(s.params)::JSON, any_value(p.version),
+                   'run', min(s.start_time)
+            FROM starts s JOIN pipelines p
+              ON p.pipeline = s.pipeline AND p.schema_hash = s.schema_hash
+            WHERE s.param_set_id IS NOT NULL AND s.params IS NOT NULL
+            GROUP BY s.pipeline, s.param_set_id
+            ON CONFLICT DO NOTHING
+            """
+        )
+        con.execute(
+            """
+            INSERT INTO runs (run_id, pipeline, flow_name, param_set_id, arm, schema_version,
+                              trace_id, start_time, status, host, pid, inputs, routing_error,
+                              ingested_at)
+            SELECT s.run_id, s.pipeline, s.flow_name, s.param_set_id, s.arm, p.version,
+                   s.trace_id, s.start_time, 'running', s.host, s.pid, s.inputs,
+                   s.routing_error, ?
+            FROM starts s LEFT JOIN pipelines p
+              ON p.pipeline = s.pipeline AND p.schema_hash = s.schema_hash
+            QUALIFY row_number() OVER (PARTITION BY s.run_id ORDER BY s.start_time) = 1
+            ON CONFLICT DO NOTHING
+            """,
+            [now],
+        )
+        flows = f"""
+            SELECT run_id, pipeline, name, param_set_id, arm, trace_id,
+                   {ts.format("start_ns")} AS start_time, {ts.format("end_ns")} AS end_time,
+                   (end_ns - start_ns) / 1e9 AS duration_s, status, status_message,
+                   lower(json_extract_string(events, '$[#-1].attributes."prefect.state.type"'))
+                     AS state,
+                   output, inputs
+            FROM batch
+            WHERE k = 'span' AND run_type = 'flow' AND run_id IS NOT NULL
+            QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY end_ns DESC) = 1
+        """
+        con.execute(
+            f"""
+            INSERT INTO runs (run_id, pipeline, flow_name, param_set_id, arm, trace_id,
+                              start_time, status, inputs, ingested_at)
+            SELECT run_id, pipeline, name, param_set_id, arm, trace_id, start_time,
+                   'running', inputs, ?
+            FROM ({flows}) WHERE pipeline IS NOT NULL
+            ON CONFLICT DO NOTHING
+            """,
+            [now],
+        )
+        con.execute(
+            f"""
+            UPDATE runs SET end_time = f.end_time, duration_s = f.duration_s,
+                   status = coalesce(f.state,
+                                     CASE f.status WHEN 'ERROR' THEN 'failed'
+                                                   ELSE 'completed' END),
+                   status_message = f.status_message, output = f.output,
+                   trace_id = coalesce(runs.trace_id, f.trace_id)
+            FROM ({flows}) f WHERE runs.run_id = f.run_id
+            """
+        )
+        _fault("after-runs")
+        self._apply_feedback(con, now, result)
+        con.execute(
+            f"""
+            INSERT INTO span_drops
+            SELECT span_id, {attr("genopt.host")},
+                   TRY_CAST({attr("genopt.pid")} AS BIGINT),
+                   TRY_CAST({attr("genopt.dropped")} AS BIGINT), {ts.format("start_ns")}
+            FROM batch WHERE k = 'span' AND name = '{DROPS_SPAN}'
+            ON CONFLICT DO NOTHING
+            """
+        )
+
+    def _apply_feedback(
+        self, con: duckdb.DuckDBPyConnection, now: Any, result: IngestResult
+    ) -> None:
+        cols = (
+            "feedback_id, run_id, pipeline, param_set_id, arm, item_key, kpi, value, comment, "
+            "source, idempotency_key, created_at, verified, ingested_at"
+        )
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE fb_in AS
+            SELECT feedback_id, run_id, pipeline, param_set_id, arm, item_key, kpi, value,
+                   comment, source, idempotency_key,
+                   make_timestamp(CAST(created_ns // 1000 AS BIGINT)) AS created_at,
+                   verified, CAST(? AS TIMESTAMP) AS ingested_at
+            FROM batch WHERE k = 'feedback'
+            UNION ALL
+            SELECT {cols} FROM pending_feedback
+            """,
+            [now],
+        )
+        before = con.execute("SELECT count(*) FROM feedback").fetchone()[0]
+        con.execute(
+            f"""
+            INSERT INTO feedback ({cols})
+            SELECT f.feedback_id, f.run_id, coalesce(f.pipeline, r.pipeline),
+                   coalesce(f.param_set_id, r.param_set_id), coalesce(f.arm, r.arm),
+                   f.item_key, f.kpi, f.value, f.comment, f.source, f.idempotency_key,
+                   f.created_at, f.verified, f.ingested_at
+            FROM fb_in f JOIN runs r ON r.run_id = f.run_id
+            QUALIFY row_number() OVER (PARTITION BY f.feedback_id ORDER BY f.created_at) = 1
+            ON CONFLICT DO NOTHING
+            """
+        )
+        result.feedback += con.execute("SELECT count(*) FROM feedback").fetchone()[0] - before
+        con.execute(
+            f"""
+            INSERT INTO pending_feedback ({cols})
+            SELECT {cols} FROM fb_in f
+            WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_id = f.run_id)
+            QUALIFY row_number() OVER (PARTITION BY f.feedback_id ORDER BY f.created_at) = 1
+            ON CONFLICT DO NOTHING
+            """
+        )
+        con.execute("DELETE FROM pending_feedback WHERE run_id IN (SELECT run_id FROM runs)")
+        result.pending = con.execute("SELECT count(*) FROM pending_feedback").fetchone()[0]
+
+    def _mark_dead_runs(self, con: duckdb.DuckDBPyConnection, result: IngestResult) -> None:
+        from prefect_genopt.records import HOST
+
+        rows = con.execute(
+            "SELECT run_id, host, pid, start_time FROM runs WHERE status = 'running'"
+        ).fetchall()
+        horizon = get_settings().incomplete_after_hours * 3600
+        now = utcnow()
+        for run_id, host, pid, start in rows:
+            status = None
+            if host == HOST and pid is not None and not spool.pid_alive(int(pid)):
+                status, why = "crashed", f"process {pid} on {host} exited before the run ended"
+            elif start is not None and (now - start).total_seconds() > horizon:
+                status, why = "incomplete", f"no end recorded after {horizon / 3600:g}h"
+            if status:
+                con.execute(
+                    "UPDATE runs SET status = ?, status_message = ? WHERE run_id = ?",
+                    [status, why, run_id],
+                )
+                result.crashed_runs += 1
+
+    def _check_param_sets(self, con: duckdb.DuckDBPyConnection, now: Any) -> None:
+        rows = con.execute(
+            """
+            SELECT ps.pipeline, ps.param_set_id, ps."values", p.version, p.schema
+            FROM param_sets ps
+            JOIN (SELECT pipeline, arg_max(version, last_seen) AS version,
+                         arg_max(schema, last_seen) AS schema
+                  FROM pipelines GROUP BY pipeline) p ON p.pipeline = ps.pipeline
+            WHERE NOT EXISTS (SELECT 1 FROM param_set_checks c
+                              WHERE c.pipeline = ps.pipeline AND c.param_set_id = ps.param_set_id
+                                AND c.schema_version = p.version)
+            """
+        ).fetchall()
+        checks = []
+        for pipeline, ps_id, values, version, schema in rows:
+            validator = jsonschema.Draft202012Validator(orjson.loads(schema))
+            errors = sorted(validator.iter_errors(orjson.loads(values)), key=lambda e: e.path)
+            msg = "; ".join(
+                f"{'.'.join(map(str, e.path)) or '<root>'}: {e.message}" for e in errors
+            )
+            checks.append((pipeline, ps_id, version, not errors, msg or None, now))
+        if checks:
+            con.executemany(
+                "INSERT INTO param_set_checks VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                checks,
+            )
+
+    # -- one transaction ------------------------------------------------------------------
+
+    def _ingest_once(self, con: duckdb.DuckDBPyConnection, result: IngestResult) -> bool:
+        """One transaction; returns True if there may be more to load."""
+        offsets = dict(con.execute("SELECT stem, byte_offset FROM ingest_files").fetchall())
+        chunks = self._chunks(offsets, self.batch_bytes)
+        now = utcnow()
+        started = time.perf_counter()
+        con.execute("BEGIN TRANSACTION")
+        try:
+            rejects = self._load_batch(con, chunks, now) if chunks else []
+            if chunks:
+                n = con.execute("SELECT count(*) FROM batch").fetchone()[0]
+                result.records += n
+                self._apply(con, now, result)
+            else:
+                n = 0
+            if rejects:
+                con.executemany(
+                    "INSERT INTO spool_rejects VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [(*r, now) for r in rejects],
+                )
+                result.rejected += len(rejects)
+                for stem, off, _, why in rejects:
+                    logger.warning("spool line rejected (%s @%d): %s", stem, off, why)
+            if chunks:
+                con.executemany(
+                    "INSERT INTO ingest_files VALUES (?, ?, ?) "
+                    "ON CONFLICT (stem) DO UPDATE SET byte_offset = excluded.byte_offset, "
+                    "updated_at = excluded.updated_at",
+                    [(c.file.stem, c.end, now) for c in chunks],
+                )
+            self._mark_dead_runs(con, result)
+            self._check_param_sets(con, now)
+            if chunks:
+                con.execute(
+                    "INSERT INTO ingest_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        now,
+                        time.perf_counter() - started,
+                        len(chunks),
+                        n,
+                        result.spans,
+                        result.feedback,
+                        result.pending,
+                        len(rejects),
+                    ],
+                )
+            _fault("before-commit")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        result.transactions += 1
+        result.files += len(chunks)
+        self._cleanup(offsets, chunks)
+        return sum(len(c.data) for c in chunks) >= self.batch_bytes
+
+    def _cleanup(self, offsets: dict[str, int], chunks: list[_Chunk]) -> None:
+        """Delete files fully loaded that will get no more lines."""
+        done = {c.file.stem: c.end for c in chunks}
+        for f in spool.list_files(self.spool_dir):
+            if f.writer_alive:
+                continue
+            end = done.get(f.stem, offsets.get(f.stem))
+            try:
+                if end is not None and f.path.stat().st_size <= end:
+                    f.path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def ingest(self) -> IngestResult:
+        """Load everything in the spool now; safe to call from any process, any time.
+
+        Raises:
+            WarehouseBusyError: The file stayed locked past ``GENOPT_LOCK_TIMEOUT``.
+        """
+        result = IngestResult()
+        t0 = time.perf_counter()
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        with connect(self.warehouse, read_only=False, timeout=self.timeout) as con:
+            migrate(con)
+            while self._ingest_once(con, result):
+                pass
+        result.seconds = time.perf_counter() - t0
+        return result
+
+
+def ingest(warehouse: Path | None = None) -> IngestResult:
+    """Ingest the configured spool into the configured warehouse."""
+    return Ingester(warehouse).ingest()

@@ -1,0 +1,268 @@
+"""The warehouse schema, its version and its migrations.
+
+Tables analysts can rely on: ``pipelines``, ``runs``, ``spans``, ``feedback``,
+``param_sets`` (plus ``pending_feedback``, ``param_set_checks``,
+``span_drops`` and the ingester's bookkeeping). Views answer the common
+questions: ``kpi_by_param_set_day``, ``llm_usage``, ``run_summary``.
+
+All times are ``TIMESTAMP`` in UTC. Migrations are a list applied in order;
+``schema_version`` holds the applied version. Only the ingester applies them
+(it is the only process that opens the file for writing). SQL here sticks to
+features DuckDB 1.5 also has, so the DuckLake path stays open.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import duckdb
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "migrate",
+    "current_version",
+    "TABLES",
+    "VIEWS",
+    "utcnow",
+]
+
+TABLES = (
+    "pipelines",
+    "runs",
+    "spans",
+    "feedback",
+    "param_sets",
+    "pending_feedback",
+    "param_set_checks",
+    "span_drops",
+    "spool_rejects",
+    "ingest_files",
+    "ingest_log",
+)
+VIEWS = ("kpi_by_param_set_day", "llm_usage", "run_summary")
+
+_FEEDBACK_COLUMNS = """
+    feedback_id VARCHAR PRIMARY KEY,
+    run_id VARCHAR NOT NULL,
+    pipeline VARCHAR,
+    param_set_id VARCHAR,
+    arm VARCHAR,
+    item_key VARCHAR,
+    kpi VARCHAR NOT NULL,
+    value DOUBLE,
+    comment VARCHAR,
+    source VARCHAR,
+    idempotency_key VARCHAR,
+    created_at TIMESTAMP,
+    verified BOOLEAN,
+    ingested_at TIMESTAMP
+"""
+
+_V1 = f"""
+CREATE TABLE IF NOT EXISTS pipelines (
+    pipeline VARCHAR NOT NULL,
+    version INTEGER NOT NULL,
+    schema_hash VARCHAR NOT NULL,
+    schema JSON NOT NULL,
+    entrypoint JSON,
+    flow_name VARCHAR,
+    first_seen TIMESTAMP,
+    last_seen TIMESTAMP,
+    PRIMARY KEY (pipeline, version)
+);
+CREATE TABLE IF NOT EXISTS param_sets (
+    pipeline VARCHAR NOT NULL,
+    param_set_id VARCHAR NOT NULL,
+    "values" JSON NOT NULL,
+    schema_version INTEGER,
+    source VARCHAR,
+    created_at TIMESTAMP,
+    PRIMARY KEY (pipeline, param_set_id)
+);
+CREATE TABLE IF NOT EXISTS param_set_checks (
+    pipeline VARCHAR NOT NULL,
+    param_set_id VARCHAR NOT NULL,
+    schema_version INTEGER NOT NULL,
+    ok BOOLEAN NOT NULL,
+    error VARCHAR,
+    checked_at TIMESTAMP,
+    PRIMARY KEY (pipeline, param_set_id, schema_version)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    pipeline VARCHAR,
+    flow_name VARCHAR,
+    param_set_id VARCHAR,
+    arm VARCHAR,
+    schema_version INTEGER,
+    trace_id VARCHAR,
+    start_time TIMESTAMP,
+    end_time TIMESTAMP,
+    duration_s DOUBLE,
+    status VARCHAR,
+    status_message VARCHAR,
+    host VARCHAR,
+    pid BIGINT,
+    inputs VARCHAR,
+    output VARCHAR,
+    routing_error VARCHAR,
+    ingested_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS spans (
+    trace_id VARCHAR NOT NULL,
+    span_id VARCHAR NOT NULL,
+    parent_span_id VARCHAR,
+    run_id VARCHAR,
+    name VARCHAR,
+    run_type VARCHAR,
+    task_name VARCHAR,
+    span_kind VARCHAR,
+    start_time TIMESTAMP,
+    end_time TIMESTAMP,
+    duration_ms DOUBLE,
+    status VARCHAR,
+    status_message VARCHAR,
+    state VARCHAR,
+    pipeline VARCHAR,
+    param_set_id VARCHAR,
+    arm VARCHAR,
+    item_key VARCHAR,
+    inputs VARCHAR,
+    output VARCHAR,
+    params_read JSON,
+    error VARCHAR,
+    llm_model VARCHAR,
+    llm_provider VARCHAR,
+    input_tokens BIGINT,
+    output_tokens BIGINT,
+    cost_usd DOUBLE,
+    attributes JSON,
+    events JSON,
+    resource JSON,
+    source VARCHAR,
+    host VARCHAR,
+    pid BIGINT,
+    ingested_at TIMESTAMP,
+    PRIMARY KEY (trace_id, span_id)
+);
+CREATE TABLE IF NOT EXISTS feedback ({_FEEDBACK_COLUMNS});
+CREATE TABLE IF NOT EXISTS pending_feedback ({_FEEDBACK_COLUMNS});
+CREATE TABLE IF NOT EXISTS span_drops (
+    span_id VARCHAR PRIMARY KEY,
+    host VARCHAR,
+    pid BIGINT,
+    dropped BIGINT,
+    reported_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS spool_rejects (
+    stem VARCHAR NOT NULL,
+    byte_offset BIGINT NOT NULL,
+    raw VARCHAR,
+    error VARCHAR,
+    rejected_at TIMESTAMP,
+    PRIMARY KEY (stem, byte_offset)
+);
+CREATE TABLE IF NOT EXISTS ingest_files (
+    stem VARCHAR PRIMARY KEY,
+    byte_offset BIGINT NOT NULL,
+    updated_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS ingest_log (
+    finished_at TIMESTAMP,
+    seconds DOUBLE,
+    files INTEGER,
+    records BIGINT,
+    spans BIGINT,
+    feedback BIGINT,
+    pending BIGINT,
+    rejected BIGINT
+);
+CREATE OR REPLACE VIEW kpi_by_param_set_day AS
+SELECT pipeline, param_set_id, arm, kpi,
+       CAST(date_trunc('day', created_at) AS DATE) AS day,
+       count(*) AS n, avg(value) AS mean, stddev_samp(value) AS stddev,
+       min(value) AS min, max(value) AS max
+FROM feedback WHERE value IS NOT NULL
+GROUP BY ALL;
+CREATE OR REPLACE VIEW llm_usage AS
+SELECT pipeline, llm_model AS model, llm_provider AS provider,
+       count(*) AS calls,
+       sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+       sum(cost_usd) AS cost_usd,
+       count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls,
+       count(*) FILTER (WHERE status = 'ERROR') AS errors,
+       median(duration_ms) AS median_latency_ms
+FROM spans WHERE run_type = 'llm'
+GROUP BY ALL;
+CREATE OR REPLACE VIEW run_summary AS
+SELECT r.run_id, r.pipeline, r.flow_name, r.param_set_id, r.arm, r.status,
+       r.start_time, r.end_time, r.duration_s,
+       coalesce(s.tasks, 0) AS tasks, coalesce(s.llm_calls, 0) AS llm_calls,
+       s.llm_tokens, s.llm_cost_usd,
+       k.kpis, k.comments
+FROM runs r
+LEFT JOIN (
+    SELECT run_id,
+           count(*) FILTER (WHERE run_type = 'task') AS tasks,
+           count(*) FILTER (WHERE run_type = 'llm') AS llm_calls,
+           sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0))
+               FILTER (WHERE run_type = 'llm') AS llm_tokens,
+           sum(cost_usd) AS llm_cost_usd
+    FROM spans GROUP BY run_id
+) s USING (run_id)
+LEFT JOIN (
+    SELECT run_id,
+           json_group_object(kpi, mean) AS kpis,
+           sum(comments) AS comments
+    FROM (SELECT run_id, kpi, avg(value) AS mean, count(comment) AS comments
+          FROM feedback GROUP BY run_id, kpi)
+    GROUP BY run_id
+) k USING (run_id);
+"""
+
+#: (version, SQL) in order; append, never edit a released one.
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1)]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def utcnow() -> datetime:
+    """Now, as a naive UTC datetime (the warehouse stores UTC ``TIMESTAMP``)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The schema version of an open warehouse (0 for an empty file)."""
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+    ).fetchone()
+    if not exists or not exists[0]:
+        return 0
+    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0] or 0) if row else 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Apply pending migrations in one transaction; returns the resulting version."""
+    version = current_version(con)
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"warehouse schema version {version} is newer than this prefect-genopt "
+            f"({SCHEMA_VERSION}); upgrade prefect-genopt"
+        )
+    if version == SCHEMA_VERSION:
+        return version
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, applied_at TIMESTAMP)"
+        )
+        for v, sql in MIGRATIONS:
+            if v > version:
+                con.execute(sql)
+                con.execute("INSERT INTO schema_version VALUES (?, ?)", [v, utcnow()])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return SCHEMA_VERSION
