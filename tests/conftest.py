@@ -1,0 +1,60 @@
+"""Shared fixtures: one Prefect test harness per session, a fresh warehouse per test.
+
+Environment is set before Prefect is imported so the harness, its server
+subprocess and any child process the tests start are quiet and offline.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+_HOME = tempfile.mkdtemp(prefix="genopt-tests-")
+os.environ.setdefault("PREFECT_HOME", _HOME)
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ["GENOPT_WAREHOUSE"] = str(Path(_HOME) / "session.duckdb")
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """One Prefect test harness (a real local API server) for the whole session.
+
+    Yields the API URL, which child processes receive as ``PREFECT_API_URL``.
+    """
+    import prefect.settings as ps
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        with ps.temporary_settings({ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield str(ps.PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def warehouse_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty warehouse location for this test (``GENOPT_WAREHOUSE``)."""
+    path = tmp_path / "warehouse.duckdb"
+    monkeypatch.setenv("GENOPT_WAREHOUSE", str(path))
+    return path
+
+
+@pytest.fixture
+def child_env(prefect_api: str, warehouse_path: Path) -> dict[str, str]:
+    """Environment for a child process: same warehouse, same Prefect API."""
+    env = dict(os.environ)
+    env["PREFECT_API_URL"] = prefect_api
+    env["GENOPT_WAREHOUSE"] = str(warehouse_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+PYTHON = sys.executable
