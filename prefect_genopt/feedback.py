@@ -68,11 +68,8 @@ def validate_value(value: Any) -> float | None:
     """A KPI value: None (text-only feedback) or a finite number."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise FeedbackError(f"feedback value must be a number, got {value!r}") from None
+    if isinstance(value, bool | str | bytes) or not hasattr(value, "__float__"):
+        raise FeedbackError(f"feedback value must be a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
         raise FeedbackError(f"feedback value must be a finite number, got {value}")

@@ -135,7 +135,7 @@ def _start_run(
         flow_name=ctx.flow.name if ctx.flow else name,
         routing_error=routing_error,
     )
-    flow_span = trace.get_current_span()
+    flow_span = trace.get_current_span()  # Prefect's flow-run span (ended on a retry)
     attrs: dict[str, Any] = {
         semconv.PIPELINE: name,
         semconv.RUN_ID: rc.run_id,
@@ -145,7 +145,8 @@ def _start_run(
     }
     if routing_error:
         attrs[semconv.ROUTING_ERROR] = routing_error
-    flow_span.set_attributes(attrs)
+    if flow_span.is_recording():
+        flow_span.set_attributes(attrs)
     start = tracer().start_span(
         semconv.RUN_START_SPAN,
         attributes={
@@ -161,6 +162,25 @@ def _start_run(
     )
     start.end()
     return rc
+
+
+def _end_run(rc: RunContext, result: Any, exc: BaseException | None) -> None:
+    """Record this attempt's outcome (Prefect ends its flow span at the first failure,
+    so a retried run's final outcome is only known from here)."""
+    output = clean(result)
+    flow_span = trace.get_current_span()
+    if flow_span.is_recording() and exc is None:
+        flow_span.set_attribute(semconv.OUTPUT, output)
+    attrs: dict[str, Any] = {
+        semconv.RUN_ID: rc.run_id,
+        semconv.PIPELINE: rc.pipeline,
+        semconv.STATUS: "completed" if exc is None else "failed",
+    }
+    if exc is None:
+        attrs[semconv.OUTPUT] = output
+    else:
+        attrs[semconv.ERROR] = clean(f"{type(exc).__name__}: {exc}")
+    tracer().start_span(semconv.RUN_END_SPAN, attributes=attrs).end()
 
 
 def pipeline(name: str | None = None, *, params: type[Tunables] | None = None) -> Callable[[F], F]:
@@ -208,10 +228,11 @@ def pipeline(name: str | None = None, *, params: type[Tunables] | None = None) -
             rc = _start_run(pname, params_cls, schema, schema_hash, entry, _bind(sig, args, kwargs))
             return run_var.set(rc)
 
-        def finish(result: Any) -> None:
-            span = trace.get_current_span()
-            if span.is_recording():
-                span.set_attribute(semconv.OUTPUT, clean(result))
+        def finish(token: Any, result: Any = None, exc: BaseException | None = None) -> None:
+            rc = run_var.get()
+            run_var.reset(token)
+            if rc is not None:
+                _end_run(rc, result, exc)
 
         if inspect.iscoroutinefunction(fn):
 
@@ -220,10 +241,11 @@ def pipeline(name: str | None = None, *, params: type[Tunables] | None = None) -
                 token = begin(args, kwargs)
                 try:
                     result = await fn(*args, **kwargs)
-                    finish(result)
-                    return result
-                finally:
-                    run_var.reset(token)
+                except BaseException as exc:
+                    finish(token, exc=exc)
+                    raise
+                finish(token, result)
+                return result
 
             wrapper: Any = async_wrapper
         else:
@@ -233,10 +255,11 @@ def pipeline(name: str | None = None, *, params: type[Tunables] | None = None) -
                 token = begin(args, kwargs)
                 try:
                     result = fn(*args, **kwargs)
-                    finish(result)
-                    return result
-                finally:
-                    run_var.reset(token)
+                except BaseException as exc:
+                    finish(token, exc=exc)
+                    raise
+                finish(token, result)
+                return result
 
             wrapper = sync_wrapper
         wrapper.__genopt_pipeline__ = pname

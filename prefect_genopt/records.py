@@ -137,6 +137,8 @@ def _run_type(name: str, attrs: Mapping[str, Any]) -> str:
         return str(rt)
     if name == semconv.RUN_START_SPAN:
         return "run_start"
+    if name == semconv.RUN_END_SPAN:
+        return "run_end"
     if _first(attrs, semconv.GENAI_MODEL) is not None or semconv.GENAI_OPERATION in attrs:
         return "llm"
     return "other"

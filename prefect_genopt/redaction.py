@@ -34,7 +34,7 @@ BUILTIN_SECRET_PATTERNS: tuple[str, ...] = (
     r"\bAKIA[0-9A-Z]{16}\b",
     r"\bAIza[0-9A-Za-z_\-]{35}\b",
     r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
-    r"(?i)\b(?:api[_-]?key|secret|password|passwd|access[_-]?token|auth[_-]?token)"
+    r"(?i)\b(?:api[_-]?key|secret|password|passwd|(?:access|auth|refresh|api)?[_-]?token)"
     r"[\"']?\s*[:=]\s*[\"']?([^\s\"',;&]{4,})",
 )
 

@@ -23,6 +23,9 @@ ROUTING_ERROR = "genopt.routing_error"
 
 # attributes of the run-start span
 RUN_START_SPAN = "genopt.run.start"
+#: one per attempt of a pipeline run, with its outcome (a retried run has several)
+RUN_END_SPAN = "genopt.run.end"
+STATUS = "genopt.status"
 PARAMS = "genopt.params"
 SCHEMA = "genopt.schema"
 SCHEMA_HASH = "genopt.schema_hash"

@@ -329,10 +329,7 @@ class Ingester:
         flows = f"""
             SELECT run_id, pipeline, name, param_set_id, arm, trace_id,
                    {ts.format("start_ns")} AS start_time, {ts.format("end_ns")} AS end_time,
-                   (end_ns - start_ns) / 1e9 AS duration_s, status, status_message,
-                   lower(json_extract_string(events, '$[#-1].attributes."prefect.state.type"'))
-                     AS state,
-                   output, inputs
+                   status, status_message, inputs
             FROM batch
             WHERE k = 'span' AND run_type = 'flow' AND run_id IS NOT NULL
             QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY end_ns DESC) = 1
@@ -348,15 +345,31 @@ class Ingester:
             """,
             [now],
         )
+        # The outcome of a run: the latest of Prefect's flow span (its final state) and
+        # genopt's run-end spans (one per attempt: a retried run's last one wins).
         con.execute(
             f"""
-            UPDATE runs SET end_time = f.end_time, duration_s = f.duration_s,
-                   status = coalesce(f.state,
-                                     CASE f.status WHEN 'ERROR' THEN 'failed'
-                                                   ELSE 'completed' END),
-                   status_message = f.status_message, output = f.output,
-                   trace_id = coalesce(runs.trace_id, f.trace_id)
-            FROM ({flows}) f WHERE runs.run_id = f.run_id
+            UPDATE runs SET end_time = o.end_time,
+                   duration_s = date_diff('microsecond', runs.start_time, o.end_time) / 1e6,
+                   status = o.status, status_message = o.status_message,
+                   output = coalesce(o.output, runs.output),
+                   trace_id = coalesce(runs.trace_id, o.trace_id)
+            FROM (
+                SELECT run_id, trace_id, {ts.format("end_ns")} AS end_time,
+                       CASE WHEN run_type = 'run_end' THEN {attr("genopt.status")}
+                            ELSE coalesce(
+                                lower(json_extract_string(
+                                    events, '$[#-1].attributes."prefect.state.type"')),
+                                CASE status WHEN 'ERROR' THEN 'failed' ELSE 'completed' END)
+                       END AS status,
+                       coalesce(error, status_message) AS status_message, output
+                FROM batch
+                WHERE k = 'span' AND run_id IS NOT NULL AND run_type IN ('flow', 'run_end')
+                QUALIFY row_number() OVER (
+                    PARTITION BY run_id ORDER BY end_ns DESC, run_type = 'flow' DESC) = 1
+            ) o
+            WHERE runs.run_id = o.run_id
+              AND (runs.end_time IS NULL OR o.end_time >= runs.end_time)
             """
         )
         _fault("after-runs")
