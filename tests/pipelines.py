@@ -160,7 +160,7 @@ def die_now() -> None:
 
 
 @flow
-@genopt.pipeline(name="killed")
+@genopt.pipeline(name="killed", params=TriageParams)
 def killed(before: int) -> None:
     for i in range(before):
         classify(f"invoice {i}")

@@ -487,9 +487,11 @@ class Ingester:
         chunks = self._chunks(offsets, self.batch_bytes)
         now = utcnow()
         started = time.perf_counter()
+        # The batch is a temp table, loaded before the transaction: a malformed line
+        # makes read_json fail, which would abort the transaction.
+        rejects = self._load_batch(con, chunks, now) if chunks else []
         con.execute("BEGIN TRANSACTION")
         try:
-            rejects = self._load_batch(con, chunks, now) if chunks else []
             if chunks:
                 n = con.execute("SELECT count(*) FROM batch").fetchone()[0]
                 result.records += n
