@@ -30,6 +30,10 @@ from prefect_genopt.warehouse import (  # noqa: E402
     WarehouseMissingError,
 )
 
+from prefect_genopt import llm_spans as _llm_spans  # noqa: E402
+
+_llm_spans.install()  # LLM calls through litellm become spans (once tracing is set up)
+
 __version__ = "0.1.0"
 
 __all__ = [

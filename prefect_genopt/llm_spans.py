@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import importlib.abc
-import importlib.machinery
 import sys
 import time
 from collections.abc import Callable
@@ -181,19 +180,13 @@ def instrument(module: Any) -> None:
         module.acompletion = _wrap_async(module.acompletion)
 
 
-class _Loader(importlib.abc.Loader):
-    def __init__(self, inner: importlib.abc.Loader) -> None:
-        self.inner = inner
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
-        return self.inner.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        self.inner.exec_module(module)
-        instrument(module)
-
-
 class _Finder(importlib.abc.MetaPathFinder):
+    """Finds litellm with the other finders and instruments it right after it executes.
+
+    The loader itself is kept (``importlib.resources`` needs it); only its
+    ``exec_module`` is wrapped, on this one spec's loader instance.
+    """
+
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         if fullname != "litellm":
             return None
@@ -202,7 +195,14 @@ class _Finder(importlib.abc.MetaPathFinder):
                 continue
             spec = finder.find_spec(fullname, path, target)
             if spec is not None and spec.loader is not None:
-                spec.loader = _Loader(spec.loader)
+                loader = spec.loader
+                original = loader.exec_module
+
+                def exec_module(module: Any) -> None:
+                    original(module)
+                    instrument(module)
+
+                loader.exec_module = exec_module  # type: ignore[method-assign]
                 return spec
         return None
 

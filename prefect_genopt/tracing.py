@@ -32,6 +32,7 @@ import collections
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,6 +41,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import SpanContext, TraceFlags
 
 from prefect_genopt import semconv, spool
 from prefect_genopt.context import run_var
@@ -60,6 +63,7 @@ logger = logging.getLogger("prefect_genopt.tracing")
 DROPS_SPAN = "genopt.drops"
 DROPPED = "genopt.dropped"
 TRACER_NAME = "prefect_genopt"
+_ids = RandomIdGenerator()
 
 
 class SpoolSpanExporter(SpanExporter):
@@ -242,12 +246,26 @@ class GenoptSpanProcessor(SpanProcessor):
                 return
             self._reported_drops = self.dropped
         logger.warning("genopt dropped %d span(s) (queue full or export failed)", new)
-        drop_span = tracer().start_span(
-            DROPS_SPAN,
-            context=otel_context.Context(),
+        now = time.time_ns()
+        report = ReadableSpan(
+            name=DROPS_SPAN,
+            context=SpanContext(
+                trace_id=_ids.generate_trace_id(),
+                span_id=_ids.generate_span_id(),
+                is_remote=False,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            ),
             attributes={DROPPED: new, semconv.HOST: spool.HOST, semconv.PID: os.getpid()},
+            start_time=now,
+            end_time=now,
+            resource=Resource.get_empty(),
         )
-        drop_span.end()
+        try:
+            ok = self.exporter.export([report]) == SpanExportResult.SUCCESS
+        except Exception:  # noqa: BLE001
+            ok = False
+        if not ok:
+            logger.error("genopt could not report %d dropped span(s)", new)
 
     def _drain(self, timeout: float) -> None:
         if self.queue_size is None or self._thread is None:

@@ -66,6 +66,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PROTOBUF",
     "JSON",
+    "TRACE_MEDIA_TYPES",
     "media_type",
     "decompress",
     "parse_request",
@@ -78,6 +79,8 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 #: Media types accepted for protobuf bodies (the OTLP one, and the IANA-style name).
 _PROTOBUF_TYPES = frozenset({PROTOBUF, "application/protobuf"})
+#: Every media type :func:`decode_traces` accepts.
+TRACE_MEDIA_TYPES = _PROTOBUF_TYPES | {JSON}
 
 TRACE_ID_BYTES = 16
 SPAN_ID_BYTES = 8
@@ -224,8 +227,7 @@ def _json_id(
         return
     if not isinstance(v, str):
         raise OTLPDecodeError(
-            f"{path}: {camel} must be a string of {2 * size} hex characters, "
-            f"got {type(v).__name__}"
+            f"{path}: {camel} must be a string of {2 * size} hex characters, got {type(v).__name__}"
         )
     raw: bytes | None = None
     if len(v) == 2 * size:
@@ -480,8 +482,7 @@ def decode_traces(
         settings = get_settings()
         limit = settings.max_value_chars if limit is None else limit
         max_bytes = settings.max_body_bytes if max_bytes is None else max_bytes
-    mt = media_type(content_type)
-    if mt not in _PROTOBUF_TYPES and mt != JSON:
+    if media_type(content_type) not in TRACE_MEDIA_TYPES:
         parse_request(b"", content_type)  # raises UnsupportedMediaTypeError
     data = decompress(body, content_encoding, max_bytes)
     return records_from_request(parse_request(data, content_type), limit)

@@ -40,11 +40,11 @@ import logging
 import math
 import signal
 import socket
+import socketserver
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
@@ -60,6 +60,7 @@ from prefect_genopt.warehouse.access import WarehouseBusyError
 from prefect_genopt.warehouse.ingest import Ingester, IngestResult
 from prefect_genopt.warehouse.otlp import (
     JSON,
+    TRACE_MEDIA_TYPES,
     OTLPDecodeError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
@@ -162,8 +163,7 @@ def _check_feedback(obj: Any, where: str) -> dict[str, Any]:
         rec["comment"] = redact(comment)
     if rec["value"] is None and not rec.get("comment"):
         raise OTLPDecodeError(f"{where}: feedback needs a value, a comment, or both")
-    rec.setdefault("created_ns", time.time_ns())
-    if rec["created_ns"] is None:
+    if rec.get("created_ns") is None:
         rec["created_ns"] = time.time_ns()
     rec["source"] = rec.get("source") or "receiver"
     rec.setdefault("verified", False)
@@ -206,6 +206,12 @@ class _Server(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self.receiver = receiver
         super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind also resolves the host's FQDN, which can stall offline.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -359,9 +365,7 @@ class _Handler(BaseHTTPRequestHandler):
         rx = self.server.receiver
         content_type = self.headers.get("Content-Type")
         encoding = self.headers.get("Content-Encoding")
-        body_type, _ = response_body(content_type)
-        mt = media_type(content_type)
-        if mt not in ("application/x-protobuf", "application/protobuf", JSON):
+        if media_type(content_type) not in TRACE_MEDIA_TYPES:
             raise _HTTPError(
                 415,
                 f"Content-Type {content_type!r} is not supported on {TRACES_PATH}: "
@@ -423,9 +427,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             logger.info("%s %s -> %d: %s", self.command, self.path, exc.status, exc.message)
         try:
-            self._reply(
-                exc.status, orjson.dumps({"error": exc.message}), JSON, close=exc.close
-            )
+            self._reply(exc.status, orjson.dumps({"error": exc.message}), JSON, close=exc.close)
         except OSError:
             self.close_connection = True
 

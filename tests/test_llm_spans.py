@@ -1,0 +1,68 @@
+"""LLM calls through litellm become gen_ai child spans, recorded in the calling thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import litellm
+import pytest
+
+import prefect_genopt as genopt
+from prefect_genopt.llm_spans import is_instrumented
+
+
+@pytest.fixture(autouse=True)
+def _tracing() -> None:
+    genopt.setup_tracing()
+
+
+def test_litellm_is_instrumented() -> None:
+    assert is_instrumented(litellm)
+
+
+def test_calls_outside_a_run_are_recorded_without_a_run(warehouse_path: Path) -> None:
+    litellm.completion(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], mock_response="yo"
+    )
+    row = genopt.Warehouse().sql("SELECT * FROM spans WHERE run_type = 'llm'")[0]
+    assert row["run_id"] is None and row["llm_model"] == "gpt-4o-mini"
+    assert row["input_tokens"] > 0 and row["output_tokens"] > 0 and row["cost_usd"] > 0
+    assert row["status"] == "OK" and row["duration_ms"] > 0
+    assert json.loads(json.loads(row["attributes"])["gen_ai.completion"]) == ["yo"]
+
+
+def test_failed_calls_are_error_spans(warehouse_path: Path) -> None:
+    with pytest.raises(litellm.RateLimitError):
+        litellm.completion(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi"}],
+            mock_response=litellm.RateLimitError("slow down", "openai", "gpt-4o-mini"),
+        )
+    row = genopt.Warehouse().sql("SELECT * FROM spans WHERE run_type = 'llm'")[0]
+    assert row["status"] == "ERROR" and "RateLimitError" in row["error"]
+
+
+def test_async_calls_are_recorded(warehouse_path: Path) -> None:
+    async def go() -> None:
+        await litellm.acompletion(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "a"}], mock_response="b"
+        )
+
+    asyncio.run(go())
+    rows = genopt.Warehouse().sql("SELECT llm_model FROM spans WHERE run_type = 'llm'")
+    assert rows == [{"llm_model": "gpt-4o-mini"}]
+
+
+def test_from_import_after_genopt_is_traced() -> None:
+    code = (
+        "import prefect_genopt\n"
+        "from litellm import completion, acompletion\n"
+        "print(getattr(completion, '__genopt_traced__', False),"
+        " getattr(acompletion, '__genopt_traced__', False))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["True", "True"], out.stderr[-2000:]

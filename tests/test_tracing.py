@@ -1,0 +1,118 @@
+"""The span processor: run stamping, synchronous export, bounded queue with counted drops."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import prefect_genopt as genopt
+from prefect_genopt import semconv
+from prefect_genopt.tracing import DROPS_SPAN, GenoptSpanProcessor, SpoolSpanExporter
+
+
+def _provider(proc: GenoptSpanProcessor) -> TracerProvider:
+    provider = TracerProvider()
+    provider.add_span_processor(proc)
+    return provider
+
+
+def test_children_of_a_flow_span_get_its_run_id() -> None:
+    exporter = InMemorySpanExporter()
+    tracer = _provider(GenoptSpanProcessor(exporter)).get_tracer("t")
+    attrs = {semconv.PREFECT_RUN_TYPE: "flow", semconv.PREFECT_RUN_ID: "run-1"}
+    with tracer.start_as_current_span("flow", attributes=attrs):
+        with tracer.start_as_current_span("task"):
+            with tracer.start_as_current_span("llm"):
+                pass
+    with tracer.start_as_current_span("unrelated"):
+        pass
+    by_name = {s.name: s for s in exporter.get_finished_spans()}
+    for name in ("flow", "task", "llm"):
+        assert by_name[name].attributes[semconv.RUN_ID] == "run-1"
+    assert semconv.RUN_ID not in by_name["unrelated"].attributes
+
+
+class SlowExporter(SpanExporter):
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.exported: list[ReadableSpan] = []
+        self.lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        time.sleep(self.delay)
+        with self.lock:
+            self.exported.extend(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def test_queue_overflow_is_counted_and_reported() -> None:
+    exporter = SlowExporter(delay=0.2)
+    proc = GenoptSpanProcessor(exporter, queue_size=10, batch_size=5, interval=0.05)
+    tracer = _provider(proc).get_tracer("t")
+    for i in range(100):
+        with tracer.start_as_current_span(f"s{i}"):
+            pass
+    assert proc.force_flush()
+    real = [s for s in exporter.exported if s.name != DROPS_SPAN]
+    assert proc.dropped > 0
+    assert len(real) + proc.dropped == 100  # every span is either exported or counted
+    reports = [s for s in exporter.exported if s.name == DROPS_SPAN]
+    assert sum(s.attributes["genopt.dropped"] for s in reports) == proc.dropped
+    proc.shutdown()
+
+
+def test_failed_synchronous_export_is_counted() -> None:
+    class Failing(InMemorySpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.FAILURE
+
+    proc = GenoptSpanProcessor(Failing())
+    tracer = _provider(proc).get_tracer("t")
+    for _ in range(3):
+        with tracer.start_as_current_span("x"):
+            pass
+    assert proc.dropped == 3
+
+
+def test_joins_an_application_provider_and_drops_reach_status(warehouse_path: Path) -> None:
+    provider = TracerProvider()
+    app_exporter = InMemorySpanExporter()
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider.add_span_processor(SimpleSpanProcessor(app_exporter))
+    proc = GenoptSpanProcessor(SpoolSpanExporter())
+    provider.add_span_processor(proc)
+    with provider.get_tracer("app").start_as_current_span("app-span", attributes={"k": "v"}):
+        pass
+    assert [s.name for s in app_exporter.get_finished_spans()] == ["app-span"]  # app unchanged
+    proc.dropped = 2  # as if two spans had not fit
+    proc.force_flush()
+    wh = genopt.Warehouse()
+    assert wh.sql("SELECT name FROM spans WHERE name = 'app-span'") == [{"name": "app-span"}]
+    assert wh.sql("SELECT sum(dropped) AS d FROM span_drops") == [{"d": 2}]
+
+
+def test_long_and_secret_attribute_values_are_cleaned_at_export(
+    warehouse_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("GENOPT_MAX_VALUE_CHARS", "100")
+    proc = GenoptSpanProcessor(SpoolSpanExporter())
+    tracer = _provider(proc).get_tracer("t")
+    with tracer.start_as_current_span("s") as span:
+        span.set_attribute("note", "key sk-proj-abcdefghijklmnopqrstu " + "z" * 500)
+        span.add_event("ev", {"auth": "Bearer abcdefghij123"})
+    row = genopt.Warehouse().sql("SELECT attributes, events FROM spans")[0]
+    assert "sk-proj" not in row["attributes"] and "truncated" in row["attributes"]
+    assert "abcdefghij123" not in row["events"]
