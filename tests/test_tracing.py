@@ -17,7 +17,7 @@ from prefect_genopt.tracing import DROPS_SPAN, GenoptSpanProcessor, SpoolSpanExp
 
 
 def _provider(proc: GenoptSpanProcessor) -> TracerProvider:
-    provider = TracerProvider()
+    provider = TracerProvider(shutdown_on_exit=False)
     provider.add_span_processor(proc)
     return provider
 
@@ -87,7 +87,7 @@ def test_failed_synchronous_export_is_counted() -> None:
 
 
 def test_joins_an_application_provider_and_drops_reach_status(warehouse_path: Path) -> None:
-    provider = TracerProvider()
+    provider = TracerProvider(shutdown_on_exit=False)
     app_exporter = InMemorySpanExporter()
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 

@@ -36,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
@@ -190,7 +191,10 @@ def feedback_records(body: bytes) -> list[dict[str, Any]]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise OTLPDecodeError(f"body is not valid JSON: {exc}") from None
+        try:  # Python's json writes NaN/Infinity: parse them to refuse them by name below
+            doc = json.loads(body)
+        except ValueError:
+            raise OTLPDecodeError(f"body is not valid JSON: {exc}") from None
     if isinstance(doc, list):
         return [_check_feedback(obj, f"record [{i}]") for i, obj in enumerate(doc)]
     return [_check_feedback(doc, "record")]
@@ -240,6 +244,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length")
         limit = self.server.receiver.max_body_bytes
         if length is not None and length.strip().isdigit() and int(length) > limit:
+            self.server.receiver._count("rejected_requests")
             self._reply_error(
                 _HTTPError(
                     413,
@@ -695,8 +700,11 @@ def serve(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         rx.start()
+        bound = rx.url
+        if rx.host in ("", "0.0.0.0", "::"):  # say what was bound, not the loopback alias
+            bound = f"http://{'[::]' if rx.host == '::' else '0.0.0.0'}:{rx.port}"
         print(
-            f"genopt receiver listening on {rx.url} (OTLP/HTTP {TRACES_PATH}, feedback "
+            f"genopt receiver listening on {bound} (OTLP/HTTP {TRACES_PATH}, feedback "
             f"{FEEDBACK_PATH}, {HEALTH_PATH}); spool {rx.spool_dir} -> warehouse "
             f"{rx.warehouse}, ingest every {rx.ingest_interval:g}s; Ctrl-C to stop",
             flush=True,

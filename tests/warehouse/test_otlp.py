@@ -207,9 +207,7 @@ def json_doc() -> dict[str, Any]:
                                     {
                                         "timeUnixNano": "1700000000100000000",
                                         "name": "chunk",
-                                        "attributes": [
-                                            {"key": "n", "value": {"intValue": "3"}}
-                                        ],
+                                        "attributes": [{"key": "n", "value": {"intValue": "3"}}],
                                     }
                                 ],
                                 "links": [{"traceId": "not decoded", "spanId": "nor this"}],
@@ -405,9 +403,7 @@ def test_secrets_inside_kvlist_values_are_redacted() -> None:
             "key": "http.headers",
             "value": {
                 "kvlistValue": {
-                    "values": [
-                        {"key": "auth", "value": {"stringValue": "Bearer abcdef123456"}}
-                    ]
+                    "values": [{"key": "auth", "value": {"stringValue": "Bearer abcdef123456"}}]
                 }
             },
         }

@@ -1,0 +1,84 @@
+"""Example pipeline: triage support tickets with an LLM, then score it.
+
+Run it once (against your Prefect API, or an embedded one):
+    python -m flows.examples.triage
+
+Every run lands in the warehouse: the run, its param set, one span per ticket
+(inputs, output, the params read), one LLM span per call, and feedback: per
+ticket (``correct``, with the ticket id as item key) and per run (``accuracy``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import litellm
+from prefect import flow
+
+import prefect_genopt as genopt
+from flows.examples import keyword_model
+from flows.examples.tickets import Ticket, tickets
+
+keyword_model.register()
+
+
+class TriageParams(genopt.Tunables):
+    """What the optimizer may change in the triage pipeline."""
+
+    prompt: str = genopt.prompt(
+        "Classify the ticket as billing, bug or other. Answer with the label only.",
+        description="system prompt; the answer must be exactly one of: billing, bug, other",
+    )
+    temperature: float = genopt.numeric(
+        0.0, ge=0.0, le=1.0, description="sampling temperature of the classifier"
+    )
+
+
+LABELS = ("billing", "bug", "other")
+
+
+def model() -> str:
+    """The litellm model the pipeline calls (``GENOPT_DEMO_MODEL``, else the offline one)."""
+    return os.environ.get("GENOPT_DEMO_MODEL") or keyword_model.MODEL
+
+
+@genopt.task
+def classify(ticket: Ticket) -> str:
+    """Ask the model for the ticket's label."""
+    p = genopt.current_params(item_key=ticket.id)
+    resp = litellm.completion(
+        model=model(),
+        messages=[
+            {"role": "system", "content": p.prompt},
+            {"role": "user", "content": ticket.text},
+        ],
+        temperature=p.temperature,
+        max_tokens=5,
+    )
+    label = (resp.choices[0].message.content or "").strip().lower().rstrip(".")
+    return label if label in LABELS else "other"
+
+
+@flow(name="triage")
+@genopt.pipeline(name="triage", params=TriageParams)
+def triage(n: int = 8, seed: int = 0) -> float:
+    """Label ``n`` tickets and record per-ticket and per-run feedback."""
+    batch = tickets(n, seed)
+    labels = [classify(t) for t in batch]
+    correct = 0
+    for t, label in zip(batch, labels, strict=True):
+        ok = label == t.label
+        correct += ok
+        genopt.feedback(
+            "correct",
+            float(ok),
+            item_key=t.id,
+            comment=None if ok else f"expected {t.label}, got {label}: {t.text!r}",
+        )
+    accuracy = correct / len(batch)
+    genopt.feedback("accuracy", accuracy)
+    return accuracy
+
+
+if __name__ == "__main__":
+    print(f"accuracy: {triage():.2f}")
