@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import signal
 import socket
 import socketserver
@@ -54,6 +53,7 @@ from typing import Any
 import orjson
 
 from prefect_genopt import spool
+from prefect_genopt.feedback import MAX_KEY_CHARS, FeedbackError, validate_kpi, validate_value
 from prefect_genopt.records import RECORD_COLUMNS
 from prefect_genopt.redaction import redact
 from prefect_genopt.settings import get_settings
@@ -117,57 +117,62 @@ class _HTTPError(Exception):
 
 
 def _check_feedback(obj: Any, where: str) -> dict[str, Any]:
-    from prefect_genopt.feedback import FeedbackError, validate_kpi, validate_value
-
     if not isinstance(obj, dict):
-        raise OTLPDecodeError(f"{where}: a feedback record must be a JSON object")
+        raise FeedbackError(f"{where}: a feedback record must be a JSON object")
     if obj.get("k") != "feedback":
-        raise OTLPDecodeError(f"{where}: 'k' must be \"feedback\", got {obj.get('k')!r}")
+        raise FeedbackError(f"{where}: 'k' must be \"feedback\", got {obj.get('k')!r}")
     unknown = sorted(set(obj) - FEEDBACK_FIELDS)
     if unknown:
-        raise OTLPDecodeError(f"{where}: unknown feedback field(s) {', '.join(unknown)}")
+        raise FeedbackError(f"{where}: unknown feedback field(s) {', '.join(unknown)}")
     for key in ("feedback_id", "run_id", "kpi"):
         if not isinstance(obj.get(key), str) or not obj[key].strip():
-            raise OTLPDecodeError(f"{where}: {key!r} is required (a non-empty string)")
+            raise FeedbackError(f"{where}: {key!r} is required (a non-empty string)")
     rec = dict(obj)
-    try:
-        rec["kpi"] = validate_kpi(rec["kpi"])
-        value = rec.get("value")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise FeedbackError(f"feedback value must be a finite number, got {value}")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise FeedbackError(f"feedback value must be a number or null, got {value!r}")
-        rec["value"] = validate_value(value)
-    except FeedbackError as exc:
-        raise OTLPDecodeError(f"{where}: {exc}") from None
-    try:
-        rec["run_id"] = str(uuid.UUID(rec["run_id"]))
-    except ValueError:
-        raise OTLPDecodeError(
-            f"{where}: run_id {rec['run_id']!r} is not a Prefect flow-run id (a UUID)"
-        ) from None
     for key, val in rec.items():
         if val is None or key in ("k", "value"):
             continue
         ok = _PY_TYPES[RECORD_COLUMNS[key]]
         if not isinstance(val, ok) or (ok != (bool,) and isinstance(val, bool)):
-            raise OTLPDecodeError(
+            raise FeedbackError(
                 f"{where}: {key!r} should be {RECORD_COLUMNS[key]}, got {type(val).__name__}"
             )
-    if rec.get("created_ns") is not None and not 0 < rec["created_ns"] < 2**63:
-        raise OTLPDecodeError(f"{where}: 'created_ns' is out of range")
+        if isinstance(val, str) and len(val) > MAX_KEY_CHARS and key != "comment":
+            raise FeedbackError(f"{where}: {key!r} is longer than {MAX_KEY_CHARS} chars")
+    value = rec.get("value")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise FeedbackError(f"{where}: feedback value must be a number or null, got {value!r}")
+    try:
+        rec["kpi"] = validate_kpi(rec["kpi"])
+        rec["value"] = validate_value(value)
+    except OverflowError:
+        raise FeedbackError(f"{where}: feedback value must be a finite number") from None
+    except FeedbackError as exc:
+        raise FeedbackError(f"{where}: {exc}") from None
+    try:
+        rec["run_id"] = str(uuid.UUID(rec["run_id"]))
+    except ValueError:
+        raise FeedbackError(
+            f"{where}: run_id {rec['run_id']!r} is not a Prefect flow-run id (a UUID)"
+        ) from None
+    if rec.get("created_ns") is None:
+        rec["created_ns"] = time.time_ns()
+    elif not 0 < rec["created_ns"] < 2**63:
+        raise FeedbackError(f"{where}: 'created_ns' is out of range")
     comment = rec.get("comment")
     if comment is not None:
         limit = get_settings().max_comment_chars
         if len(comment) > limit:
-            raise OTLPDecodeError(f"{where}: comment is {len(comment)} chars; the limit is {limit}")
+            raise FeedbackError(f"{where}: comment is {len(comment)} chars; the limit is {limit}")
         rec["comment"] = redact(comment)
     if rec["value"] is None and not rec.get("comment"):
-        raise OTLPDecodeError(f"{where}: feedback needs a value, a comment, or both")
-    if rec.get("created_ns") is None:
-        rec["created_ns"] = time.time_ns()
-    rec["source"] = rec.get("source") or "receiver"
-    rec.setdefault("verified", False)
+        raise FeedbackError(f"{where}: feedback needs a value, a comment, or both")
+    rec["source"] = (rec.get("source") or "").strip() or "receiver"
+    if rec.get("verified") is None:
+        rec["verified"] = False
+    try:
+        orjson.dumps(rec)
+    except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate that stdlib json let through
+        raise FeedbackError(f"{where}: cannot be stored as JSON: {exc}") from None
     return rec
 
 
@@ -180,7 +185,7 @@ def feedback_records(body: bytes) -> list[dict[str, Any]]:
     fields of the right types. Comments are redacted again here.
 
     Raises:
-        OTLPDecodeError: The body or one record is invalid (nothing is accepted).
+        FeedbackError: The body or one record is invalid (then none is accepted).
 
     Example:
         >>> recs = feedback_records(b'{"k": "feedback", "feedback_id": "f1", '
@@ -194,7 +199,7 @@ def feedback_records(body: bytes) -> list[dict[str, Any]]:
         try:  # Python's json writes NaN/Infinity: parse them to refuse them by name below
             doc = json.loads(body)
         except ValueError:
-            raise OTLPDecodeError(f"body is not valid JSON: {exc}") from None
+            raise FeedbackError(f"body is not valid JSON: {exc}") from None
     if isinstance(doc, list):
         return [_check_feedback(obj, f"record [{i}]") for i, obj in enumerate(doc)]
     return [_check_feedback(doc, "record")]
@@ -353,7 +358,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HTTPError(415, str(exc)) from None
         except PayloadTooLargeError as exc:
             raise _HTTPError(413, str(exc)) from None
-        except OTLPDecodeError as exc:
+        except (OTLPDecodeError, FeedbackError) as exc:
             raise _HTTPError(400, str(exc)) from None
 
     def _append(self, records: list[dict[str, Any]]) -> None:
