@@ -72,26 +72,51 @@ def main() -> None:
     last = wh.sql("SELECT run_id FROM runs ORDER BY start_time DESC LIMIT 1")[0]["run_id"]
 
     step("2. A person rates the last run later, from the shell")
-    genopt_cli("feedback", last, "csat", "4", "--comment", "fast but one refund misrouted",
-               "--source", "support-lead", "--idempotency-key", "csat-review-1")
-    genopt_cli("feedback", last, "csat", "4", "--source", "support-lead",
-               "--idempotency-key", "csat-review-1")
+    genopt_cli(
+        "feedback",
+        last,
+        "csat",
+        "4",
+        "--comment",
+        "fast but one refund misrouted",
+        "--source",
+        "support-lead",
+        "--idempotency-key",
+        "csat-review-1",
+    )
+    genopt_cli(
+        "feedback",
+        last,
+        "csat",
+        "4",
+        "--source",
+        "support-lead",
+        "--idempotency-key",
+        "csat-review-1",
+    )
     print("(the same idempotency key again: still one row)")
     step("3. Bad feedback gets a clear error")
     genopt_cli("feedback", last, "csat", "nan", check=False)
     genopt_cli("feedback", "00000000-0000-0000-0000-000000000000", "csat", "3", check=False)
 
     step("4. What the warehouse holds")
-    genopt_cli("sql", "SELECT run_id, status, round(duration_s, 2) AS secs, tasks, llm_calls, "
-               "llm_tokens, kpis FROM run_summary ORDER BY start_time")
+    genopt_cli(
+        "sql",
+        "SELECT run_id, status, round(duration_s, 2) AS secs, tasks, llm_calls, "
+        "llm_tokens, kpis FROM run_summary ORDER BY start_time",
+    )
     genopt_cli("sql", "SELECT * FROM kpi_by_param_set_day ORDER BY kpi")
     genopt_cli("sql", "SELECT * FROM llm_usage")
-    genopt_cli("sql", "SELECT s.run_type, s.name, s.item_key, s.output, "
-               "round(s.duration_ms, 1) AS ms FROM spans s "
-               f"WHERE s.run_id = '{last}' AND s.run_type IN ('flow', 'task', 'llm') "
-               "ORDER BY s.start_time LIMIT 7")
-    genopt_cli("sql", "SELECT item_key, comment FROM feedback WHERE kpi = 'correct' "
-               "AND value = 0 LIMIT 3")
+    genopt_cli(
+        "sql",
+        "SELECT s.run_type, s.name, s.item_key, s.output, "
+        "round(s.duration_ms, 1) AS ms FROM spans s "
+        f"WHERE s.run_id = '{last}' AND s.run_type IN ('flow', 'task', 'llm') "
+        "ORDER BY s.start_time LIMIT 7",
+    )
+    genopt_cli(
+        "sql", "SELECT item_key, comment FROM feedback WHERE kpi = 'correct' AND value = 0 LIMIT 3"
+    )
     genopt_cli("status")
     print(f"\nwarehouse file: {os.environ['GENOPT_WAREHOUSE']}  (open it with `duckdb` too)")
     print(f"demo finished in {time.monotonic() - t0:.0f}s")

@@ -18,6 +18,7 @@ import os as _os
 # litellm fetches a price list at import unless told otherwise; genopt runs offline.
 _os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from prefect_genopt import llm_spans as _llm_spans  # noqa: E402
 from prefect_genopt.feedback import FeedbackError, UnknownRunError, feedback  # noqa: E402
 from prefect_genopt.pipeline import current_params, pipeline, task  # noqa: E402
 from prefect_genopt.settings import GenoptSettings, get_settings  # noqa: E402
@@ -29,8 +30,6 @@ from prefect_genopt.warehouse import (  # noqa: E402
     WarehouseBusyError,
     WarehouseMissingError,
 )
-
-from prefect_genopt import llm_spans as _llm_spans  # noqa: E402
 
 _llm_spans.install()  # LLM calls through litellm become spans (once tracing is set up)
 

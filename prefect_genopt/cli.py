@@ -63,7 +63,9 @@ def format_table(columns: list[str], rows: Sequence[Sequence[Any]], max_width: i
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     lines = [" | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     lines.append("-+-".join("-" * w for w in widths))
-    lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines += [
+        " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    ]
     lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return "\n".join(lines)
 
@@ -247,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Attach a KPI value and/or text feedback to a pipeline run. RUN_ID is the "
         "Prefect flow-run id (as in runs.run_id). A run not yet in the warehouse is checked "
         "against the Prefect API and the feedback waits until the run arrives.",
-        epilog='example: genopt feedback 8d6e5f2a-1b7c-4c1e-9a55-0c8f4f2b9e10 csat 4 '
+        epilog="example: genopt feedback 8d6e5f2a-1b7c-4c1e-9a55-0c8f4f2b9e10 csat 4 "
         '--comment "slow"',
     )
     f.add_argument("run_id", metavar="RUN_ID")
@@ -256,9 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--comment", help="text feedback")
     f.add_argument("--item-key", help="the work item the feedback is about")
     f.add_argument("--source", default="cli", help="who gives it (default: cli)")
-    f.add_argument(
-        "--idempotency-key", help="the same key for the same run is stored once"
-    )
+    f.add_argument("--idempotency-key", help="the same key for the same run is stored once")
     f.set_defaults(func=cmd_feedback)
 
     i = sub.add_parser(
@@ -286,9 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=None, help="port (default 4318)")
-    sv.add_argument(
-        "--ingest-interval", type=float, default=None, help="seconds between ingests"
-    )
+    sv.add_argument("--ingest-interval", type=float, default=None, help="seconds between ingests")
     sv.set_defaults(func=cmd_serve)
     return p
 

@@ -201,24 +201,29 @@ def build_record(
 
 
 def deliver(record: dict[str, Any]) -> None:
-    """Send a record to the warehouse's spool (or to the OTLP receiver when configured)."""
+    """Send a record to the warehouse's spool, or to the receiver in OTLP mode.
+
+    In OTLP mode feedback is POSTed to ``GENOPT_FEEDBACK_ENDPOINT`` (default: the
+    OTLP endpoint), which must be a ``genopt serve`` receiver (an OpenTelemetry
+    Collector has no feedback route). If it cannot be delivered there, it is kept
+    in the local spool with a warning: never lost, never an error in the flow.
+    """
     settings = get_settings()
-    if settings.export_mode == "otlp" and settings.otlp_endpoint:
+    url = settings.feedback_url
+    if url:
         import httpx
 
-        url = settings.otlp_endpoint.rstrip("/") + "/v1/genopt/feedback"
         try:
             resp = httpx.post(url, json=record, timeout=10)
             if resp.status_code < 300:
                 return
-            raise FeedbackError(f"receiver refused feedback: {resp.status_code} {resp.text}")
+            why = f"HTTP {resp.status_code}: {resp.text[:200]}"
         except httpx.HTTPError as exc:
-            logger.warning(
-                "feedback receiver %s unreachable (%s); kept in the local spool %s",
-                url,
-                exc,
-                settings.spool_dir,
-            )
+            why = str(exc) or type(exc).__name__
+        logger.warning(
+            "feedback not accepted by %s (%s); kept in the local spool %s",
+            url, why, settings.spool_dir,
+        )
     spool.append([record], settings.spool_dir)
 
 

@@ -198,7 +198,7 @@ class _Finder(importlib.abc.MetaPathFinder):
                 loader = spec.loader
                 original = loader.exec_module
 
-                def exec_module(module: Any) -> None:
+                def exec_module(module: Any, original: Any = original) -> None:
                     original(module)
                     instrument(module)
 

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from prefect_genopt import semconv
-from prefect_genopt.redaction import redact, truncate
+from prefect_genopt.redaction import REDACTED, SECRET_KEY_RE, redact, truncate
 
 __all__ = [
     "RECORD_COLUMNS",
@@ -117,13 +117,20 @@ def _json_or_text(v: Any) -> Any:
     return v
 
 
-def _clean_value(key: str, value: Any, limit: int) -> Any:
+def _clean_value(key: str, value: Any, limit: int, depth: int = 0) -> Any:
+    """Redact and truncate strings anywhere in a value (lists and maps included)."""
     if key in semconv.VERBATIM:
         return value
     if isinstance(value, str):
+        if SECRET_KEY_RE.search(key):
+            return REDACTED
         return truncate(redact(value), limit)
+    if depth > 8:
+        return value
     if isinstance(value, list | tuple):
-        return [truncate(redact(v), limit) if isinstance(v, str) else v for v in value]
+        return [_clean_value(key, v, limit, depth + 1) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _clean_value(str(k), v, limit, depth + 1) for k, v in value.items()}
     return value
 
 
@@ -219,7 +226,7 @@ def span_record(
             }
             for e in events
         ],
-        "resource": dict(resource),
+        "resource": _clean_map(resource, limit),
         "source": source,
         "host": HOST if source == "spool" else None,
         "pid": os.getpid() if source == "spool" else None,

@@ -72,6 +72,12 @@ class GenoptSettings(BaseSettings):
         "this OTLP/HTTP endpoint (a `genopt serve` receiver or a Collector) instead of the "
         "local spool. Use it on workers that do not share the warehouse's disk.",
     )
+    feedback_endpoint: str | None = Field(
+        default=None,
+        description="Base URL of the `genopt serve` receiver that takes feedback in OTLP mode "
+        "(default: otlp_endpoint). Set it when spans go through an OpenTelemetry Collector, "
+        "which has no feedback route.",
+    )
     span_queue_size: int = Field(
         default=65_536,
         ge=1,
@@ -134,6 +140,14 @@ class GenoptSettings(BaseSettings):
         if self.spool is not None and warehouse == self.warehouse_path:
             return self.spool.expanduser().resolve()
         return warehouse.with_name(warehouse.name + ".spool")
+
+    @property
+    def feedback_url(self) -> str | None:
+        """Where feedback is POSTed in OTLP mode, or None (spool mode)."""
+        if self.export_mode != "otlp":
+            return None
+        base = self.feedback_endpoint or self.otlp_endpoint
+        return base.rstrip("/") + "/v1/genopt/feedback" if base else None
 
     @property
     def export_mode(self) -> str:

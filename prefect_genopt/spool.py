@@ -87,7 +87,7 @@ class SpoolWriter:
         except OSError as exc:
             raise SpoolError(
                 exc.errno or errno.EIO, f"cannot open spool in {self.directory}: {exc}"
-            )
+            ) from exc
         self._written = 0
         return self._fd
 

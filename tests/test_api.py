@@ -44,7 +44,13 @@ def test_feedback_signature_matches_the_contract() -> None:
 
     sig = inspect.signature(genopt.feedback)
     assert list(sig.parameters) == [
-        "kpi", "value", "comment", "run_id", "item_key", "source", "idempotency_key",
+        "kpi",
+        "value",
+        "comment",
+        "run_id",
+        "item_key",
+        "source",
+        "idempotency_key",
     ]
     assert sig.parameters["source"].default == "code"
     assert sig.parameters["value"].default is None

@@ -62,17 +62,40 @@ def test_sql_is_read_only_unless_asked(one_run: str, capsys: pytest.CaptureFixtu
 
 
 def test_feedback_from_the_shell(one_run: str, child_env: dict[str, str]) -> None:
-    args = ["feedback", one_run, "csat", "4", "--comment", "slow", "--source", "ops",
-            "--item-key", "refund my invoice", "--idempotency-key", "k1"]
+    args = [
+        "feedback",
+        one_run,
+        "csat",
+        "4",
+        "--comment",
+        "slow",
+        "--source",
+        "ops",
+        "--item-key",
+        "refund my invoice",
+        "--idempotency-key",
+        "k1",
+    ]
     first, second = genopt(*args, env=child_env), genopt(*args, env=child_env)
     assert first.returncode == 0, first.stderr
     assert "recorded" in first.stdout and second.returncode == 0
     rows = json.loads(
-        genopt("sql", "select kpi, value, comment, source, item_key from feedback "
-               "where kpi = 'csat'", "--json", env=child_env).stdout
+        genopt(
+            "sql",
+            "select kpi, value, comment, source, item_key from feedback where kpi = 'csat'",
+            "--json",
+            env=child_env,
+        ).stdout
     )
-    assert rows == [{"kpi": "csat", "value": 4.0, "comment": "slow", "source": "ops",
-                     "item_key": "refund my invoice"}]
+    assert rows == [
+        {
+            "kpi": "csat",
+            "value": 4.0,
+            "comment": "slow",
+            "source": "ops",
+            "item_key": "refund my invoice",
+        }
+    ]
     text_only = genopt("feedback", one_run, "review", "--comment", "fine", env=child_env)
     assert text_only.returncode == 0, text_only.stderr
 

@@ -45,9 +45,7 @@ def test_bad_run_id_and_outside_run() -> None:
 
 
 def test_text_only_feedback_and_redacted_comment() -> None:
-    rec = build_record(
-        "review", comment="slow; token: abcdef123456", run_id=_RUN, verify=False
-    )
+    rec = build_record("review", comment="slow; token: abcdef123456", run_id=_RUN, verify=False)
     assert rec["value"] is None
     assert "abcdef123456" not in rec["comment"]
 

@@ -31,9 +31,7 @@ def test_user_flow_lands_in_warehouse(warehouse_path: Path) -> None:
     assert run["param_set_id"] == p.TriageParams().param_set_id
     assert run["duration_s"] > 0
 
-    tasks = wh.sql(
-        "SELECT * FROM spans WHERE run_type = 'task' ORDER BY start_time"
-    )
+    tasks = wh.sql("SELECT * FROM spans WHERE run_type = 'task' ORDER BY start_time")
     assert [t["task_name"] for t in tasks] == ["classify", "classify"]
     for t, ticket in zip(tasks, tickets, strict=True):
         assert t["run_id"] == run["run_id"]  # Prefect's task spans lack it; genopt stamps it
@@ -89,9 +87,10 @@ def test_threads_map_submit_keep_parents_and_price(warehouse_path: Path) -> None
     usage = wh.sql("SELECT * FROM llm_usage WHERE model = 'gpt-4o-mini'")[0]
     assert usage["calls"] == 1 and usage["unpriced_calls"] == 0
     # the API key passed to litellm never reaches the warehouse
-    assert wh.sql("SELECT count(*) AS n FROM spans WHERE attributes::VARCHAR LIKE '%sk-proj%'")[
-        0
-    ]["n"] == 0
+    assert (
+        wh.sql("SELECT count(*) AS n FROM spans WHERE attributes::VARCHAR LIKE '%sk-proj%'")[0]["n"]
+        == 0
+    )
 
 
 def test_async_tasks_keep_parents(warehouse_path: Path) -> None:

@@ -26,8 +26,11 @@ def test_same_values_same_id_and_order_does_not_matter() -> None:
 
 def test_kinds_and_schema() -> None:
     assert P.field_kinds() == {
-        "prompt": "prompt", "threshold": "numeric", "k": "numeric",
-        "model": "choice", "shots": "demos",
+        "prompt": "prompt",
+        "threshold": "numeric",
+        "k": "numeric",
+        "model": "choice",
+        "shots": "demos",
     }
     props = P.schema_json()["properties"]
     assert props["threshold"]["minimum"] == 0.0 and props["threshold"]["maximum"] == 1.0

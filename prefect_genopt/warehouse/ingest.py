@@ -552,6 +552,17 @@ class Ingester:
             except FileNotFoundError:
                 pass
 
+    def _prune_ledger(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Forget offsets of files that are gone (spool file names are never reused)."""
+        present = {f.stem for f in spool.list_files(self.spool_dir)}
+        gone = [
+            (stem,)
+            for (stem,) in con.execute("SELECT stem FROM ingest_files").fetchall()
+            if stem not in present
+        ]
+        if gone:
+            con.executemany("DELETE FROM ingest_files WHERE stem = ?", gone)
+
     def ingest(self) -> IngestResult:
         """Load everything in the spool now; safe to call from any process, any time.
 
@@ -565,6 +576,7 @@ class Ingester:
             migrate(con)
             while self._ingest_once(con, result):
                 pass
+            self._prune_ledger(con)
         result.seconds = time.perf_counter() - t0
         return result
 

@@ -31,8 +31,14 @@ def test_four_processes_10k_spans_and_feedback_at_once(
 ) -> None:
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", LOAD_CHILD, str(SPANS_PER_PROCESS), f"p{i}",
-             str(FEEDBACK_PER_PROCESS)],
+            [
+                sys.executable,
+                "-c",
+                LOAD_CHILD,
+                str(SPANS_PER_PROCESS),
+                f"p{i}",
+                str(FEEDBACK_PER_PROCESS),
+            ],
             env=child_env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -79,9 +85,7 @@ killed(3)
 """
 
 
-def test_killed_run_still_gets_a_runs_row(
-    warehouse_path: Path, child_env: dict[str, str]
-) -> None:
+def test_killed_run_still_gets_a_runs_row(warehouse_path: Path, child_env: dict[str, str]) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", KILLED_CHILD], env=child_env, capture_output=True, text=True
     )
