@@ -25,8 +25,11 @@ import time
 import uuid
 from typing import Any
 
+import orjson
+
 from prefect_genopt import spool
 from prefect_genopt.context import run_var
+from prefect_genopt.records import field_type_error
 from prefect_genopt.redaction import redact
 from prefect_genopt.settings import get_settings
 
@@ -39,6 +42,8 @@ __all__ = [
     "validate_value",
     "feedback_id",
     "deliver",
+    "validate_record",
+    "FEEDBACK_FIELDS",
 ]
 
 logger = logging.getLogger("prefect_genopt.feedback")
@@ -127,6 +132,93 @@ def verify_run(run_id: str) -> bool:
             f"no flow run {run_id} in the warehouse or the Prefect API; feedback not recorded"
         )
     return bool(known)
+
+
+#: Fields a feedback record may carry (what :func:`build_record` produces).
+FEEDBACK_FIELDS = frozenset(
+    {
+        "k",
+        "feedback_id",
+        "run_id",
+        "kpi",
+        "value",
+        "comment",
+        "item_key",
+        "source",
+        "idempotency_key",
+        "created_ns",
+        "verified",
+        "pipeline",
+        "param_set_id",
+        "arm",
+    }
+)
+
+
+def validate_record(obj: Any, where: str = "record") -> dict[str, Any]:
+    """Check a feedback record that arrives from elsewhere (the receiver's endpoint).
+
+    It must look like what :func:`build_record` produces: ``k == "feedback"``,
+    non-empty ``feedback_id``, ``run_id`` (a UUID) and ``kpi``, a finite
+    ``value`` or null (then a ``comment``), only known fields of the right
+    types. The comment is redacted again. Returns the normalised record.
+
+    Raises:
+        FeedbackError: What is wrong, prefixed with ``where``.
+    """
+    if not isinstance(obj, dict):
+        raise FeedbackError(f"{where}: a feedback record must be a JSON object")
+    if obj.get("k") != "feedback":
+        raise FeedbackError(f"{where}: 'k' must be \"feedback\", got {obj.get('k')!r}")
+    unknown = sorted(set(obj) - FEEDBACK_FIELDS)
+    if unknown:
+        raise FeedbackError(f"{where}: unknown feedback field(s) {', '.join(unknown)}")
+    for key in ("feedback_id", "run_id", "kpi"):
+        if not isinstance(obj.get(key), str) or not obj[key].strip():
+            raise FeedbackError(f"{where}: {key!r} is required (a non-empty string)")
+    rec = dict(obj)
+    why = field_type_error({k: v for k, v in rec.items() if k != "value"})
+    if why:
+        raise FeedbackError(f"{where}: {why}")
+    for key, val in rec.items():
+        if isinstance(val, str) and len(val) > MAX_KEY_CHARS and key != "comment":
+            raise FeedbackError(f"{where}: {key!r} is longer than {MAX_KEY_CHARS} chars")
+    value = rec.get("value")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise FeedbackError(f"{where}: feedback value must be a number or null, got {value!r}")
+    try:
+        rec["kpi"] = validate_kpi(rec["kpi"])
+        rec["value"] = validate_value(value)
+    except OverflowError:
+        raise FeedbackError(f"{where}: feedback value must be a finite number") from None
+    except FeedbackError as exc:
+        raise FeedbackError(f"{where}: {exc}") from None
+    try:
+        rec["run_id"] = str(uuid.UUID(rec["run_id"]))
+    except ValueError:
+        raise FeedbackError(
+            f"{where}: run_id {rec['run_id']!r} is not a Prefect flow-run id (a UUID)"
+        ) from None
+    if rec.get("created_ns") is None:
+        rec["created_ns"] = time.time_ns()
+    elif not 0 < rec["created_ns"] < 2**63:
+        raise FeedbackError(f"{where}: 'created_ns' is out of range")
+    comment = rec.get("comment")
+    if comment is not None:
+        limit = get_settings().max_comment_chars
+        if len(comment) > limit:
+            raise FeedbackError(f"{where}: comment is {len(comment)} chars; the limit is {limit}")
+        rec["comment"] = redact(comment)
+    if rec["value"] is None and not rec.get("comment"):
+        raise FeedbackError(f"{where}: feedback needs a value, a comment, or both")
+    rec["source"] = (rec.get("source") or "").strip() or "receiver"
+    if rec.get("verified") is None:
+        rec["verified"] = False
+    try:
+        orjson.dumps(rec)
+    except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate that stdlib json let through
+        raise FeedbackError(f"{where}: cannot be stored as JSON: {exc}") from None
+    return rec
 
 
 def build_record(
@@ -222,7 +314,9 @@ def deliver(record: dict[str, Any]) -> None:
             why = str(exc) or type(exc).__name__
         logger.warning(
             "feedback not accepted by %s (%s); kept in the local spool %s",
-            url, why, settings.spool_dir,
+            url,
+            why,
+            settings.spool_dir,
         )
     spool.append([record], settings.spool_dir)
 

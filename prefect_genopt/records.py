@@ -30,6 +30,7 @@ __all__ = [
     "RECORD_COLUMNS",
     "span_record",
     "from_readable_span",
+    "field_type_error",
     "HOST",
 ]
 
@@ -82,6 +83,31 @@ RECORD_COLUMNS: dict[str, str] = {
     "host": "VARCHAR",
     "pid": "BIGINT",
 }
+
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "VARCHAR": (str,),
+    "BIGINT": (int,),
+    "DOUBLE": (int, float),
+    "BOOLEAN": (bool,),
+}
+
+
+def field_type_error(record: Mapping[str, Any]) -> str | None:
+    """Why a record's known fields do not fit :data:`RECORD_COLUMNS`, or None.
+
+    Example:
+        >>> field_type_error({"k": "span", "start_ns": "yesterday"})
+        "field 'start_ns' should be BIGINT, got str"
+    """
+    for key, value in record.items():
+        typ = RECORD_COLUMNS.get(key)
+        if value is None or typ is None or typ == "JSON":
+            continue
+        ok = _PY_TYPES[typ]
+        if not isinstance(value, ok) or (typ != "BOOLEAN" and isinstance(value, bool)):
+            return f"field {key!r} should be {typ}, got {type(value).__name__}"
+    return None
 
 
 def _first(attrs: Mapping[str, Any], names: Iterable[str]) -> Any:

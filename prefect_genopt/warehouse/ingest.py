@@ -38,7 +38,7 @@ import jsonschema
 import orjson
 
 from prefect_genopt import spool
-from prefect_genopt.records import RECORD_COLUMNS
+from prefect_genopt.records import RECORD_COLUMNS, field_type_error
 from prefect_genopt.settings import get_settings
 from prefect_genopt.tracing import DROPS_SPAN
 from prefect_genopt.warehouse.access import connect
@@ -54,12 +54,6 @@ logger = logging.getLogger("prefect_genopt.ingest")
 FAULT_ENV = "GENOPT_FAULT"
 MAX_LINE_BYTES = 64 * 1024 * 1024
 _KINDS = {"span", "feedback"}
-_PY_TYPES: dict[str, tuple[type, ...]] = {
-    "VARCHAR": (str,),
-    "BIGINT": (int,),
-    "DOUBLE": (int, float),
-    "BOOLEAN": (bool,),
-}
 
 
 def _fault(point: str) -> None:
@@ -112,13 +106,9 @@ def _check_line(line: bytes) -> str | None:
         return "not a JSON object"
     if obj.get("k") not in _KINDS:
         return f"unknown record kind {obj.get('k')!r}"
-    for key, typ in RECORD_COLUMNS.items():
-        v = obj.get(key)
-        if v is None or typ == "JSON":
-            continue
-        ok = _PY_TYPES[typ]
-        if not isinstance(v, ok) or (typ != "BOOLEAN" and isinstance(v, bool)):
-            return f"field {key!r} should be {typ}, got {type(v).__name__}"
+    why = field_type_error(obj)
+    if why:
+        return why
     if obj["k"] == "span" and not (obj.get("trace_id") and obj.get("span_id")):
         return "span without trace_id/span_id"
     if obj["k"] == "feedback" and not (

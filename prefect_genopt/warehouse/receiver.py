@@ -43,7 +43,6 @@ import socket
 import socketserver
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -53,9 +52,7 @@ from typing import Any
 import orjson
 
 from prefect_genopt import spool
-from prefect_genopt.feedback import MAX_KEY_CHARS, FeedbackError, validate_kpi, validate_value
-from prefect_genopt.records import RECORD_COLUMNS
-from prefect_genopt.redaction import redact
+from prefect_genopt.feedback import FeedbackError, validate_record
 from prefect_genopt.settings import get_settings
 from prefect_genopt.warehouse.access import WarehouseBusyError
 from prefect_genopt.warehouse.ingest import Ingester, IngestResult
@@ -79,32 +76,6 @@ TRACES_PATH = "/v1/traces"
 FEEDBACK_PATH = "/v1/genopt/feedback"
 HEALTH_PATH = "/healthz"
 
-#: Fields a feedback record may carry (what ``build_record`` produces).
-FEEDBACK_FIELDS = frozenset(
-    {
-        "k",
-        "feedback_id",
-        "run_id",
-        "kpi",
-        "value",
-        "comment",
-        "item_key",
-        "source",
-        "idempotency_key",
-        "created_ns",
-        "verified",
-        "pipeline",
-        "param_set_id",
-        "arm",
-    }
-)
-_PY_TYPES: dict[str, tuple[type, ...]] = {
-    "VARCHAR": (str,),
-    "BIGINT": (int,),
-    "DOUBLE": (int, float),
-    "BOOLEAN": (bool,),
-}
-
 
 class _HTTPError(Exception):
     """An error reply: status code and message (sent as JSON)."""
@@ -114,66 +85,6 @@ class _HTTPError(Exception):
         self.status = status
         self.message = message
         self.close = close
-
-
-def _check_feedback(obj: Any, where: str) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise FeedbackError(f"{where}: a feedback record must be a JSON object")
-    if obj.get("k") != "feedback":
-        raise FeedbackError(f"{where}: 'k' must be \"feedback\", got {obj.get('k')!r}")
-    unknown = sorted(set(obj) - FEEDBACK_FIELDS)
-    if unknown:
-        raise FeedbackError(f"{where}: unknown feedback field(s) {', '.join(unknown)}")
-    for key in ("feedback_id", "run_id", "kpi"):
-        if not isinstance(obj.get(key), str) or not obj[key].strip():
-            raise FeedbackError(f"{where}: {key!r} is required (a non-empty string)")
-    rec = dict(obj)
-    for key, val in rec.items():
-        if val is None or key in ("k", "value"):
-            continue
-        ok = _PY_TYPES[RECORD_COLUMNS[key]]
-        if not isinstance(val, ok) or (ok != (bool,) and isinstance(val, bool)):
-            raise FeedbackError(
-                f"{where}: {key!r} should be {RECORD_COLUMNS[key]}, got {type(val).__name__}"
-            )
-        if isinstance(val, str) and len(val) > MAX_KEY_CHARS and key != "comment":
-            raise FeedbackError(f"{where}: {key!r} is longer than {MAX_KEY_CHARS} chars")
-    value = rec.get("value")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise FeedbackError(f"{where}: feedback value must be a number or null, got {value!r}")
-    try:
-        rec["kpi"] = validate_kpi(rec["kpi"])
-        rec["value"] = validate_value(value)
-    except OverflowError:
-        raise FeedbackError(f"{where}: feedback value must be a finite number") from None
-    except FeedbackError as exc:
-        raise FeedbackError(f"{where}: {exc}") from None
-    try:
-        rec["run_id"] = str(uuid.UUID(rec["run_id"]))
-    except ValueError:
-        raise FeedbackError(
-            f"{where}: run_id {rec['run_id']!r} is not a Prefect flow-run id (a UUID)"
-        ) from None
-    if rec.get("created_ns") is None:
-        rec["created_ns"] = time.time_ns()
-    elif not 0 < rec["created_ns"] < 2**63:
-        raise FeedbackError(f"{where}: 'created_ns' is out of range")
-    comment = rec.get("comment")
-    if comment is not None:
-        limit = get_settings().max_comment_chars
-        if len(comment) > limit:
-            raise FeedbackError(f"{where}: comment is {len(comment)} chars; the limit is {limit}")
-        rec["comment"] = redact(comment)
-    if rec["value"] is None and not rec.get("comment"):
-        raise FeedbackError(f"{where}: feedback needs a value, a comment, or both")
-    rec["source"] = (rec.get("source") or "").strip() or "receiver"
-    if rec.get("verified") is None:
-        rec["verified"] = False
-    try:
-        orjson.dumps(rec)
-    except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate that stdlib json let through
-        raise FeedbackError(f"{where}: cannot be stored as JSON: {exc}") from None
-    return rec
 
 
 def feedback_records(body: bytes) -> list[dict[str, Any]]:
@@ -201,8 +112,8 @@ def feedback_records(body: bytes) -> list[dict[str, Any]]:
         except ValueError:
             raise FeedbackError(f"body is not valid JSON: {exc}") from None
     if isinstance(doc, list):
-        return [_check_feedback(obj, f"record [{i}]") for i, obj in enumerate(doc)]
-    return [_check_feedback(doc, "record")]
+        return [validate_record(obj, f"record [{i}]") for i, obj in enumerate(doc)]
+    return [validate_record(doc, "record")]
 
 
 class _Server(ThreadingHTTPServer):
