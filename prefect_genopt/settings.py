@@ -6,13 +6,9 @@ whenever the environment changes, so tests and tools can point at another
 warehouse by setting ``GENOPT_WAREHOUSE``.
 
 Example:
-    >>> import os
-    >>> os.environ["GENOPT_WAREHOUSE"] = "/tmp/example-warehouse.duckdb"
-    >>> get_settings().warehouse_path.name
-    'example-warehouse.duckdb'
-    >>> get_settings().spool_dir.name
-    'example-warehouse.duckdb.spool'
-    >>> del os.environ["GENOPT_WAREHOUSE"]
+    >>> s = GenoptSettings(warehouse="/tmp/example-warehouse.duckdb")
+    >>> s.warehouse_path.name, s.spool_dir.name
+    ('example-warehouse.duckdb', 'example-warehouse.duckdb.spool')
 """
 
 from __future__ import annotations

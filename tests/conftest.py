@@ -1,26 +1,17 @@
 """Shared fixtures: one Prefect test harness per session, a fresh warehouse per test.
 
-Environment is set before Prefect is imported so the harness, its server
-subprocess and any child process the tests start are quiet and offline.
+The environment (a private PREFECT_HOME, quiet logs, offline litellm) is set
+by the root ``conftest.py`` before anything imports Prefect.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-_HOME = tempfile.mkdtemp(prefix="genopt-tests-")
-os.environ.setdefault("PREFECT_HOME", _HOME)
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ["GENOPT_WAREHOUSE"] = str(Path(_HOME) / "session.duckdb")
-
-import pytest  # noqa: E402
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
