@@ -116,26 +116,44 @@ def _finish_error(span: trace.Span, exc: BaseException, started: float) -> None:
     span.set_status(Status(StatusCode.ERROR, str(exc)[:500]))
 
 
+class _Call:
+    """One traced LLM call: the span is opened on entry and closed on exit."""
+
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.args, self.kwargs = args, kwargs
+        self.response: Any = None
+
+    def __enter__(self) -> _Call:
+        self.span = _start(self.args, self.kwargs)
+        self.token = _inside.set(True)
+        self.started = time.perf_counter()
+        self.scope = trace.use_span(self.span, end_on_exit=False)
+        self.scope.__enter__()
+        return self
+
+    def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> None:
+        self.scope.__exit__(None, None, None)
+        _inside.reset(self.token)
+        if exc is None:
+            _finish_ok(self.span, self.response, self.started)
+        else:
+            _finish_error(self.span, exc, self.started)
+        self.span.end()
+
+
+def _passthrough(kwargs: dict[str, Any]) -> bool:
+    """Nested calls (litellm calling itself) and streams are not traced."""
+    return _inside.get() or bool(kwargs.get("stream"))
+
+
 def _wrap_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def completion(*args: Any, **kwargs: Any) -> Any:
-        if _inside.get() or kwargs.get("stream"):
+        if _passthrough(kwargs):
             return fn(*args, **kwargs)
-        span = _start(args, kwargs)
-        token = _inside.set(True)
-        started = time.perf_counter()
-        try:
-            with trace.use_span(span, end_on_exit=False):
-                response = fn(*args, **kwargs)
-        except BaseException as exc:
-            _finish_error(span, exc, started)
-            raise
-        else:
-            _finish_ok(span, response, started)
-            return response
-        finally:
-            _inside.reset(token)
-            span.end()
+        with _Call(args, kwargs) as call:
+            call.response = fn(*args, **kwargs)
+        return call.response
 
     setattr(completion, _MARK, True)
     return completion
@@ -144,23 +162,11 @@ def _wrap_sync(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _wrap_async(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def acompletion(*args: Any, **kwargs: Any) -> Any:
-        if _inside.get() or kwargs.get("stream"):
+        if _passthrough(kwargs):
             return await fn(*args, **kwargs)
-        span = _start(args, kwargs)
-        token = _inside.set(True)
-        started = time.perf_counter()
-        try:
-            with trace.use_span(span, end_on_exit=False):
-                response = await fn(*args, **kwargs)
-        except BaseException as exc:
-            _finish_error(span, exc, started)
-            raise
-        else:
-            _finish_ok(span, response, started)
-            return response
-        finally:
-            _inside.reset(token)
-            span.end()
+        with _Call(args, kwargs) as call:
+            call.response = await fn(*args, **kwargs)
+        return call.response
 
     setattr(acompletion, _MARK, True)
     return acompletion

@@ -1,0 +1,508 @@
+"""Shared helpers for the benchmarks in ``bench/``: machine facts, statistics,
+tables, JSON results, and realistic spool records.
+
+The record generator builds every span with :func:`prefect_genopt.records.span_record`
+(the library's own storage boundary: redaction, truncation, lifting of genopt and
+GenAI attributes into columns), shaped like the spans a real pipeline run leaves
+(compare ``.demo/warehouse.duckdb``): one Prefect flow span, one ``genopt.run.start``
+and one ``genopt.run.end`` span, Prefect task spans with genopt's inputs/outputs and
+Prefect's state events, and LLM call spans with ``gen_ai.*`` attributes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.metadata as md
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+ROOT = BENCH_DIR.parent
+
+# ---------------------------------------------------------------------------------------
+# machine, statistics, output
+# ---------------------------------------------------------------------------------------
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """Facts about this machine and the library versions, for the results file."""
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (float("nan"),) * 3
+    return {
+        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "nproc": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "loadavg_at_start": [round(x, 2) for x in load],
+        "versions": {
+            d: _version(d)
+            for d in (
+                "prefect",
+                "duckdb",
+                "opentelemetry-api",
+                "opentelemetry-sdk",
+                "prefect-genopt",
+                "orjson",
+                "pyarrow",
+                "pandas",
+            )
+        },
+    }
+
+
+def loadavg() -> float:
+    """The 1-minute load average (NaN where unknown)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return float("nan")
+
+
+def quantiles(values: Sequence[float]) -> dict[str, float]:
+    """Median, p25, p75, min and max of a sample (p25/p75: inclusive method)."""
+    vals = sorted(values)
+    if len(vals) == 1:
+        q1 = q3 = vals[0]
+    else:
+        q1, _, q3 = statistics.quantiles(vals, n=4, method="inclusive")
+    return {
+        "median": statistics.median(vals),
+        "p25": q1,
+        "p75": q3,
+        "min": vals[0],
+        "max": vals[-1],
+        "n": len(vals),
+    }
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Run ``fn`` once; returns (seconds, its result)."""
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> None:
+    """Print a plain aligned table (numbers right-aligned)."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return str(v)
+
+    cells = [[fmt(v) for v in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    if title:
+        print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for raw, r in zip(rows, cells, strict=True):
+        out = []
+        for v, c, w in zip(raw, r, widths, strict=True):
+            out.append(c.rjust(w) if isinstance(v, int | float) else c.ljust(w))
+        print("  ".join(out))
+
+
+def write_results(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` as ``bench/results/<name>.json``; returns the path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"\nraw results: {path.relative_to(ROOT)}")
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# realistic records
+# ---------------------------------------------------------------------------------------
+
+_WORDS = (
+    "invoice refund crash export billing login password reset timeout upgrade plan "
+    "colleague invite report dashboard latency error checkout card declined shipping "
+    "address warehouse ticket priority customer account settings webhook retry queue"
+).split()
+
+PIPELINES = ("triage", "summarize", "extract")
+KPIS = ("accuracy", "helpful", "latency_ok", "user_rating")
+RESOURCE = {
+    "telemetry.sdk.language": "python",
+    "telemetry.sdk.name": "opentelemetry",
+    "telemetry.sdk.version": "1.45.2",
+    "service.instance.id": "d88e27f8-ed4b-4987-a293-e42a6b006577",
+    "service.name": "prefect-genopt",
+}
+
+
+def _text(rng: random.Random, lo: int, hi: int) -> str:
+    n = rng.randint(lo, hi)
+    out: list[str] = []
+    size = 0
+    while size < n:
+        w = rng.choice(_WORDS)
+        out.append(w)
+        size += len(w) + 1
+    return " ".join(out)[:n]
+
+
+def _hex(rng: random.Random, nbytes: int) -> str:
+    return rng.getrandbits(nbytes * 8).to_bytes(nbytes, "big").hex()
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+class ParamSet:
+    """One param set of a pipeline: id, values, and the pipeline's schema."""
+
+    def __init__(self, pipeline: str, index: int) -> None:
+        self.pipeline = pipeline
+        self.values = {
+            "prompt": f"Classify the {pipeline} item (variant {index}). Answer with the label only.",
+            "threshold": round(0.3 + 0.05 * (index % 10), 2),
+        }
+        self.schema = json.dumps(
+            {
+                "additionalProperties": False,
+                "properties": {
+                    "prompt": {"type": "string", "minLength": 1, "genopt_kind": "prompt"},
+                    "threshold": {
+                        "type": "number",
+                        "minimum": 0.0,
+                        "maximum": 1.0,
+                        "genopt_kind": "numeric",
+                    },
+                },
+                "title": f"{pipeline.title()}Params",
+                "type": "object",
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        self.schema_hash = hashlib.sha256(self.schema.encode()).hexdigest()[:16]
+        canon = json.dumps(self.values, sort_keys=True, separators=(",", ":"))
+        self.id = "ps_" + hashlib.sha256(canon.encode()).hexdigest()[:16]
+        self.params_json = canon
+
+
+def param_sets(n: int) -> list[ParamSet]:
+    """``n`` param sets spread round-robin over :data:`PIPELINES`."""
+    return [ParamSet(PIPELINES[i % len(PIPELINES)], i) for i in range(n)]
+
+
+def _state_events(rng: random.Random, start_ns: int, end_ns: int) -> list[dict[str, Any]]:
+    states = [("Running", "RUNNING"), ("Completed", "COMPLETED")]
+    if rng.random() < 0.5:
+        states.insert(0, ("Pending", "PENDING"))
+    times = [start_ns + (end_ns - start_ns) * i // max(1, len(states) - 1) for i in range(len(states))]
+    return [
+        {
+            "name": name,
+            "time_ns": t,
+            "attributes": {
+                "prefect.state.message": "",
+                "prefect.state.type": typ,
+                "prefect.state.name": name,
+                "prefect.state.id": _uuid(rng),
+            },
+        }
+        for (name, typ), t in zip(states, times, strict=True)
+    ]
+
+
+def run_records(
+    rng: random.Random,
+    ps: ParamSet,
+    start_ns: int,
+    n_tasks: int,
+    n_llm: int,
+    limit: int = 4096,
+) -> tuple[str, list[dict[str, Any]]]:
+    """The span records of one pipeline run: ``(run_id, records)``.
+
+    ``2 + 1 + n_tasks + n_llm`` spans: Prefect's flow span, genopt's run-start and
+    run-end spans, ``n_tasks`` task spans (inputs/outputs of 200-500 chars, ~14
+    attributes, 2-3 state events) and ``n_llm`` LLM spans (children of tasks).
+    """
+    run_id = _uuid(rng)
+    trace_id = _hex(rng, 16)
+    flow_span = _hex(rng, 8)
+    common = {
+        "genopt.run_id": run_id,
+        "genopt.pipeline": ps.pipeline,
+        "genopt.param_set_id": ps.id,
+        "genopt.arm": "stable" if rng.random() < 0.8 else "canary",
+    }
+    out: list[dict[str, Any]] = []
+    t = start_ns
+    step_ns = 15_000_000
+    end_ns = start_ns + step_ns * (n_tasks + n_llm + 2)
+    inputs = json.dumps({"n": n_tasks, "batch": _text(rng, 20, 40)})
+
+    from prefect_genopt.records import span_record
+
+    def rec(**kw: Any) -> dict[str, Any]:
+        return span_record(
+            trace_id=trace_id, resource=RESOURCE, source="spool", limit=limit, **kw
+        )
+
+    out.append(
+        rec(
+            span_id=_hex(rng, 8),
+            parent_span_id=flow_span,
+            name="genopt.run.start",
+            span_kind="INTERNAL",
+            start_ns=t,
+            end_ns=t + 15_000,
+            status="UNSET",
+            status_message=None,
+            attributes={
+                **common,
+                "genopt.inputs": inputs,
+                "genopt.params": ps.params_json,
+                "genopt.schema": ps.schema,
+                "genopt.schema_hash": ps.schema_hash,
+                "genopt.entrypoint": json.dumps(
+                    {
+                        "module": f"flows.examples.{ps.pipeline}",
+                        "function": ps.pipeline,
+                        "file": f"flows/examples/{ps.pipeline}.py",
+                        "entrypoint": f"flows/examples/{ps.pipeline}.py:{ps.pipeline}",
+                    }
+                ),
+                "genopt.flow_name": ps.pipeline,
+                "genopt.host": "bench",
+                "genopt.pid": os.getpid(),
+            },
+            events=[],
+        )
+    )
+    n_total = n_tasks + n_llm
+    llm_every = max(1, n_total // max(1, n_llm)) if n_llm else 0
+    task_span = flow_span
+    n_done_llm = 0
+    for i in range(n_total):
+        t += step_ns
+        is_llm = bool(n_llm) and n_done_llm < n_llm and i % llm_every == llm_every - 1
+        if is_llm:
+            n_done_llm += 1
+            tokens_in = rng.randint(80, 900)
+            tokens_out = rng.randint(1, 200)
+            model = rng.choice(("openai/gpt-4o-mini", "anthropic/claude-haiku", "ollama/llama3"))
+            attrs: dict[str, Any] = {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": model,
+                "gen_ai.provider.name": model.split("/")[0],
+                "gen_ai.system": model.split("/")[0],
+                "gen_ai.prompt": json.dumps(
+                    [
+                        {"role": "system", "content": ps.values["prompt"]},
+                        {"role": "user", "content": _text(rng, 150, 350)},
+                    ]
+                ),
+                "gen_ai.request.temperature": 0.0,
+                "gen_ai.request.max_tokens": 256,
+                **common,
+                "gen_ai.client.latency_ms": rng.uniform(100, 2000),
+                "gen_ai.usage.input_tokens": tokens_in,
+                "gen_ai.usage.prompt_tokens": tokens_in,
+                "gen_ai.usage.output_tokens": tokens_out,
+                "gen_ai.usage.completion_tokens": tokens_out,
+                "gen_ai.response.model": model,
+                "gen_ai.completion": json.dumps([_text(rng, 20, 200)]),
+                "gen_ai.response.finish_reasons": ["stop"],
+            }
+            if not model.startswith("ollama"):
+                attrs["gen_ai.usage.cost"] = (tokens_in * 0.15 + tokens_out * 0.6) / 1e6
+            failed = rng.random() < 0.02
+            out.append(
+                rec(
+                    span_id=_hex(rng, 8),
+                    parent_span_id=task_span,
+                    name=f"chat {model}",
+                    span_kind="CLIENT",
+                    start_ns=t,
+                    end_ns=t + rng.randint(100, 2000) * 1_000_000,
+                    status="ERROR" if failed else "OK",
+                    status_message="RateLimitError: slow down" if failed else None,
+                    attributes=attrs,
+                    events=[],
+                )
+            )
+            continue
+        task_span = _hex(rng, 8)
+        task = rng.choice(("classify", "fetch", "summarize", "score"))
+        item = f"T-{rng.randint(0, 99999):05d}"
+        out.append(
+            rec(
+                span_id=task_span,
+                parent_span_id=flow_span,
+                name=f"{task}-{_hex(rng, 2)[:3]}",
+                span_kind="INTERNAL",
+                start_ns=t,
+                end_ns=t + step_ns,
+                status="OK",
+                status_message=None,
+                attributes={
+                    "prefect.run.name": f"{task}-{_hex(rng, 2)[:3]}",
+                    "prefect.run.type": "task",
+                    "prefect.run.id": _uuid(rng),
+                    "prefect.tags": [],
+                    "prefect.run.parameter.ticket": "dict",
+                    **common,
+                    "genopt.task": task,
+                    "genopt.inputs": json.dumps(
+                        {"ticket": {"id": item, "text": _text(rng, 160, 440), "label": "other"}}
+                    ),
+                    "genopt.item_key": item,
+                    "genopt.params_read": json.dumps({"prompt": ps.values["prompt"]}),
+                    "genopt.output": _text(rng, 200, 500),
+                },
+                events=_state_events(rng, t, t + step_ns),
+            )
+        )
+    out.append(
+        rec(
+            span_id=_hex(rng, 8),
+            parent_span_id=flow_span,
+            name="genopt.run.end",
+            span_kind="INTERNAL",
+            start_ns=end_ns - 10_000,
+            end_ns=end_ns - 5_000,
+            status="UNSET",
+            status_message=None,
+            attributes={
+                "genopt.run_id": run_id,
+                "genopt.pipeline": ps.pipeline,
+                "genopt.status": "completed",
+                "genopt.output": "0.875",
+            },
+            events=[],
+        )
+    )
+    out.append(
+        rec(
+            span_id=flow_span,
+            parent_span_id=None,
+            name=f"{rng.choice(_WORDS)}-{rng.choice(_WORDS)}",
+            span_kind="INTERNAL",
+            start_ns=start_ns - 100_000,
+            end_ns=end_ns,
+            status="OK",
+            status_message=None,
+            attributes={
+                "prefect.run.name": "certain-lorikeet",
+                "prefect.run.type": "flow",
+                "prefect.run.id": run_id,
+                "prefect.tags": [],
+                "prefect.run.parameter.n": "int",
+                "prefect.flow.id": _uuid(rng),
+                **common,
+                "genopt.inputs": inputs,
+                "genopt.output": "0.875",
+            },
+            events=_state_events(rng, start_ns, end_ns),
+        )
+    )
+    return run_id, out
+
+
+def feedback_records(
+    rng: random.Random, run_id: str, start_ns: int, n: int
+) -> list[dict[str, Any]]:
+    """``n`` feedback records for a run (as ``genopt.feedback`` builds them in a run)."""
+    out = []
+    for i in range(n):
+        kpi = KPIS[i % len(KPIS)]
+        item = f"T-{i:03d}"
+        key = f"{kpi}|{item}|code"
+        out.append(
+            {
+                "k": "feedback",
+                "feedback_id": hashlib.sha256(f"{run_id}\0{key}".encode()).hexdigest()[:32],
+                "run_id": run_id,
+                "kpi": kpi,
+                "value": round(rng.random(), 3),
+                "comment": _text(rng, 20, 80) if rng.random() < 0.3 else None,
+                "item_key": item,
+                "source": "code",
+                "idempotency_key": key,
+                "created_ns": start_ns + (i + 1) * 1_000_000,
+                "verified": True,
+                "pipeline": None,
+                "param_set_id": None,
+                "arm": None,
+            }
+        )
+    return out
+
+
+def runs(
+    n_spans: int,
+    spans_per_run: int,
+    n_param_sets: int = 20,
+    llm_share: float = 0.15,
+    days: int = 30,
+    seed: int = 7,
+) -> Iterator[tuple[str, int, ParamSet, list[dict[str, Any]]]]:
+    """Yield ``(run_id, start_ns, param_set, span records)`` until ``n_spans`` spans.
+
+    Runs are spread evenly over the last ``days`` days.
+    """
+    rng = random.Random(seed)
+    sets = param_sets(n_param_sets)
+    body = max(1, spans_per_run - 3)
+    n_llm = round(body * llm_share)
+    n_tasks = body - n_llm
+    per_run = n_tasks + n_llm + 3
+    n_runs = max(1, -(-n_spans // per_run))
+    now = time.time_ns()
+    span_ns = days * 86_400 * 10**9
+    made = 0
+    for r in range(n_runs):
+        ps = sets[r % len(sets)]
+        start = now - span_ns + span_ns * r // n_runs
+        left = n_spans - made
+        if left < per_run:
+            k = max(1, left - 3)
+            n_llm_r = round(k * llm_share)
+            run_id, recs = run_records(rng, ps, start, k - n_llm_r, n_llm_r)
+            recs = recs[:left]
+        else:
+            run_id, recs = run_records(rng, ps, start, n_tasks, n_llm)
+        made += len(recs)
+        yield run_id, start, ps, recs
