@@ -11,6 +11,7 @@ Prefect's state events, and LLM call spans with ``gen_ai.*`` attributes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import importlib.metadata as md
@@ -506,3 +507,25 @@ def runs(
             run_id, recs = run_records(rng, ps, start, n_tasks, n_llm)
         made += len(recs)
         yield run_id, start, ps, recs
+
+
+@contextlib.contextmanager
+def settings_lookup_cached() -> Iterator[None]:
+    """Generate data faster: inside, ``redaction._extra_patterns`` returns a constant.
+
+    :func:`prefect_genopt.redaction.redact` calls ``get_settings()`` once per string,
+    and ``get_settings()`` scans and sorts ``os.environ`` every time to notice a
+    changed ``GENOPT_*`` variable: about 85% of :func:`span_record`'s time (see
+    ``bench_tracing.py``'s per-span breakdown). The records made inside are
+    identical (the constant is what the lookup returns now); only the benchmarks'
+    *data generation* uses this, never a measured path.
+    """
+    from prefect_genopt import redaction
+
+    original = redaction._extra_patterns
+    value = original()
+    redaction._extra_patterns = lambda: value  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        redaction._extra_patterns = original  # type: ignore[assignment]

@@ -173,3 +173,30 @@ def test_changed_schema_gets_new_version_and_old_sets_checked(warehouse_path: Pa
     assert checks[(old, 2)]["ok"] is False  # 0.9 breaks the new bound 0.8
     assert "0.9" in checks[(old, 2)]["error"]
     assert checks[(V2().param_set_id, 2)]["ok"] is True
+
+
+def test_subflow_pipelines_are_runs_of_their_own(warehouse_path: Path) -> None:
+    @flow(name="child")
+    @genopt.pipeline(name="child", params=p.TriageParams)
+    def child(ticket: str) -> str:
+        return p.classify(ticket)
+
+    @flow(name="parent")
+    @genopt.pipeline(name="parent")
+    def parent() -> list[str]:
+        return [child("refund"), child("crash")]
+
+    parent()
+    wh = genopt.Warehouse()
+    runs = {r["pipeline"]: r for r in wh.sql("SELECT * FROM runs WHERE pipeline = 'parent'")}
+    children = wh.sql("SELECT * FROM runs WHERE pipeline = 'child'")
+    assert len(children) == 2 and len(runs) == 1
+    assert {c["trace_id"] for c in children} == {runs["parent"]["trace_id"]}  # one trace
+    for c in children:
+        tasks = wh.sql(
+            "SELECT run_id FROM spans WHERE run_type = 'task' AND run_id = ?", [c["run_id"]]
+        )
+        assert len(tasks) == 1  # the subflow's task belongs to the subflow's run
+    flows = wh.sql("SELECT span_id, parent_span_id, run_id FROM spans WHERE run_type = 'flow'")
+    root = [f for f in flows if f["run_id"] == runs["parent"]["run_id"]][0]
+    assert all(f["parent_span_id"] == root["span_id"] for f in flows if f is not root)
