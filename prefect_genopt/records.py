@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from prefect_genopt import semconv
-from prefect_genopt.redaction import REDACTED, SECRET_KEY_RE, redact, truncate
+from prefect_genopt.redaction import REDACTED, SECRET_KEY_RE, Patterns, patterns, redact, truncate
 
 __all__ = [
     "RECORD_COLUMNS",
@@ -143,25 +143,25 @@ def _json_or_text(v: Any) -> Any:
     return v
 
 
-def _clean_value(key: str, value: Any, limit: int, depth: int = 0) -> Any:
+def _clean_value(key: str, value: Any, limit: int, pats: Patterns, depth: int = 0) -> Any:
     """Redact and truncate strings anywhere in a value (lists and maps included)."""
     if key in semconv.VERBATIM:
         return value
     if isinstance(value, str):
         if SECRET_KEY_RE.search(key):
             return REDACTED
-        return truncate(redact(value), limit)
+        return truncate(redact(value, pats), limit)
     if depth > 8:
         return value
     if isinstance(value, list | tuple):
-        return [_clean_value(key, v, limit, depth + 1) for v in value]
+        return [_clean_value(key, v, limit, pats, depth + 1) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _clean_value(str(k), v, limit, depth + 1) for k, v in value.items()}
+        return {str(k): _clean_value(str(k), v, limit, pats, depth + 1) for k, v in value.items()}
     return value
 
 
-def _clean_map(attrs: Mapping[str, Any], limit: int) -> dict[str, Any]:
-    return {k: _clean_value(k, v, limit) for k, v in attrs.items()}
+def _clean_map(attrs: Mapping[str, Any], limit: int, pats: Patterns) -> dict[str, Any]:
+    return {k: _clean_value(k, v, limit, pats) for k, v in attrs.items()}
 
 
 def _run_type(name: str, attrs: Mapping[str, Any]) -> str:
@@ -212,7 +212,8 @@ def span_record(
         source: Where the span came from (``spool`` for local, ``otlp`` for the receiver).
         limit: Longest string value kept (longer ones are truncated with a marker).
     """
-    attrs = _clean_map(attributes, limit)
+    pats = patterns()
+    attrs = _clean_map(attributes, limit, pats)
     run_id = attrs.get(semconv.RUN_ID)
     if run_id is None and attrs.get(semconv.PREFECT_RUN_TYPE) == "flow":
         run_id = attrs.get(semconv.PREFECT_RUN_ID)
@@ -221,12 +222,14 @@ def span_record(
         "trace_id": trace_id,
         "span_id": span_id,
         "parent_span_id": parent_span_id,
-        "name": truncate(redact(name), 1000),
+        "name": truncate(redact(name, pats), 1000),
         "span_kind": span_kind,
         "start_ns": start_ns,
         "end_ns": end_ns,
         "status": status,
-        "status_message": truncate(redact(status_message), limit) if status_message else None,
+        "status_message": (
+            truncate(redact(status_message, pats), limit) if status_message else None
+        ),
         "run_id": run_id,
         "run_type": _run_type(name, attrs),
         "task_name": attrs.get(semconv.TASK_NAME),
@@ -248,11 +251,11 @@ def span_record(
             {
                 "name": e.get("name"),
                 "time_ns": e.get("time_ns"),
-                "attributes": _clean_map(e.get("attributes") or {}, limit),
+                "attributes": _clean_map(e.get("attributes") or {}, limit, pats),
             }
             for e in events
         ],
-        "resource": _clean_map(resource, limit),
+        "resource": _clean_map(resource, limit, pats),
         "source": source,
         "host": HOST if source == "spool" else None,
         "pid": os.getpid() if source == "spool" else None,

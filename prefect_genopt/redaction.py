@@ -22,7 +22,15 @@ from typing import Any
 
 import orjson
 
-__all__ = ["redact", "truncate", "clean", "to_text", "REDACTED", "BUILTIN_SECRET_PATTERNS"]
+__all__ = [
+    "redact",
+    "patterns",
+    "truncate",
+    "clean",
+    "to_text",
+    "REDACTED",
+    "BUILTIN_SECRET_PATTERNS",
+]
 
 REDACTED = "[REDACTED]"
 
@@ -45,23 +53,34 @@ SECRET_KEY_RE = re.compile(
 )
 
 
+Patterns = tuple[re.Pattern[str], ...]
+
+
 @lru_cache(maxsize=16)
-def _compiled(extra: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
+def _compiled(extra: tuple[str, ...]) -> Patterns:
     return tuple(re.compile(p) for p in BUILTIN_SECRET_PATTERNS + extra)
 
 
-def _extra_patterns() -> tuple[str, ...]:
+def patterns() -> Patterns:
+    """The compiled secret patterns in force (built-in plus ``GENOPT_REDACT_PATTERNS``).
+
+    Look them up once per batch of values and pass them to :func:`redact`.
+    """
     from prefect_genopt.settings import get_settings
 
-    return tuple(get_settings().redact_patterns)
+    return _compiled(tuple(get_settings().redact_patterns))
 
 
-def redact(text: str, extra_patterns: tuple[str, ...] | None = None) -> str:
-    """Replace secrets in ``text`` with ``[REDACTED]``."""
+def redact(text: str, pats: Patterns | None = None) -> str:
+    """Replace secrets in ``text`` with ``[REDACTED]``.
+
+    Args:
+        text: Any text.
+        pats: Compiled patterns (default: :func:`patterns`).
+    """
     if not text:
         return text
-    patterns = _compiled(_extra_patterns() if extra_patterns is None else extra_patterns)
-    for pat in patterns:
+    for pat in pats if pats is not None else patterns():
         if pat.groups:
 
             def _sub(m: re.Match[str]) -> str:
@@ -112,10 +131,10 @@ def _default(obj: Any) -> Any:
     return repr(obj)
 
 
-def to_text(value: Any) -> str:
+def to_text(value: Any, pats: Patterns | None = None) -> str:
     """Serialize any Python value to compact JSON text (repr for the unknown), redacted."""
     if isinstance(value, str):
-        return redact(value)
+        return redact(value, pats)
     try:
         raw = orjson.dumps(
             _scrub(value),
@@ -124,13 +143,13 @@ def to_text(value: Any) -> str:
         ).decode()
     except (TypeError, orjson.JSONEncodeError):
         raw = repr(value)
-    return redact(raw)
+    return redact(raw, pats)
 
 
 def clean(value: Any, limit: int | None = None) -> str:
     """:func:`to_text`, then :func:`truncate` to ``limit`` (default: the setting)."""
-    if limit is None:
-        from prefect_genopt.settings import get_settings
+    from prefect_genopt.settings import get_settings
 
-        limit = get_settings().max_value_chars
-    return truncate(to_text(value), limit)
+    settings = get_settings()
+    pats = _compiled(tuple(settings.redact_patterns))
+    return truncate(to_text(value, pats), settings.max_value_chars if limit is None else limit)

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -119,12 +120,12 @@ class GenoptSettings(BaseSettings):
         "set) or 'none' (tracing off; pipelines still run).",
     )
 
-    @property
+    @cached_property
     def warehouse_path(self) -> Path:
         """The resolved warehouse file path."""
         return (self.warehouse or default_warehouse_path()).expanduser().resolve()
 
-    @property
+    @cached_property
     def spool_dir(self) -> Path:
         """The resolved spool directory."""
         return self.spool_dir_for(self.warehouse_path)
@@ -153,19 +154,20 @@ class GenoptSettings(BaseSettings):
         return "otlp" if self.otlp_endpoint else "spool"
 
 
-_cache: tuple[tuple[tuple[str, str], ...], GenoptSettings] | None = None
-
-
-def _env_key() -> tuple[tuple[str, str], ...]:
-    return tuple(
-        sorted((k, v) for k, v in os.environ.items() if k.startswith(("GENOPT_", "PREFECT_HOME")))
-    )
+_cache: tuple[tuple[str | None, ...], GenoptSettings] | None = None
+#: The environment variables settings depend on (the key of the settings cache).
+_ENV_NAMES = ("PREFECT_HOME", *(f"GENOPT_{name.upper()}" for name in GenoptSettings.model_fields))
 
 
 def get_settings() -> GenoptSettings:
-    """The current settings, rebuilt only when a ``GENOPT_*`` variable changed."""
+    """The current settings, rebuilt only when one of their variables changed.
+
+    Cheap enough for hot paths (a few dict lookups); derived paths are resolved
+    once per settings object.
+    """
     global _cache
-    key = _env_key()
+    env = os.environ
+    key = tuple(env.get(name) for name in _ENV_NAMES)
     if _cache is None or _cache[0] != key:
         _cache = (key, GenoptSettings())
     return _cache[1]
