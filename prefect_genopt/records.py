@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from prefect_genopt import semconv
-from prefect_genopt.redaction import REDACTED, SECRET_KEY_RE, Patterns, patterns, redact, truncate
+from prefect_genopt.redaction import REDACTED, Patterns, is_secret_key, patterns, redact, truncate
 
 __all__ = [
     "RECORD_COLUMNS",
@@ -148,7 +148,7 @@ def _clean_value(key: str, value: Any, limit: int, pats: Patterns, depth: int = 
     if key in semconv.VERBATIM:
         return value
     if isinstance(value, str):
-        if SECRET_KEY_RE.search(key):
+        if is_secret_key(key):
             return REDACTED
         return truncate(redact(value, pats), limit)
     if depth > 8:
@@ -237,10 +237,11 @@ def span_record(
         "param_set_id": attrs.get(semconv.PARAM_SET_ID),
         "arm": attrs.get(semconv.ARM),
         "item_key": attrs.get(semconv.ITEM_KEY),
-        "inputs": attrs.get(semconv.INPUTS),
-        "output": attrs.get(semconv.OUTPUT),
-        "params_read": _json_or_text(attrs.get(semconv.PARAMS_READ)),
-        "error": attrs.get(semconv.ERROR),
+        # the bulky genopt values live in their own columns, not twice
+        "inputs": attrs.pop(semconv.INPUTS, None),
+        "output": attrs.pop(semconv.OUTPUT, None),
+        "params_read": _json_or_text(attrs.pop(semconv.PARAMS_READ, None)),
+        "error": attrs.pop(semconv.ERROR, None),
         "llm_model": _first(attrs, semconv.GENAI_MODEL),
         "llm_provider": _first(attrs, semconv.GENAI_PROVIDER),
         "input_tokens": _int(_first(attrs, semconv.GENAI_INPUT_TOKENS)),

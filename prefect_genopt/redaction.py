@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -30,6 +31,8 @@ __all__ = [
     "to_text",
     "REDACTED",
     "BUILTIN_SECRET_PATTERNS",
+    "Patterns",
+    "is_secret_key",
 ]
 
 REDACTED = "[REDACTED]"
@@ -53,12 +56,27 @@ SECRET_KEY_RE = re.compile(
 )
 
 
-Patterns = tuple[re.Pattern[str], ...]
+#: Every built-in pattern needs one of these in the lower-cased text: text without
+#: any of them is left alone after one scan instead of one scan per pattern.
+_TRIGGER = re.compile(
+    r"bearer|sk-|gh[opsu]_|github_pat|glpat|xox[abposr]|akia|aiza|eyj|key|secret|passw|token"
+)
+
+
+@dataclass(frozen=True)
+class Patterns:
+    """Compiled redaction rules: the built-in ones, behind a trigger scan, and extras."""
+
+    builtin: tuple[re.Pattern[str], ...]
+    extra: tuple[re.Pattern[str], ...]
 
 
 @lru_cache(maxsize=16)
 def _compiled(extra: tuple[str, ...]) -> Patterns:
-    return tuple(re.compile(p) for p in BUILTIN_SECRET_PATTERNS + extra)
+    return Patterns(
+        tuple(re.compile(p) for p in BUILTIN_SECRET_PATTERNS),
+        tuple(re.compile(p) for p in extra),
+    )
 
 
 def patterns() -> Patterns:
@@ -71,6 +89,20 @@ def patterns() -> Patterns:
     return _compiled(tuple(get_settings().redact_patterns))
 
 
+def _keep_label(m: re.Match[str]) -> str:
+    """Replace group 1 of a match, keep the rest (``password=`` stays readable)."""
+    base = m.start(0)
+    s, e = m.span(1)
+    whole = m.group(0)
+    return whole[: s - base] + REDACTED + whole[e - base :]
+
+
+def _apply(pats: tuple[re.Pattern[str], ...], text: str) -> str:
+    for pat in pats:
+        text = pat.sub(_keep_label if pat.groups else REDACTED, text)
+    return text
+
+
 def redact(text: str, pats: Patterns | None = None) -> str:
     """Replace secrets in ``text`` with ``[REDACTED]``.
 
@@ -80,19 +112,19 @@ def redact(text: str, pats: Patterns | None = None) -> str:
     """
     if not text:
         return text
-    for pat in pats if pats is not None else patterns():
-        if pat.groups:
-
-            def _sub(m: re.Match[str]) -> str:
-                s, e = m.span(1)
-                base = m.start(0)
-                whole = m.group(0)
-                return whole[: s - base] + REDACTED + whole[e - base :]
-
-            text = pat.sub(_sub, text)
-        else:
-            text = pat.sub(REDACTED, text)
+    if pats is None:
+        pats = patterns()
+    if _TRIGGER.search(text.lower()):
+        text = _apply(pats.builtin, text)
+    if pats.extra:
+        text = _apply(pats.extra, text)
     return text
+
+
+@lru_cache(maxsize=4096)
+def is_secret_key(key: str) -> bool:
+    """Whether values stored under this mapping key are always redacted."""
+    return bool(SECRET_KEY_RE.search(key))
 
 
 def truncate(text: str, limit: int) -> str:
@@ -110,9 +142,7 @@ def _scrub(value: Any, depth: int = 0) -> Any:
         return value
     if isinstance(value, dict):
         return {
-            k: (
-                REDACTED if isinstance(k, str) and SECRET_KEY_RE.search(k) else _scrub(v, depth + 1)
-            )
+            k: (REDACTED if isinstance(k, str) and is_secret_key(k) else _scrub(v, depth + 1))
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):

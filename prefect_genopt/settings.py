@@ -154,9 +154,19 @@ class GenoptSettings(BaseSettings):
         return "otlp" if self.otlp_endpoint else "spool"
 
 
-_cache: tuple[tuple[str | None, ...], GenoptSettings] | None = None
+_cache: tuple[tuple[object, ...], GenoptSettings] | None = None
 #: The environment variables settings depend on (the key of the settings cache).
 _ENV_NAMES = ("PREFECT_HOME", *(f"GENOPT_{name.upper()}" for name in GenoptSettings.model_fields))
+# os.environ keeps its raw (encoded) mapping in `_data`; reading it directly skips an
+# encode and a decode per lookup, which matters on the per-span hot path.
+_RAW = getattr(os.environ, "_data", None)
+_RAW_NAMES = tuple(os.environ.encodekey(n) for n in _ENV_NAMES) if _RAW is not None else ()
+
+
+def _env_key() -> tuple[object, ...]:
+    if _RAW is not None:
+        return tuple(_RAW.get(n) for n in _RAW_NAMES)
+    return tuple(os.environ.get(n) for n in _ENV_NAMES)
 
 
 def get_settings() -> GenoptSettings:
@@ -166,8 +176,7 @@ def get_settings() -> GenoptSettings:
     once per settings object.
     """
     global _cache
-    env = os.environ
-    key = tuple(env.get(name) for name in _ENV_NAMES)
+    key = _env_key()
     if _cache is None or _cache[0] != key:
         _cache = (key, GenoptSettings())
     return _cache[1]
