@@ -54,8 +54,30 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def library_state() -> dict[str, Any]:
+    """Which prefect-genopt code was measured: git HEAD, uncommitted changes, a source hash."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.rstrip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    digest = hashlib.sha256()
+    for p in sorted((ROOT / "prefect_genopt").rglob("*.py")):
+        digest.update(p.relative_to(ROOT).as_posix().encode() + b"\0" + p.read_bytes())
+    return {
+        "git_head": git("rev-parse", "--short", "HEAD"),
+        "uncommitted_library_files": git("status", "--short", "--", "prefect_genopt").splitlines(),
+        "library_source_sha256": digest.hexdigest()[:16],
+    }
+
+
 def machine_info() -> dict[str, Any]:
-    """Facts about this machine and the library versions, for the results file."""
+    """Facts about this machine, the library versions and code, for the results file."""
     try:
         load = os.getloadavg()
     except OSError:
@@ -67,6 +89,7 @@ def machine_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "loadavg_at_start": [round(x, 2) for x in load],
+        "library": library_state(),
         "versions": {
             d: _version(d)
             for d in (
@@ -138,10 +161,11 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: st
         print("  ".join(out))
 
 
-def write_results(name: str, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` as ``bench/results/<name>.json``; returns the path."""
+def write_results(name: str, payload: dict[str, Any], quick: bool = False) -> Path:
+    """Write ``payload`` as ``bench/results/<name>.json`` (``<name>.quick.json`` for a
+    ``--quick`` smoke run, so it never overwrites the full results); returns the path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+    path = RESULTS_DIR / f"{name}{'.quick' if quick else ''}.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     print(f"\nraw results: {path.relative_to(ROOT)}")
     return path
@@ -193,7 +217,7 @@ class ParamSet:
     def __init__(self, pipeline: str, index: int) -> None:
         self.pipeline = pipeline
         self.values = {
-            "prompt": f"Classify the {pipeline} item (variant {index}). Answer with the label only.",
+            "prompt": f"Classify the {pipeline} item (variant {index}). Answer with a label.",
             "threshold": round(0.3 + 0.05 * (index % 10), 2),
         }
         self.schema = json.dumps(
@@ -229,7 +253,9 @@ def _state_events(rng: random.Random, start_ns: int, end_ns: int) -> list[dict[s
     states = [("Running", "RUNNING"), ("Completed", "COMPLETED")]
     if rng.random() < 0.5:
         states.insert(0, ("Pending", "PENDING"))
-    times = [start_ns + (end_ns - start_ns) * i // max(1, len(states) - 1) for i in range(len(states))]
+    times = [
+        start_ns + (end_ns - start_ns) * i // max(1, len(states) - 1) for i in range(len(states))
+    ]
     return [
         {
             "name": name,
@@ -277,9 +303,7 @@ def run_records(
     from prefect_genopt.records import span_record
 
     def rec(**kw: Any) -> dict[str, Any]:
-        return span_record(
-            trace_id=trace_id, resource=RESOURCE, source="spool", limit=limit, **kw
-        )
+        return span_record(trace_id=trace_id, resource=RESOURCE, source="spool", limit=limit, **kw)
 
     out.append(
         rec(
@@ -510,22 +534,55 @@ def runs(
 
 
 @contextlib.contextmanager
-def settings_lookup_cached() -> Iterator[None]:
-    """Generate data faster: inside, ``redaction._extra_patterns`` returns a constant.
+def settings_lookup_cached() -> Iterator[bool]:
+    """Generate data faster with older library code; yields whether it patched anything.
 
-    :func:`prefect_genopt.redaction.redact` calls ``get_settings()`` once per string,
-    and ``get_settings()`` scans and sorts ``os.environ`` every time to notice a
-    changed ``GENOPT_*`` variable: about 85% of :func:`span_record`'s time (see
-    ``bench_tracing.py``'s per-span breakdown). The records made inside are
-    identical (the constant is what the lookup returns now); only the benchmarks'
-    *data generation* uses this, never a measured path.
+    Before the library looked redaction patterns up once per span, each
+    :func:`prefect_genopt.redaction.redact` call went through ``get_settings()``,
+    which scanned and sorted ``os.environ`` every time (~85% of
+    :func:`span_record`'s time). With such code (a module-level
+    ``redaction._extra_patterns``), this makes that lookup return the value it
+    returns now, so records made inside are identical, only faster to make. Only
+    the benchmarks' *data generation* uses it, never a measured path. With newer
+    code there is nothing to patch.
     """
     from prefect_genopt import redaction
 
-    original = redaction._extra_patterns
+    original = getattr(redaction, "_extra_patterns", None)
+    if original is None:
+        yield False
+        return
     value = original()
-    redaction._extra_patterns = lambda: value  # type: ignore[assignment]
+    redaction._extra_patterns = lambda: value
     try:
-        yield
+        yield True
     finally:
-        redaction._extra_patterns = original  # type: ignore[assignment]
+        redaction._extra_patterns = original
+
+
+def ingest_all(warehouse: Path, spool_dir: Path, n_records: int) -> dict[str, Any]:
+    """Call ``Ingester.ingest()`` until all ``n_records`` spool records are loaded.
+
+    One call should load everything, but ``Ingester._ingest_once`` only loops while
+    a transaction read *at least* ``ingest_batch_bytes`` (256 MB), and a batch cut
+    at a line end is almost always a little less: with more than 256 MB spooled,
+    one ``ingest()`` leaves the rest for the next call. Every call is timed.
+    """
+    from prefect_genopt.warehouse import Ingester
+
+    calls: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    while sum(c["records"] for c in calls) < n_records:
+        r = Ingester(warehouse, spool_dir).ingest()
+        calls.append(vars(r))
+        if r.records == 0:
+            break
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "calls": len(calls),
+        "records": sum(c["records"] for c in calls),
+        "spans": sum(c["spans"] for c in calls),
+        "rejected": sum(c["rejected"] for c in calls),
+        "per_call": calls,
+    }
