@@ -135,10 +135,17 @@ class Ingester:
 
     # -- reading the spool --------------------------------------------------------------
 
-    def _chunks(self, offsets: dict[str, int], budget: int) -> list[_Chunk]:
+    def _chunks(self, offsets: dict[str, int], budget: int) -> tuple[list[_Chunk], bool]:
+        """New complete lines of each spool file, up to ``budget`` bytes in all.
+
+        Returns the chunks and whether the budget cut the batch short (then the
+        caller loads another batch).
+        """
         chunks: list[_Chunk] = []
+        cut_short = False
         for f in spool.list_files(self.spool_dir):
             if budget <= 0:
+                cut_short = True
                 break
             start = offsets.get(f.stem, 0)
             finished = not f.writer_alive
@@ -149,6 +156,7 @@ class Ingester:
                     more = bool(fh.read(1))
             except FileNotFoundError:  # renamed (sealed) or removed meanwhile: next time
                 continue
+            cut_short = cut_short or (more and len(data) == budget)
             cut = data.rfind(b"\n") + 1
             tail = b""
             if finished and not more and cut < len(data):
@@ -159,7 +167,7 @@ class Ingester:
                 _Chunk(f, start, start + cut + len(tail), data[:cut], finished and not more, tail)
             )
             budget -= cut
-        return chunks
+        return chunks, cut_short
 
     # -- loading ------------------------------------------------------------------------
 
@@ -474,7 +482,7 @@ class Ingester:
     def _ingest_once(self, con: duckdb.DuckDBPyConnection, result: IngestResult) -> bool:
         """One transaction; returns True if there may be more to load."""
         offsets = dict(con.execute("SELECT stem, byte_offset FROM ingest_files").fetchall())
-        chunks = self._chunks(offsets, self.batch_bytes)
+        chunks, cut_short = self._chunks(offsets, self.batch_bytes)
         now = utcnow()
         started = time.perf_counter()
         # The batch is a temp table, loaded before the transaction: a malformed line
@@ -527,7 +535,7 @@ class Ingester:
         result.transactions += 1
         result.files += len(chunks)
         self._cleanup(offsets, chunks)
-        return sum(len(c.data) for c in chunks) >= self.batch_bytes
+        return cut_short
 
     def _cleanup(self, offsets: dict[str, int], chunks: list[_Chunk]) -> None:
         """Delete files fully loaded that will get no more lines."""
@@ -551,7 +559,9 @@ class Ingester:
             if stem not in present
         ]
         if gone:
-            con.executemany("DELETE FROM ingest_files WHERE stem = ?", gone)
+            con.execute(
+                "DELETE FROM ingest_files WHERE list_contains(?, stem)", [[g for (g,) in gone]]
+            )
 
     def ingest(self) -> IngestResult:
         """Load everything in the spool now; safe to call from any process, any time.

@@ -231,3 +231,16 @@ def test_busy_past_the_timeout_is_a_clear_error(
 def test_missing_warehouse_read_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no warehouse at"):
         genopt.Warehouse(tmp_path / "nope.duckdb", ingest=False).sql("SELECT 1")
+
+
+def test_one_ingest_loads_everything_whatever_the_batch_size(
+    warehouse_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENOPT_INGEST_BATCH_BYTES", "20000")  # a few spans per transaction
+    trace = uuid.uuid4().hex
+    w = spool.SpoolWriter(warehouse_path.with_name(warehouse_path.name + ".spool"))
+    w.append([_span(i, trace) for i in range(300)])
+    w.close()
+    result = Ingester().ingest()
+    assert result.spans == 300 and result.transactions >= 4
+    assert list(w.directory.iterdir()) == []
