@@ -81,6 +81,14 @@ class GenoptSettings(BaseSettings):
         description="Spans buffered in memory before export in OTLP mode; a span that does "
         "not fit is counted as dropped (see `genopt status`).",
     )
+    spool_flush_interval: float = Field(
+        default=0.2,
+        ge=0,
+        description="Seconds task and LLM spans may wait in memory before their spool write "
+        "(one write per batch instead of per span: a write releases the GIL, costly in a busy "
+        "Prefect process). Run starts, run ends and feedback are always written at once. "
+        "0 writes every span at once; a killed process loses at most this much.",
+    )
     lock_timeout: float = Field(
         default=60.0,
         ge=0,

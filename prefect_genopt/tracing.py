@@ -64,6 +64,8 @@ DROPS_SPAN = "genopt.drops"
 DROPPED = "genopt.dropped"
 TRACER_NAME = "prefect_genopt"
 _ids = RandomIdGenerator()
+#: run types whose spans may be buffered briefly before the spool write
+_BUFFERED = frozenset({"task", "llm", "other"})
 
 
 class SpoolSpanExporter(SpanExporter):
@@ -80,8 +82,11 @@ class SpoolSpanExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         settings = get_settings()
         records = [from_readable_span(s, settings.max_value_chars) for s in spans]
+        # Run boundaries are written at once (a killed run keeps its runs row);
+        # task and LLM spans may wait up to the spool's flush interval.
+        flush = any(r["run_type"] not in _BUFFERED for r in records)
         try:
-            spool.append(records, self.directory or settings.spool_dir)
+            spool.append(records, self.directory or settings.spool_dir, flush=flush)
         except spool.SpoolError:
             logger.exception("genopt could not write %d span(s) to the spool", len(records))
             return SpanExportResult.FAILURE
@@ -91,6 +96,7 @@ class SpoolSpanExporter(SpanExporter):
         spool.close_all()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
+        spool.writer_for(self.directory or get_settings().spool_dir).flush()
         return True
 
 
