@@ -30,7 +30,7 @@ from prefect_genopt import llm_spans, semconv
 from prefect_genopt.context import RunContext, run_var
 from prefect_genopt.records import HOST
 from prefect_genopt.redaction import clean, to_text
-from prefect_genopt.tracing import setup_tracing, tracer
+from prefect_genopt.tracing import get_processor, setup_tracing, tracer
 from prefect_genopt.tunables import Tunables, _reads, canonical_json
 
 __all__ = ["pipeline", "task", "current_params", "resolve_params", "entrypoint_of"]
@@ -181,6 +181,9 @@ def _end_run(rc: RunContext, result: Any, exc: BaseException | None) -> None:
     else:
         attrs[semconv.ERROR] = clean(f"{type(exc).__name__}: {exc}")
     tracer().start_span(semconv.RUN_END_SPAN, attributes=attrs).end()
+    processor = get_processor()
+    if processor is not None:  # the run's queued task and LLM spans are stored when it ends
+        processor.force_flush()
 
 
 def pipeline(name: str | None = None, *, params: type[Tunables] | None = None) -> Callable[[F], F]:

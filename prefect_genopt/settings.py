@@ -78,16 +78,17 @@ class GenoptSettings(BaseSettings):
     span_queue_size: int = Field(
         default=65_536,
         ge=1,
-        description="Spans buffered in memory before export in OTLP mode; a span that does "
-        "not fit is counted as dropped (see `genopt status`).",
+        description="Spans buffered in memory before export (to the spool or over OTLP); a "
+        "span that does not fit is counted as dropped (see `genopt status`).",
     )
     spool_flush_interval: float = Field(
         default=0.2,
         ge=0,
-        description="Seconds task and LLM spans may wait in memory before their spool write "
-        "(one write per batch instead of per span: a write releases the GIL, costly in a busy "
-        "Prefect process). Run starts, run ends and feedback are always written at once. "
-        "0 writes every span at once; a killed process loses at most this much.",
+        description="Seconds task and LLM spans may wait in genopt's queue before a background "
+        "thread writes them to the spool in one batch (the task thread then only enqueues). "
+        "Run starts, run ends, flow spans and feedback are always written at once, so a killed "
+        "run keeps its record; it loses at most this much of its task spans. 0 writes every "
+        "span synchronously.",
     )
     lock_timeout: float = Field(
         default=60.0,

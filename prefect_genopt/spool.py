@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import atexit
 import errno
-import logging
 import os
 import threading
 import uuid
@@ -46,7 +45,6 @@ __all__ = [
     "pid_alive",
 ]
 
-logger = logging.getLogger("prefect_genopt.spool")
 OPEN_SUFFIX = ".open"
 SEALED_SUFFIX = ".jsonl"
 DEFAULT_ROTATE_BYTES = 64 * 1024 * 1024
@@ -66,36 +64,19 @@ def _encode(records: list[dict[str, Any]]) -> bytes:
 class SpoolWriter:
     """Appends records to this process's own spool file in ``directory``.
 
-    Thread-safe. Records are written as whole lines with one unbuffered
-    ``write(2)``: immediately (``append(..., flush=True)``, the default), or,
-    for high-volume records (``flush=False``), gathered for at most
-    ``flush_interval`` seconds (or ``max_buffer`` bytes) and written together:
-    a ``write`` releases the GIL, and in a busy Prefect process getting it back
-    costs far more than the write. A killed process leaves at most one partial
-    line (which the ingester sets aside, never loads, never loses) and loses at
-    most the last ``flush_interval`` of buffered records.
+    Thread-safe. Each :meth:`append` is one unbuffered ``write(2)`` of whole
+    lines, so a killed process leaves at most one partial line, which the
+    ingester sets aside (never loads, never loses: it keeps the bytes).
     """
 
-    def __init__(
-        self,
-        directory: Path,
-        rotate_bytes: int = DEFAULT_ROTATE_BYTES,
-        flush_interval: float = 0.2,
-        max_buffer: int = 1024 * 1024,
-    ) -> None:
+    def __init__(self, directory: Path, rotate_bytes: int = DEFAULT_ROTATE_BYTES) -> None:
         self.directory = Path(directory)
         self.rotate_bytes = rotate_bytes
-        self.flush_interval = flush_interval
-        self.max_buffer = max_buffer
         self.pid = os.getpid()
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._path: Path | None = None
         self._written = 0
-        self._buffer: list[bytes] = []
-        self._buffered = 0
-        self._flusher: threading.Thread | None = None
-        self._wake = threading.Event()
 
     def _open(self) -> int:
         try:
@@ -110,58 +91,23 @@ class SpoolWriter:
         self._written = 0
         return self._fd
 
-    def append(self, records: list[dict[str, Any]], flush: bool = True) -> None:
-        """Append records (dicts with a ``k`` kind) as JSON lines.
-
-        Args:
-            records: The records.
-            flush: Write now (with anything buffered before). ``False`` buffers
-                them for at most ``flush_interval`` seconds.
-        """
+    def append(self, records: list[dict[str, Any]]) -> None:
+        """Append records (dicts with a ``k`` kind) as JSON lines."""
         if not records:
             return
         data = _encode(records)
         with self._lock:
-            self._buffer.append(data)
-            self._buffered += len(data)
-            if flush or self.flush_interval <= 0 or self._buffered >= self.max_buffer:
-                self._write_buffer()
-            elif self._flusher is None:
-                self._flusher = threading.Thread(
-                    target=self._flush_loop, name="genopt-spool-flusher", daemon=True
-                )
-                self._flusher.start()
-
-    def flush(self) -> None:
-        """Write whatever is buffered now."""
-        with self._lock:
-            self._write_buffer()
-
-    def _flush_loop(self) -> None:
-        while not self._wake.wait(self.flush_interval):
-            if self._buffered:
-                try:
-                    self.flush()
-                except SpoolError:
-                    logger.exception("genopt could not flush the spool")
-
-    def _write_buffer(self) -> None:
-        if not self._buffer:
-            return
-        data = b"".join(self._buffer)
-        self._buffer.clear()
-        self._buffered = 0
-        fd = self._fd if self._fd is not None else self._open()
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-        except OSError as exc:
-            raise SpoolError(exc.errno or errno.EIO, f"spool write failed: {exc}") from exc
-        self._written += len(data)
-        if self._written >= self.rotate_bytes:
-            self._seal()
+            fd = self._fd if self._fd is not None else self._open()
+            view = memoryview(data)
+            try:
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+            except OSError as exc:
+                raise SpoolError(exc.errno or errno.EIO, f"spool write failed: {exc}") from exc
+            self._written += len(data)
+            if self._written >= self.rotate_bytes:
+                self._seal()
 
     def _seal(self) -> None:
         if self._fd is None or self._path is None:
@@ -175,9 +121,8 @@ class SpoolWriter:
         self._path = None
 
     def close(self) -> None:
-        """Write what is buffered and seal the file (it can go once fully ingested)."""
+        """Seal the current file (it can be deleted once fully ingested)."""
         with self._lock:
-            self._write_buffer()
             self._seal()
 
 
@@ -190,25 +135,20 @@ def writer_for(directory: Path) -> SpoolWriter:
     key = (os.getpid(), Path(directory))
     w = _writers.get(key)
     if w is None:
-        from prefect_genopt.settings import get_settings
-
         with _writers_lock:
             w = _writers.get(key)
             if w is None:
-                interval = get_settings().spool_flush_interval
-                w = _writers[key] = SpoolWriter(directory, flush_interval=interval)
+                w = _writers[key] = SpoolWriter(directory)
     return w
 
 
-def append(
-    records: list[dict[str, Any]], directory: Path | None = None, flush: bool = True
-) -> None:
-    """Append records to this process's spool file (see :meth:`SpoolWriter.append`)."""
+def append(records: list[dict[str, Any]], directory: Path | None = None) -> None:
+    """Append records to this process's spool file under the configured spool dir."""
     if directory is None:
         from prefect_genopt.settings import get_settings
 
         directory = get_settings().spool_dir
-    writer_for(directory).append(records, flush=flush)
+    writer_for(directory).append(records)
 
 
 def close_all() -> None:

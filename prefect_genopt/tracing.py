@@ -7,11 +7,12 @@ but through the no-op API until an SDK ``TracerProvider`` exists.
 
 * stamps every span started inside a pipeline run with the run id, pipeline,
   param-set id and arm (Prefect's task spans do not carry the flow-run id);
-* hands finished spans to a :class:`~opentelemetry.sdk.trace.export.SpanExporter`:
-  synchronously to the :class:`SpoolSpanExporter` (the default; one ``write``
-  per span, nothing buffered, nothing to drop), or through a bounded queue and a
-  background thread to the standard OTLP exporter (``GENOPT_OTLP_ENDPOINT``),
-  counting every span that does not fit;
+* hands finished spans to a :class:`~opentelemetry.sdk.trace.export.SpanExporter`
+  (the :class:`SpoolSpanExporter` by default, the standard OTLP exporter with
+  ``GENOPT_OTLP_ENDPOINT``) through a bounded queue and a background thread, so
+  the task thread only enqueues; run boundaries (run start and end, flow spans)
+  are exported synchronously, so a killed run keeps its record. A span that
+  does not fit in the queue is dropped and counted;
 * reports dropped spans as a ``genopt.drops`` span so ``genopt status`` shows them.
 
 Example:
@@ -33,7 +34,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from opentelemetry import context as otel_context
@@ -64,8 +65,6 @@ DROPS_SPAN = "genopt.drops"
 DROPPED = "genopt.dropped"
 TRACER_NAME = "prefect_genopt"
 _ids = RandomIdGenerator()
-#: run types whose spans may be buffered briefly before the spool write
-_BUFFERED = frozenset({"task", "llm", "other"})
 
 
 class SpoolSpanExporter(SpanExporter):
@@ -82,11 +81,8 @@ class SpoolSpanExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         settings = get_settings()
         records = [from_readable_span(s, settings.max_value_chars) for s in spans]
-        # Run boundaries are written at once (a killed run keeps its runs row);
-        # task and LLM spans may wait up to the spool's flush interval.
-        flush = any(r["run_type"] not in _BUFFERED for r in records)
         try:
-            spool.append(records, self.directory or settings.spool_dir, flush=flush)
+            spool.append(records, self.directory or settings.spool_dir)
         except spool.SpoolError:
             logger.exception("genopt could not write %d span(s) to the spool", len(records))
             return SpanExportResult.FAILURE
@@ -96,7 +92,6 @@ class SpoolSpanExporter(SpanExporter):
         spool.close_all()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        spool.writer_for(self.directory or get_settings().spool_dir).flush()
         return True
 
 
@@ -111,6 +106,9 @@ class GenoptSpanProcessor(SpanProcessor):
             not fit is dropped and counted.
         batch_size: Most spans per background export call.
         interval: Seconds the background thread waits for a batch to fill.
+        immediate: With a queue, spans for which this returns True are still
+            exported synchronously (genopt's run boundaries, so a killed run
+            keeps its record).
     """
 
     def __init__(
@@ -119,8 +117,10 @@ class GenoptSpanProcessor(SpanProcessor):
         queue_size: int | None = None,
         batch_size: int = 512,
         interval: float = 1.0,
+        immediate: Callable[[ReadableSpan], bool] | None = None,
     ) -> None:
         self.exporter = exporter
+        self.immediate = immediate
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.interval = interval
@@ -171,7 +171,7 @@ class GenoptSpanProcessor(SpanProcessor):
         self._run_ids.pop(span.context.span_id, None)
         if not span.context.trace_flags.sampled:
             return
-        if self.queue_size is None:
+        if self.queue_size is None or (self.immediate is not None and self.immediate(span)):
             token = otel_context.attach(
                 otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
             )
@@ -315,7 +315,22 @@ def _make_processor() -> GenoptSpanProcessor | None:
         return GenoptSpanProcessor(
             OTLPSpanExporter(endpoint=endpoint), queue_size=settings.span_queue_size
         )
-    return GenoptSpanProcessor(SpoolSpanExporter())
+    if settings.spool_flush_interval <= 0:
+        return GenoptSpanProcessor(SpoolSpanExporter())
+    return GenoptSpanProcessor(
+        SpoolSpanExporter(),
+        queue_size=settings.span_queue_size,
+        interval=settings.spool_flush_interval,
+        immediate=is_run_boundary,
+    )
+
+
+def is_run_boundary(span: ReadableSpan) -> bool:
+    """Spans written at once: run start and end, flow-run spans, drop reports."""
+    if span.name in (semconv.RUN_START_SPAN, semconv.RUN_END_SPAN, DROPS_SPAN):
+        return True
+    attrs = span.attributes or {}
+    return attrs.get(semconv.PREFECT_RUN_TYPE) == "flow"
 
 
 def setup_tracing(provider: TracerProvider | None = None) -> GenoptSpanProcessor | None:

@@ -1,9 +1,8 @@
-"""The spool writer: immediate and briefly buffered writes, ordering, sealing, forks."""
+"""The spool writer: whole lines, one file per process, sealing, forks."""
 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import orjson
@@ -18,32 +17,18 @@ def _lines(directory: Path) -> list[dict]:
     return out
 
 
-def test_flush_writes_at_once_and_keeps_order(tmp_path: Path) -> None:
-    w = spool.SpoolWriter(tmp_path, flush_interval=60)
-    w.append([{"k": "span", "i": 1}], flush=False)
-    assert _lines(tmp_path) == []  # buffered
-    w.append([{"k": "feedback", "i": 2}])  # a flushing append writes what waited first
-    assert [r["i"] for r in _lines(tmp_path)] == [1, 2]
+def test_appends_are_written_at_once_in_order(tmp_path: Path) -> None:
+    w = spool.SpoolWriter(tmp_path)
+    w.append([{"k": "span", "i": 1}, {"k": "span", "i": 2}])
+    w.append([{"k": "feedback", "i": 3}])
+    assert [r["i"] for r in _lines(tmp_path)] == [1, 2, 3]
+    [f] = spool.list_files(tmp_path)
+    assert f.state == "open" and f.writer_alive and f.pid == os.getpid()
 
 
-def test_buffered_records_are_written_within_the_interval(tmp_path: Path) -> None:
-    w = spool.SpoolWriter(tmp_path, flush_interval=0.05)
-    w.append([{"k": "span", "i": 1}], flush=False)
-    deadline = time.monotonic() + 5
-    while not _lines(tmp_path) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert [r["i"] for r in _lines(tmp_path)] == [1]
-
-
-def test_zero_interval_writes_every_record(tmp_path: Path) -> None:
-    w = spool.SpoolWriter(tmp_path, flush_interval=0)
-    w.append([{"k": "span", "i": 1}], flush=False)
-    assert len(_lines(tmp_path)) == 1
-
-
-def test_close_writes_the_buffer_and_seals(tmp_path: Path) -> None:
-    w = spool.SpoolWriter(tmp_path, flush_interval=60)
-    w.append([{"k": "span", "i": i} for i in range(3)], flush=False)
+def test_close_seals_the_file(tmp_path: Path) -> None:
+    w = spool.SpoolWriter(tmp_path)
+    w.append([{"k": "span", "i": i} for i in range(3)])
     w.close()
     files = spool.list_files(tmp_path)
     assert [f.state for f in files] == ["sealed"] and len(_lines(tmp_path)) == 3
@@ -59,16 +44,13 @@ def test_rotation_seals_full_files(tmp_path: Path) -> None:
     assert sorted(r["i"] for r in _lines(tmp_path)) == list(range(10))
 
 
-def test_a_forked_child_gets_its_own_file_and_not_the_parents_buffer(tmp_path: Path) -> None:
-    parent = spool.writer_for(tmp_path)
-    parent.flush_interval = 60
-    parent.append([{"k": "span", "who": "parent-buffered"}], flush=False)
+def test_a_forked_child_writes_its_own_file(tmp_path: Path) -> None:
+    spool.append([{"k": "span", "who": "parent"}], tmp_path)
     pid = os.fork()
     if pid == 0:  # child
         spool.append([{"k": "span", "who": "child"}], tmp_path)
         os._exit(0)
     os.waitpid(pid, 0)
-    parent.flush()
     files = spool.list_files(tmp_path)
     assert len(files) == 2 and {f.pid for f in files} == {os.getpid(), pid}
-    assert sorted(r["who"] for r in _lines(tmp_path)) == ["child", "parent-buffered"]
+    assert sorted(r["who"] for r in _lines(tmp_path)) == ["child", "parent"]

@@ -40,7 +40,7 @@ import orjson
 from prefect_genopt import spool
 from prefect_genopt.records import RECORD_COLUMNS, field_type_error
 from prefect_genopt.settings import get_settings
-from prefect_genopt.tracing import DROPS_SPAN
+from prefect_genopt.tracing import DROPS_SPAN, get_processor
 from prefect_genopt.warehouse.access import connect
 from prefect_genopt.warehouse.schema import migrate, utcnow
 
@@ -569,6 +569,9 @@ class Ingester:
         Raises:
             WarehouseBusyError: The file stayed locked past ``GENOPT_LOCK_TIMEOUT``.
         """
+        processor = get_processor()
+        if processor is not None:  # spans this process has queued go to the spool first
+            processor.force_flush()
         result = IngestResult()
         t0 = time.perf_counter()
         self.spool_dir.mkdir(parents=True, exist_ok=True)
