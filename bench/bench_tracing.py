@@ -207,9 +207,9 @@ class Probe:
             self.on_end_s += time.perf_counter() - t0
             self.spans += 1
 
-        def timed_append(records: list[dict[str, Any]], flush: bool = True) -> None:
+        def timed_append(records: list[dict[str, Any]]) -> None:
             t0 = time.perf_counter()
-            append(records, flush=flush)
+            append(records)
             self.write_s += time.perf_counter() - t0
 
         processor.on_end = timed_on_end  # type: ignore[method-assign]

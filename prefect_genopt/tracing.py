@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
 import os
@@ -368,6 +369,9 @@ def setup_tracing(provider: TracerProvider | None = None) -> GenoptSpanProcessor
             )
             return None
         _processor = proc
+        # Queued spans are written at exit even if the provider is not shut down then
+        # (an application's provider may be created with shutdown_on_exit=False).
+        atexit.register(proc.force_flush)
         return proc
 
 
