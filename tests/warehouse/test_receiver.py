@@ -115,10 +115,9 @@ def spool_lines(spool_dir: Path) -> int:
 
 
 @pytest.fixture
-def warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "w.duckdb"
-    monkeypatch.setenv("GENOPT_WAREHOUSE", str(path))
-    return path
+def warehouse(warehouse_path: Path) -> Path:
+    """The shared per-test warehouse (tests/conftest.py)."""
+    return warehouse_path
 
 
 @pytest.fixture
@@ -465,7 +464,7 @@ def test_replies_healthz_and_keep_alive(receiver: Receiver, warehouse: Path) -> 
     assert resp.status == 200
     assert health["warehouse"] == str(warehouse.resolve())
     assert health["spool"] == str(receiver.spool_dir)
-    assert receiver.spool_dir == warehouse.resolve().with_name("w.duckdb.spool")
+    assert receiver.spool_dir == warehouse.resolve().with_name(warehouse.name + ".spool")
     assert (health["spans"], health["rejected_requests"]) == (3, 1)
 
 
