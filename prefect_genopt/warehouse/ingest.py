@@ -504,15 +504,25 @@ class Ingester:
                 result.rejected += len(rejects)
                 for stem, off, _, why in rejects:
                     logger.warning("spool line rejected (%s @%d): %s", stem, off, why)
-            if chunks:
+            # Files still being written keep their offset; finished files (sealed, or
+            # their writer gone) are forgotten and deleted after the commit. A crash in
+            # between reloads such a file once more, and its keys store nothing twice.
+            growing = [(c.file.stem, c.end, now) for c in chunks if not c.finished]
+            finished = [c.file.stem for c in chunks if c.finished]
+            if growing:
                 con.executemany(
                     "INSERT INTO ingest_files VALUES (?, ?, ?) "
                     "ON CONFLICT (stem) DO UPDATE SET byte_offset = excluded.byte_offset, "
                     "updated_at = excluded.updated_at",
-                    [(c.file.stem, c.end, now) for c in chunks],
+                    growing,
+                )
+            if finished:
+                con.execute(
+                    "DELETE FROM ingest_files WHERE list_contains(?, stem)", [finished]
                 )
             self._mark_dead_runs(con, result)
             self._check_param_sets(con, now)
+            self._prune_ledger(con)
             if chunks:
                 con.execute(
                     "INSERT INTO ingest_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -534,24 +544,17 @@ class Ingester:
             raise
         result.transactions += 1
         result.files += len(chunks)
-        self._cleanup(offsets, chunks)
+        self._cleanup(chunks)
         return cut_short
 
-    def _cleanup(self, offsets: dict[str, int], chunks: list[_Chunk]) -> None:
-        """Delete files fully loaded that will get no more lines."""
-        done = {c.file.stem: c.end for c in chunks}
-        for f in spool.list_files(self.spool_dir):
-            if f.writer_alive:
-                continue
-            end = done.get(f.stem, offsets.get(f.stem))
-            try:
-                if end is not None and f.path.stat().st_size <= end:
-                    f.path.unlink()
-            except FileNotFoundError:
-                pass
+    def _cleanup(self, chunks: list[_Chunk]) -> None:
+        """Delete the files this ingest finished (fully loaded, no writer left)."""
+        for c in chunks:
+            if c.finished:
+                c.file.path.unlink(missing_ok=True)
 
     def _prune_ledger(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Forget offsets of files that are gone (spool file names are never reused)."""
+        """Forget offsets of files that vanished some other way (removed by hand, say)."""
         present = {f.stem for f in spool.list_files(self.spool_dir)}
         gone = [
             (stem,)
@@ -579,7 +582,6 @@ class Ingester:
             migrate(con)
             while self._ingest_once(con, result):
                 pass
-            self._prune_ledger(con)
         result.seconds = time.perf_counter() - t0
         return result
 
