@@ -517,9 +517,7 @@ class Ingester:
                     growing,
                 )
             if finished:
-                con.execute(
-                    "DELETE FROM ingest_files WHERE list_contains(?, stem)", [finished]
-                )
+                con.execute("DELETE FROM ingest_files WHERE list_contains(?, stem)", [finished])
             self._mark_dead_runs(con, result)
             self._check_param_sets(con, now)
             self._prune_ledger(con)
