@@ -13,7 +13,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import prefect_genopt as genopt
 from prefect_genopt import semconv
-from prefect_genopt.tracing import DROPS_SPAN, GenoptSpanProcessor, SpoolSpanExporter
+from prefect_genopt.tracing import (
+    DROPS_SPAN,
+    GenoptSpanProcessor,
+    SpoolSpanExporter,
+    is_run_boundary,
+)
 
 
 def _provider(proc: GenoptSpanProcessor) -> TracerProvider:
@@ -116,3 +121,28 @@ def test_long_and_secret_attribute_values_are_cleaned_at_export(
     row = genopt.Warehouse().sql("SELECT attributes, events FROM spans")[0]
     assert "sk-proj" not in row["attributes"] and "truncated" in row["attributes"]
     assert "abcdefghij123" not in row["events"]
+
+
+def test_queued_spans_reach_the_spool_without_a_flush(tmp_path: Path) -> None:
+    from prefect_genopt import spool as spool_mod
+
+    proc = GenoptSpanProcessor(
+        SpoolSpanExporter(tmp_path),
+        queue_size=100,
+        interval=0.05,
+        immediate=is_run_boundary,
+    )
+    tracer = _provider(proc).get_tracer("t")
+    with tracer.start_as_current_span(semconv.RUN_START_SPAN):
+        pass
+    lines = lambda: sum(  # noqa: E731
+        f.path.read_bytes().count(b"\n") for f in spool_mod.list_files(tmp_path)
+    )
+    assert lines() == 1  # a run boundary is written at once
+    with tracer.start_as_current_span("task-span"):
+        pass
+    deadline = time.monotonic() + 5
+    while lines() < 2 and time.monotonic() < deadline:  # the background writer's batch
+        time.sleep(0.01)
+    assert lines() == 2 and proc.dropped == 0
+    proc.shutdown()
