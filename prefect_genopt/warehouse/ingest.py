@@ -92,6 +92,17 @@ class _Chunk:
     data: bytes
     finished: bool  # the file will get no more data after `end`
     tail: bytes = b""  # a dead writer's unfinished last line
+    whole: bool = False  # a finished file loaded from offset 0: read_json reads it in place
+
+    def lines(self) -> bytes:
+        """The chunk's complete lines (read from disk for a ``whole`` chunk)."""
+        return self.file.path.read_bytes() if self.whole else self.data
+
+
+def _ends_with_newline(path: Path, size: int) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(size - 1)
+        return fh.read(1) == b"\n"
 
 
 def _check_line(line: bytes) -> str | None:
@@ -150,6 +161,12 @@ class Ingester:
             start = offsets.get(f.stem, 0)
             finished = not f.writer_alive
             try:
+                if finished and start == 0:
+                    size = f.path.stat().st_size
+                    if 0 < size <= budget and _ends_with_newline(f.path, size):
+                        chunks.append(_Chunk(f, 0, size, b"", True, whole=True))
+                        budget -= size
+                        continue
                 with open(f.path, "rb") as fh:
                     fh.seek(start)
                     data = fh.read(budget)
@@ -191,14 +208,15 @@ class Ingester:
             with open(staging, "wb") as fh:
                 for c in chunks:
                     fh.write(c.data)
+            in_place = [c.file.path for c in chunks if c.whole]
             try:
-                self._read_into_batch(con, staging)
+                self._read_into_batch(con, [*in_place, staging])
             except duckdb.Error:
                 # Some line is malformed: sort lines in Python, keep the bad ones aside.
                 with open(staging, "wb") as fh:
                     for c in chunks:
                         pos = c.start
-                        for line in c.data.splitlines(keepends=True):
+                        for line in c.lines().splitlines(keepends=True):
                             why = _check_line(line.rstrip(b"\n"))
                             if why is None:
                                 fh.write(line)
@@ -207,14 +225,16 @@ class Ingester:
                                     (c.file.stem, pos, line.decode("utf-8", "replace"), why)
                                 )
                             pos += len(line)
-                self._read_into_batch(con, staging)
+                self._read_into_batch(con, [staging])
         finally:
             staging.unlink(missing_ok=True)
         return rejects
 
-    def _read_into_batch(self, con: duckdb.DuckDBPyConnection, staging: Path) -> None:
+    def _read_into_batch(self, con: duckdb.DuckDBPyConnection, files: list[Path]) -> None:
+        """Create temp table ``batch`` from JSON-lines files (empty ones skipped)."""
         con.execute("DROP TABLE IF EXISTS batch")
-        if staging.stat().st_size == 0:
+        files = [f for f in files if f.stat().st_size > 0]
+        if not files:
             cols = ", ".join(f'"{k}" {t}' for k, t in RECORD_COLUMNS.items())
             con.execute(f"CREATE TEMP TABLE batch ({cols})")
             return
@@ -222,7 +242,7 @@ class Ingester:
         con.execute(
             f"CREATE TEMP TABLE batch AS SELECT * FROM read_json(?, columns={columns}, "
             f"format='newline_delimited', maximum_object_size={MAX_LINE_BYTES})",
-            [str(staging)],
+            [[str(f) for f in files]],
         )
 
     def _apply(self, con: duckdb.DuckDBPyConnection, now: Any, result: IngestResult) -> None:
