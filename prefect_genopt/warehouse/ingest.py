@@ -29,7 +29,7 @@ import os
 import signal
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,6 @@ class IngestResult:
     crashed_runs: int = 0
     seconds: float = 0.0
     transactions: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         return (
