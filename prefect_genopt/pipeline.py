@@ -79,12 +79,10 @@ def resolve_params(
     return params_cls(), "stable", None
 
 
-def _check_task_runner() -> None:
-    from prefect.context import FlowRunContext
+def _check_task_runner(ctx: Any) -> None:
     from prefect.task_runners import ProcessPoolTaskRunner
 
-    ctx = FlowRunContext.get()
-    if ctx is not None and isinstance(ctx.task_runner, ProcessPoolTaskRunner):
+    if isinstance(ctx.task_runner, ProcessPoolTaskRunner):
         raise RuntimeError(
             "prefect-genopt does not support ProcessPoolTaskRunner: tasks in worker "
             "processes lose the trace context and the run's params. Use the default "
@@ -113,7 +111,7 @@ def _start_run(
     params_cls: type[Tunables],
     schema: str,
     schema_hash: str,
-    entry: dict[str, str],
+    entry: str,
     inputs: Any,
 ) -> RunContext:
     from prefect.context import FlowRunContext
@@ -124,7 +122,7 @@ def _start_run(
             f"pipeline {name!r} was called outside a Prefect flow run: put @genopt.pipeline "
             "directly under @flow (decorators: @flow, then @genopt.pipeline(...))"
         )
-    _check_task_runner()
+    _check_task_runner(ctx)
     params, arm, routing_error = resolve_params(name, params_cls)
     rc = RunContext(
         pipeline=name,
@@ -154,7 +152,7 @@ def _start_run(
             semconv.PARAMS: canonical_json(params.values()).decode(),
             semconv.SCHEMA: schema,
             semconv.SCHEMA_HASH: schema_hash,
-            semconv.ENTRYPOINT: to_text(entry),
+            semconv.ENTRYPOINT: entry,
             semconv.FLOW_NAME: rc.flow_name,
             semconv.HOST: HOST,
             semconv.PID: os.getpid(),
@@ -222,7 +220,7 @@ def pipeline(name: str | None = None, *, params: type[Tunables] | None = None) -
         pname = name or fn.__name__
         schema = canonical_json(params_cls.schema_json()).decode()
         schema_hash = params_cls.schema_hash()
-        entry = entrypoint_of(fn)
+        entry = to_text(entrypoint_of(fn))  # JSON, computed once per pipeline
         sig = _signature(fn)
         setup_tracing()
         llm_spans.install()

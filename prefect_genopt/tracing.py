@@ -101,9 +101,9 @@ class GenoptSpanProcessor(SpanProcessor):
 
     Args:
         exporter: Where finished spans go.
-        queue_size: ``None`` exports synchronously in ``on_end`` (right for the
-            spool: a local append). A number buffers up to that many spans for a
-            background thread (right for network exporters); a span that does
+        queue_size: ``None`` exports synchronously in ``on_end``. A number
+            buffers up to that many spans for a background thread that exports
+            them in batches (the task thread only enqueues); a span that does
             not fit is dropped and counted.
         batch_size: Most spans per background export call.
         interval: Seconds the background thread waits for a batch to fill.
@@ -173,19 +173,7 @@ class GenoptSpanProcessor(SpanProcessor):
         if not span.context.trace_flags.sampled:
             return
         if self.queue_size is None or (self.immediate is not None and self.immediate(span)):
-            token = otel_context.attach(
-                otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
-            )
-            try:
-                ok = self.exporter.export([span]) == SpanExportResult.SUCCESS
-            except Exception:  # noqa: BLE001 - an exporter must never break the pipeline
-                logger.exception("genopt span export failed")
-                ok = False
-            finally:
-                otel_context.detach(token)
-            if not ok:
-                with self._lock:
-                    self.dropped += 1
+            self._export([span])
             return
         with self._lock:
             if len(self._queue) >= self.queue_size:
@@ -203,6 +191,7 @@ class GenoptSpanProcessor(SpanProcessor):
         self._thread.start()
 
     def _after_fork(self) -> None:
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._idle = threading.Condition(self._lock)
@@ -224,27 +213,29 @@ class GenoptSpanProcessor(SpanProcessor):
                 self._exporting += 1
             try:
                 if batch:
-                    self._export_batch(batch)
+                    self._export(batch)
             finally:
                 with self._lock:
                     self._exporting -= 1
                     if not self._queue and not self._exporting:
                         self._idle.notify_all()
 
-    def _export_batch(self, batch: list[ReadableSpan]) -> None:
+    def _export(self, spans: list[ReadableSpan], count: bool = True) -> bool:
+        """Export without tracing the export itself; a failure counts the spans as dropped."""
         token = otel_context.attach(
             otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
         )
         try:
-            result = self.exporter.export(batch)
-        except Exception:  # noqa: BLE001
+            ok = self.exporter.export(spans) == SpanExportResult.SUCCESS
+        except Exception:  # noqa: BLE001 - an exporter must never break the pipeline
             logger.exception("genopt span export failed")
-            result = SpanExportResult.FAILURE
+            ok = False
         finally:
             otel_context.detach(token)
-        if result != SpanExportResult.SUCCESS:
+        if not ok and count:
             with self._lock:
-                self.dropped += len(batch)
+                self.dropped += len(spans)
+        return ok
 
     def _report_drops(self) -> None:
         with self._lock:
@@ -267,11 +258,7 @@ class GenoptSpanProcessor(SpanProcessor):
             end_time=now,
             resource=Resource.get_empty(),
         )
-        try:
-            ok = self.exporter.export([report]) == SpanExportResult.SUCCESS
-        except Exception:  # noqa: BLE001
-            ok = False
-        if not ok:
+        if not self._export([report], count=False):
             logger.error("genopt could not report %d dropped span(s)", new)
 
     def _drain(self, timeout: float) -> None:

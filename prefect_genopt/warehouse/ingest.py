@@ -449,8 +449,6 @@ class Ingester:
         result.pending = con.execute("SELECT count(*) FROM pending_feedback").fetchone()[0]
 
     def _mark_dead_runs(self, con: duckdb.DuckDBPyConnection, result: IngestResult) -> None:
-        from prefect_genopt.records import HOST
-
         rows = con.execute(
             "SELECT run_id, host, pid, start_time FROM runs WHERE status = 'running'"
         ).fetchall()
@@ -458,7 +456,7 @@ class Ingester:
         now = utcnow()
         for run_id, host, pid, start in rows:
             status = None
-            if host == HOST and pid is not None and not spool.pid_alive(int(pid)):
+            if host == spool.HOST and pid is not None and not spool.pid_alive(int(pid)):
                 status, why = "crashed", f"process {pid} on {host} exited before the run ended"
             elif start is not None and (now - start).total_seconds() > horizon:
                 status, why = "incomplete", f"no end recorded after {horizon / 3600:g}h"

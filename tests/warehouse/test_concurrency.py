@@ -104,5 +104,7 @@ def test_killed_run_still_gets_a_runs_row(
     done = wh.sql("SELECT count(*) AS n FROM spans WHERE task_name = 'classify'")[0]["n"]
     if flush_interval == "0":
         assert done == 3  # every task that finished before the kill reached the spool
-    else:
-        assert done <= 3  # buffered task spans of the last 0.2 s may be lost
+    # with 0.2 s, task spans queued in the last 0.2 s may be lost; the run row above is
+    # what must survive, and nothing that did arrive is stored twice
+    spans = wh.sql("SELECT count(*) AS n, count(DISTINCT span_id) AS d FROM spans")[0]
+    assert spans["n"] == spans["d"] >= 1
