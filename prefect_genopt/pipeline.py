@@ -16,11 +16,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, overload
 
 import prefect
@@ -60,12 +62,57 @@ def entrypoint_of(fn: Callable[..., Any]) -> dict[str, str]:
             path = os.path.relpath(path)
         except ValueError:
             pass
-    return {
+    out = {
         "module": fn.__module__,
         "function": fn.__qualname__,
         "file": path,
         "entrypoint": f"{path}:{fn.__name__}" if path else f"{fn.__module__}:{fn.__qualname__}",
     }
+    doc = docstring_of(fn)
+    if doc:
+        out["doc"] = doc
+    return out
+
+
+def docstring_of(fn: Callable[..., Any], limit: int = 1000) -> str | None:
+    """The first paragraph of a function's docstring (what the optimizer reads as #Code).
+
+    Example:
+        >>> docstring_of(docstring_of)
+        "The first paragraph of a function's docstring (what the optimizer reads as #Code)."
+    """
+    doc = inspect.getdoc(inspect.unwrap(fn))
+    if not doc:
+        return None
+    return doc.split("\n\n", 1)[0].strip()[:limit] or None
+
+
+_pinned: contextvars.ContextVar[tuple[dict[str, Any], str] | None] = contextvars.ContextVar(
+    "genopt_pinned_params", default=None
+)
+
+
+@contextlib.contextmanager
+def pinned_params(values: dict[str, Any] | Tunables, arm: str = "offline") -> Iterator[None]:
+    """Run pipelines with these param values (on arm ``arm``) inside the block.
+
+    For offline evaluation and backtests of a candidate param set: runs started
+    in the block (in this thread or its context) use ``values`` merged over the
+    Tunables defaults, and are recorded with ``arm`` so they never mix with
+    production arms.
+
+    Example:
+        >>> with pinned_params({"threshold": 0.7}, arm="eval"):
+        ...     _pinned.get()
+        ({'threshold': 0.7}, 'eval')
+    """
+    if isinstance(values, Tunables):
+        values = values.values()
+    token = _pinned.set((dict(values), arm))
+    try:
+        yield
+    finally:
+        _pinned.reset(token)
 
 
 def resolve_params(
@@ -73,9 +120,14 @@ def resolve_params(
 ) -> tuple[Tunables, str, str | None]:
     """The param set a run (or one of its items) uses: ``(params, arm, routing_error)``.
 
-    Until a rollout exists for the pipeline, every run uses the Tunables
-    defaults on the ``stable`` arm.
+    Inside :func:`pinned_params`, the pinned values on its arm. Otherwise, until
+    a rollout exists for the pipeline, every run uses the Tunables defaults on
+    the ``stable`` arm.
     """
+    pinned = _pinned.get()
+    if pinned is not None:
+        values, arm = pinned
+        return params_cls(**values), arm, None
     return params_cls(), "stable", None
 
 
@@ -296,15 +348,18 @@ def current_params(item_key: str | None = None) -> Any:
 def _instrument_task_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
     sig = _signature(fn)
     task_name = fn.__qualname__
+    doc = docstring_of(fn)
+    static: dict[str, Any] = {semconv.TASK_NAME: task_name}
+    if doc:
+        static[semconv.DOC] = doc
 
     def before(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
         span = trace.get_current_span()
         reads: dict[str, Any] = {}
         token = _reads.set(reads)
         if span.is_recording():
-            span.set_attributes(
-                {semconv.TASK_NAME: task_name, semconv.INPUTS: clean(_bind(sig, args, kwargs))}
-            )
+            span.set_attributes(static)
+            span.set_attribute(semconv.INPUTS, clean(_bind(sig, args, kwargs)))
         return span, reads, token
 
     def after(span: Any, reads: dict[str, Any], token: Any) -> None:

@@ -20,6 +20,8 @@ PARAMS_READ = "genopt.params_read"
 ERROR = "genopt.error"
 TASK_NAME = "genopt.task"
 ROUTING_ERROR = "genopt.routing_error"
+#: a task's docstring (first paragraph): the optimizer's #Code/#Documentation
+DOC = "genopt.doc"
 
 # attributes of the run-start span
 RUN_START_SPAN = "genopt.run.start"

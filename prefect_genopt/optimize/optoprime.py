@@ -1,0 +1,400 @@
+"""OptoPrime over spans: the evidence as an OPTO problem, and the optimizer class.
+
+OptoPrime (Trace, Cheng et al. 2024) shows an LLM the execution trace of a
+program as a problem with fixed sections and asks for new values of the
+trainable nodes. Here the trace is a minibatch of units from the warehouse:
+
+* ``#Instruction``: what to do (:data:`INSTRUCTION`);
+* ``#Code`` / ``#Documentation``: the pipeline, its tasks and their docstrings;
+* ``#Variables``: the editable params with type and current value;
+* ``#Constraints``: each param's description, bounds, choices, length;
+* per unit ``#Inputs``, ``#Others`` (intermediate steps: tasks, LLM calls),
+  ``#Outputs`` and ``#Feedback`` (KPI, text critique); then the minibatch's
+  aggregate ``#Feedback``;
+* ``#Memory``: past proposals for the pipeline with their outcomes.
+
+Values are cut at the credit horizon with a visible mark. The answer is
+``{"reasoning": ..., "suggestion": {name: value}}`` (an empty suggestion asks
+for no change). Other optimizers (reflection memory, step-level credit) plug in
+by subclassing :class:`Optimizer`.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import orjson
+
+from prefect_genopt.optimize.config import OptimizerSettings
+from prefect_genopt.optimize.evidence import Evidence, Step, Unit
+from prefect_genopt.redaction import redact, truncate
+
+__all__ = [
+    "INSTRUCTION",
+    "ANSWER_FORMAT",
+    "RETRY_TEMPLATE",
+    "SYSTEM_PROMPT",
+    "MemoryEntry",
+    "Problem",
+    "Optimizer",
+    "OptoPrime",
+    "answer_schema",
+]
+
+SYSTEM_PROMPT = (
+    "You are an optimizer of production pipelines. You read execution traces and feedback "
+    "and you answer with one JSON object only."
+)
+
+INSTRUCTION = """\
+You are improving the parameters of a pipeline that runs in production. Below are the \
+pipeline's code summary (#Code), its editable parameters with their current values \
+(#Variables) and the rules each must follow (#Constraints), then a minibatch of recent \
+executions: what went in (#Inputs), the intermediate steps, including model calls \
+(#Others), what came out (#Outputs) and how it was judged (#Feedback). Find out why the \
+feedback is what it is, then change the #Variables so that the feedback improves on these \
+and similar inputs without breaking the cases that already go well. Only the parameters \
+listed in #Variables can change: inputs, outputs, steps and code cannot. A prompt \
+parameter should stay general: describe the rule that fixes a whole class of cases rather \
+than quoting single examples."""
+
+ANSWER_FORMAT = """\
+Answer with one JSON object and nothing else:
+{"reasoning": "<why the feedback is what it is and what to change, in a few sentences>", \
+"suggestion": {"<parameter name>": <new value>}}
+Put in "suggestion" only parameters from #Variables whose value you change, each with a \
+value of the type and within the bounds given in #Constraints. If no change would help, \
+answer with an empty suggestion: {"reasoning": "<why>", "suggestion": {}}."""
+
+RETRY_TEMPLATE = """\
+Your previous answer could not be used: {why}. Answer again with only the JSON object \
+described above: {{"reasoning": "...", "suggestion": {{...}}}}, suggesting only these \
+parameters: {names}."""
+
+TRUNCATED_STEPS = "…[{n} more steps truncated]"
+REASONING_MAX_CHARS = 1500
+
+
+@dataclass
+class MemoryEntry:
+    """A past proposal shown to the optimizer, with what became of it."""
+
+    proposal_id: str
+    created_at: str
+    diff: dict[str, Any]
+    reasoning: str
+    status: str
+    outcome: str | None = None
+
+
+@dataclass
+class Problem:
+    """One update's problem: the rendered sections and what the answer may contain."""
+
+    pipeline: str
+    editable: list[str]
+    current: dict[str, Any]  # the parent param set's full values
+    schema: dict[str, Any]
+    sections: list[tuple[str, str]]
+    units: list[Unit]
+    truncations: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def render(self) -> str:
+        """The problem text (redacted once more: no secret ever reaches a prompt)."""
+        return redact("\n\n".join(f"{title}\n{body}" for title, body in self.sections))
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def answer_schema(schema: dict[str, Any], editable: list[str]) -> dict[str, Any]:
+    """The JSON schema of an answer: ``suggestion`` keys are only the editable params.
+
+    Example:
+        >>> s = answer_schema({"properties": {"p": {"type": "string", "maxLength": 50},
+        ...                                   "t": {"type": "number"}}}, ["p"])
+        >>> list(s["properties"]["suggestion"]["properties"]), s["properties"]["suggestion"][
+        ...     "additionalProperties"]
+        (['p'], False)
+    """
+    props = schema.get("properties") or {}
+    suggestion: dict[str, Any] = {}
+    for name in editable:
+        spec = {
+            k: v
+            for k, v in (props.get(name) or {}).items()
+            if k
+            in (
+                "type",
+                "enum",
+                "minimum",
+                "maximum",
+                "exclusiveMinimum",
+                "exclusiveMaximum",
+                "maxLength",
+                "minLength",
+                "items",
+                "maxItems",
+            )
+        }
+        if spec.get("type") == "string" and "maxLength" not in spec:
+            spec["maxLength"] = 8000
+        suggestion[name] = spec
+    return {
+        "type": "object",
+        "properties": {
+            "reasoning": {"type": "string", "maxLength": REASONING_MAX_CHARS},
+            "suggestion": {
+                "type": "object",
+                "properties": suggestion,
+                "additionalProperties": False,
+            },
+        },
+        "required": ["reasoning", "suggestion"],
+        "additionalProperties": False,
+    }
+
+
+class Optimizer(abc.ABC):
+    """The interface of an optimizer: evidence in, LLM messages out.
+
+    The runner gathers the evidence, calls the LLM, parses, validates and
+    records; an optimizer only decides what the LLM sees. Subclass it to change
+    the problem (a focus on one step, a memory of rated reflections...).
+    """
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def problem(
+        self,
+        evidence: Evidence,
+        batch: list[Unit],
+        memory: list[MemoryEntry],
+        settings: OptimizerSettings,
+        editable: list[str],
+    ) -> Problem:
+        """Build one update's problem from a minibatch."""
+
+    @abc.abstractmethod
+    def messages(self, problem: Problem) -> list[dict[str, str]]:
+        """The chat messages of the first call for ``problem``."""
+
+    def retry_messages(
+        self, problem: Problem, first: list[dict[str, str]], answer: str, why: str
+    ) -> list[dict[str, str]]:
+        """The messages of the one retry after an unusable answer, saying what was wrong."""
+        return [
+            *first,
+            {"role": "assistant", "content": answer[:4000]},
+            {
+                "role": "user",
+                "content": RETRY_TEMPLATE.format(why=why, names=", ".join(problem.editable)),
+            },
+        ]
+
+
+class OptoPrime(Optimizer):
+    """OptoPrime's problem structure over warehouse spans (see the module docstring)."""
+
+    name = "optoprime"
+    instruction: str = INSTRUCTION
+    answer_format: str = ANSWER_FORMAT
+
+    def __init__(self, instruction: str | None = None) -> None:
+        if instruction is not None:
+            self.instruction = instruction
+
+    # -- sections -----------------------------------------------------------------------
+
+    def _code(self, evidence: Evidence) -> str:
+        p = evidence.pipeline
+        lines = [f"pipeline {p.name!r} (flow {p.flow_name or p.name!r})"]
+        if p.doc:
+            lines.append(f"  {p.doc}")
+        for name, doc in p.tasks.items():
+            lines.append(f"  task {name}: {doc or '(no docstring)'}")
+        return "\n".join(lines)
+
+    def _variables(
+        self, problem_schema: dict[str, Any], values: dict[str, Any], editable: list[str]
+    ) -> str:
+        props = problem_schema.get("properties") or {}
+        lines = []
+        for name in editable:
+            spec = props.get(name) or {}
+            typ = spec.get("type") or ("choice" if "enum" in spec else "value")
+            lines.append(f"({typ}) {name} = {_json(values.get(name))}")
+        fixed = [n for n in props if n not in editable]
+        if fixed:
+            lines.append(
+                "fixed (not editable): " + ", ".join(f"{n} = {_json(values.get(n))}" for n in fixed)
+            )
+        return "\n".join(lines)
+
+    def _constraints(self, problem_schema: dict[str, Any], editable: list[str]) -> str:
+        props = problem_schema.get("properties") or {}
+        lines = []
+        for name in editable:
+            spec = props.get(name) or {}
+            rules = []
+            if "enum" in spec:
+                rules.append(f"one of {_json(spec['enum'])}")
+            for key, word in (
+                ("minimum", ">="),
+                ("exclusiveMinimum", ">"),
+                ("maximum", "<="),
+                ("exclusiveMaximum", "<"),
+            ):
+                if key in spec:
+                    rules.append(f"{word} {spec[key]}")
+            if "maxLength" in spec:
+                rules.append(f"at most {spec['maxLength']} characters")
+            if "maxItems" in spec:
+                rules.append(f"at most {spec['maxItems']} items")
+            desc = spec.get("description") or ""
+            lines.append(f"{name}: {desc}" + (f" ({'; '.join(rules)})" if rules else ""))
+        return "\n".join(lines)
+
+    def _cut(self, text: Any, settings: OptimizerSettings, problem: Problem) -> str:
+        s = text if isinstance(text, str) else _json(text)
+        limit = settings.credit_horizon.max_value_chars
+        if len(s) > limit:
+            problem.truncations += 1
+            return truncate(s, limit)
+        return s
+
+    def _steps(self, unit: Unit, settings: OptimizerSettings, problem: Problem) -> str:
+        flat = [(d, s) for root in unit.steps for d, s in root.walk()]
+        if not settings.credit_horizon.include_llm_messages:
+            flat = [(d, s) for d, s in flat if s.kind != "llm"]
+        horizon = settings.credit_horizon.max_steps
+        shown, hidden = flat[:horizon], len(flat) - horizon
+        lines: list[str] = []
+        for depth, step in shown:
+            lines.extend(self._step(depth, step, settings, problem))
+        if hidden > 0:
+            problem.truncations += 1
+            lines.append(TRUNCATED_STEPS.format(n=hidden))
+        return "\n".join(lines) if lines else "(no steps recorded)"
+
+    def _step(
+        self, depth: int, step: Step, settings: OptimizerSettings, problem: Problem
+    ) -> list[str]:
+        pad = "  " * depth
+        if step.kind == "llm":
+            out = [f"{pad}- model call {step.model or step.name}"]
+            if step.prompt:
+                out.append(f"{pad}  messages: {self._cut(step.prompt, settings, problem)}")
+            if step.completion:
+                out.append(f"{pad}  reply: {self._cut(step.completion, settings, problem)}")
+            return out
+        head = f"{pad}- {step.kind} {step.name}"
+        if step.params_read:
+            head += f" (read params: {', '.join(sorted(step.params_read))})"
+        out = [head]
+        if step.inputs and step.kind != "flow":
+            out.append(f"{pad}  inputs: {self._cut(step.inputs, settings, problem)}")
+        if step.error:
+            out.append(f"{pad}  error: {self._cut(step.error, settings, problem)}")
+        elif step.output is not None and step.kind != "flow":
+            out.append(f"{pad}  output: {self._cut(step.output, settings, problem)}")
+        return out
+
+    def _feedback(
+        self, unit: Unit, evidence: Evidence, settings: OptimizerSettings, problem: Problem
+    ) -> str:
+        better = "higher" if evidence.direction == "higher" else "lower"
+        lines = [f"{evidence.kpi} = {unit.value:g} ({better} is better)"]
+        for kpi, v in sorted(unit.other_kpis.items()):
+            lines.append(f"{kpi} = {v:g}")
+        for c in unit.comments:
+            lines.append(f"critique: {self._cut(c, settings, problem)}")
+        return "\n".join(lines)
+
+    def _memory(
+        self, memory: list[MemoryEntry], settings: OptimizerSettings, problem: Problem
+    ) -> str:
+        if not memory:
+            return "(no earlier proposals)"
+        lines = []
+        for m in memory:
+            outcome = f"; outcome: {m.outcome}" if m.outcome else ""
+            reasoning = self._cut(m.reasoning, settings, problem)
+            lines.append(
+                f"- {m.created_at} changed {self._cut(m.diff, settings, problem)}: "
+                f"status {m.status}{outcome}. Reasoning: {reasoning}"
+            )
+        return "\n".join(lines)
+
+    # -- the interface --------------------------------------------------------------------
+
+    def problem(
+        self,
+        evidence: Evidence,
+        batch: list[Unit],
+        memory: list[MemoryEntry],
+        settings: OptimizerSettings,
+        editable: list[str],
+    ) -> Problem:
+        schema = evidence.pipeline.schema
+        values = evidence.parent_values
+        problem = Problem(
+            pipeline=evidence.pipeline.name,
+            editable=editable,
+            current=dict(values),
+            schema=schema,
+            sections=[],
+            units=batch,
+        )
+        sections: list[tuple[str, str]] = [
+            ("#Instruction", self.instruction),
+            ("#Code", self._code(evidence)),
+            ("#Variables", self._variables(schema, values, editable)),
+            ("#Constraints", self._constraints(schema, editable)),
+        ]
+        for i, unit in enumerate(batch, 1):
+            sections.append((f"## Example {i} of {len(batch)} ({unit.label})", ""))
+            sections.append(
+                ("#Inputs", self._cut(unit.inputs or "(none recorded)", settings, problem))
+            )
+            sections.append(("#Others", self._steps(unit, settings, problem)))
+            sections.append(
+                (
+                    "#Outputs",
+                    self._cut(
+                        unit.output if unit.output is not None else "(none recorded)",
+                        settings,
+                        problem,
+                    ),
+                )
+            )
+            sections.append(("#Feedback", self._feedback(unit, evidence, settings, problem)))
+        mean = sum(u.value for u in batch) / len(batch) if batch else float("nan")
+        unit_word = "items" if evidence.per_item else "runs"
+        sections.append(
+            (
+                "#Feedback (this minibatch)",
+                f"{evidence.kpi}: mean {mean:.3g} over these {len(batch)} {unit_word}; with the "
+                f"current values the pipeline scored a mean of {evidence.population_mean:.3g} "
+                f"over {evidence.population_units} {unit_word} in {evidence.population_runs} "
+                f"runs ({'higher' if evidence.direction == 'higher' else 'lower'} is better).",
+            )
+        )
+        if settings.memory_size > 0:
+            sections.append(
+                ("#Memory (earlier proposals)", self._memory(memory, settings, problem))
+            )
+        sections.append(("#Answer", self.answer_format))
+        problem.sections = sections
+        return problem
+
+    def messages(self, problem: Problem) -> list[dict[str, str]]:
+        return [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": problem.render()},
+        ]

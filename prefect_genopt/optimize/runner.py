@@ -1,0 +1,392 @@
+"""One optimizer run: evidence -> problem -> LLM -> parse -> validate -> proposal.
+
+:func:`optimize` is what ``flows/optimize.py`` and ``genopt optimize`` call. Each
+update takes a fresh minibatch, builds the problem with the optimizer (OptoPrime
+by default), calls the LLM through litellm (one retry, saying what was wrong,
+when the answer is unusable), checks the suggestion against the Tunables schema
+and records the outcome as a ``proposals`` row: ``proposed`` (a new immutable
+candidate param set), ``rejected`` (with the reason) or ``no_change``. The run
+stops after ``max_updates``, after ``proposals_per_run`` valid proposals, or
+before a call the budget cannot pay for.
+
+Example:
+    >>> OptimizeResult(stop_reason="done").summary()
+    '0 proposal(s), 0 rejected, 0 no-change in 0 update(s); 0 tokens, cost unpriced; stopped: done'
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect_genopt.optimize.config import OptimizerSettings
+from prefect_genopt.optimize.evidence import Evidence, Unit, collect
+from prefect_genopt.optimize.llm import (
+    Budget,
+    BudgetExhausted,
+    LLMCallError,
+    LLMClient,
+    LLMReply,
+    LLMTimeout,
+    ReplyError,
+    parse_reply,
+    resolve_model,
+    resolve_response_format,
+)
+from prefect_genopt.optimize.optoprime import Optimizer, OptoPrime, Problem, answer_schema
+from prefect_genopt.optimize.proposals import memory, new_proposal_id, record_proposal
+from prefect_genopt.optimize.validate import (
+    Checked,
+    SuggestionError,
+    check_suggestion,
+    editable_fields,
+)
+from prefect_genopt.redaction import clean
+from prefect_genopt.settings import get_settings
+from prefect_genopt.tracing import setup_tracing, tracer
+from prefect_genopt.tunables import param_set_id
+from prefect_genopt.warehouse import Warehouse, WarehouseBusyError
+
+__all__ = ["optimize", "OptimizeResult", "UpdateOutcome"]
+
+logger = logging.getLogger("prefect_genopt.optimize")
+
+#: the answer was cut at the token cap: what the retry says
+CUT_OFF_HINT = "it was cut off at the token limit before the JSON ended; keep the reasoning short"
+
+
+@dataclass
+class UpdateOutcome:
+    """What one update did."""
+
+    proposal_id: str
+    status: str  # proposed | rejected | no_change
+    reason: str | None
+    diff: dict[str, Any] | None
+    candidate_param_set_id: str | None
+    attempts: int
+    tokens: int
+
+
+@dataclass
+class OptimizeResult:
+    """What one optimizer run did."""
+
+    updates: list[UpdateOutcome] = field(default_factory=list)
+    stop_reason: str = ""
+    tokens: int = 0
+    cost_usd: float | None = None
+    llm_calls: int = 0
+    seconds: float = 0.0
+    llm_seconds: float = 0.0
+    model: str | None = None
+    evidence_units: int = 0
+
+    @property
+    def proposals(self) -> list[UpdateOutcome]:
+        """The valid proposals (new candidates)."""
+        return [u for u in self.updates if u.status == "proposed"]
+
+    def summary(self) -> str:
+        n = {
+            s: sum(u.status == s for u in self.updates)
+            for s in ("proposed", "rejected", "no_change")
+        }
+        cost = "unpriced" if self.cost_usd is None else f"${self.cost_usd:.4f}"
+        return (
+            f"{n['proposed']} proposal(s), {n['rejected']} rejected, {n['no_change']} no-change "
+            f"in {len(self.updates)} update(s); {self.tokens} tokens, cost {cost}; "
+            f"stopped: {self.stop_reason}"
+        )
+
+
+def _estimate_tokens(messages: list[dict[str, str]], max_out: int) -> int:
+    """A cheap, generous token estimate of a call (about 3.5 characters per token)."""
+    chars = sum(len(m["content"]) for m in messages)
+    return int(chars / 3.5) + max_out
+
+
+class _Update:
+    """The attempts (first call, at most one retry) of one update."""
+
+    def __init__(self) -> None:
+        self.replies: list[LLMReply] = []
+        self.reasoning = ""
+        self.suggestion: Any = None
+        self.checked: Checked | None = None
+        self.status = "rejected"
+        self.reason: str | None = None
+
+    @property
+    def tokens(self) -> tuple[int, int]:
+        return (
+            sum(r.input_tokens for r in self.replies),
+            sum(r.output_tokens for r in self.replies),
+        )
+
+    @property
+    def cost(self) -> float | None:
+        costs = [r.cost_usd for r in self.replies if r.cost_usd is not None]
+        return sum(costs) if costs else None
+
+
+def _attempt(
+    client: LLMClient,
+    optimizer: Optimizer,
+    problem: Problem,
+    budget: Budget,
+    settings: OptimizerSettings,
+    say: Callable[[str], None],
+) -> _Update:
+    """Call, parse and check; retry once on an unusable answer. Raises BudgetExhausted
+    before a call the budget cannot pay for (the update's earlier replies are kept)."""
+    upd = _Update()
+    schema = answer_schema(problem.schema, problem.editable)
+    messages = optimizer.messages(problem)
+    for attempt in (1, 2):
+        budget.check(_estimate_tokens(messages, settings.max_output_tokens))
+        try:
+            reply = client.complete(messages, schema)
+        except LLMTimeout as exc:
+            upd.reason = f"timeout: {exc}"
+            return upd
+        budget.charge(reply)
+        upd.replies.append(reply)
+        try:
+            upd.reasoning, upd.suggestion = parse_reply(reply.text)
+            upd.checked = check_suggestion(
+                upd.suggestion, problem.schema, problem.current, problem.editable
+            )
+            upd.status, upd.reason = "proposed", None
+            return upd
+        except ReplyError as exc:
+            why = CUT_OFF_HINT if reply.finish_reason == "length" else str(exc)
+            upd.reason = f"unparsable answer: {why}"
+        except SuggestionError as exc:
+            if exc.kind == "no_change" and not upd.suggestion:
+                upd.status, upd.reason = "no_change", "the model asked for no change"
+                return upd
+            why = str(exc)
+            upd.reason = f"invalid suggestion: {why}"
+            if exc.kind == "no_change":
+                upd.status = "no_change"
+        if attempt == 1:
+            say(f"  answer unusable ({upd.reason}); retrying once")
+            messages = optimizer.retry_messages(problem, messages, reply.text, why)
+    return upd
+
+
+def optimize(
+    settings: OptimizerSettings,
+    *,
+    warehouse: str | Path | Warehouse | None = None,
+    optimizer: Optimizer | None = None,
+    progress: Callable[[str], None] | None = None,
+    optimizer_run_id: str | None = None,
+) -> OptimizeResult:
+    """Run the optimizer once for ``settings.pipeline`` and record its proposals.
+
+    Args:
+        settings: What to optimize and how (see :class:`OptimizerSettings`).
+        warehouse: The warehouse (default: the configured one).
+        optimizer: The optimizer (default: :class:`OptoPrime`).
+        progress: Called with one line per step (default: the module logger).
+        optimizer_run_id: Recorded with each proposal (the flow run id in the flow).
+
+    Raises:
+        EvidenceError: No usable evidence (unknown pipeline, no feedback in the window).
+        LLMCallError: The provider failed (after recording the failed update).
+    """
+    t0 = time.perf_counter()
+    say = progress or logger.info
+    wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
+    setup_tracing()
+    try:
+        wh.ingest()
+    except WarehouseBusyError as exc:
+        say(f"warehouse busy, using what is loaded: {exc}")
+    optimizer = optimizer or OptoPrime()
+    base = get_settings()
+    model = resolve_model(settings.model)
+    fmt = resolve_response_format(model, settings.response_format)
+    client = LLMClient(
+        model,
+        fmt,
+        timeout_s=settings.timeout_s or base.llm_timeout,
+        max_tokens=settings.max_output_tokens,
+        temperature=settings.temperature,
+        api_base=base.api_base,
+    )
+    result = OptimizeResult(model=model)
+    start = settings.starting_artifact
+    evidence = collect(wh, settings)
+    extra_sets: list[tuple[str, dict[str, Any], str]] = []
+    if start.start_from == "values":
+        merged = {**evidence.parent_values, **(start.values or {})}
+        evidence.parent_values = merged
+        parent_id = param_set_id(merged)
+        extra_sets.append((parent_id, merged, "starting_artifact"))
+    else:
+        parent_id = evidence.parent_param_set_id
+    editable = editable_fields(evidence.pipeline.schema, start.editable)
+    past = memory(wh, settings.pipeline, settings.memory_size, evidence.kpi)
+    budget = Budget(settings.budget_tokens, settings.budget_usd)
+    result.evidence_units = evidence.population_units
+    say(
+        f"optimizing {settings.pipeline!r} with {optimizer.name} on {model} ({fmt}): KPI "
+        f"{evidence.kpi!r} mean {evidence.population_mean:.3g} over {evidence.population_units} "
+        f"{'items' if evidence.per_item else 'runs'} of param set {evidence.parent_param_set_id}; "
+        f"editable: {', '.join(editable)}"
+    )
+    span_attrs = {
+        "genopt.optimizer.pipeline": settings.pipeline,
+        "genopt.optimizer.name": optimizer.name,
+        "genopt.optimizer.model": model,
+    }
+    with tracer().start_as_current_span("genopt.optimize", attributes=span_attrs) as root:
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        try:
+            for i, batch in enumerate(evidence.minibatches[: settings.max_updates]):
+                outcome = _one_update(
+                    i,
+                    batch,
+                    evidence,
+                    parent_id,
+                    editable,
+                    past,
+                    client,
+                    optimizer,
+                    budget,
+                    settings,
+                    say,
+                    result,
+                    trace_id,
+                    optimizer_run_id,
+                    extra_sets,
+                    wh,
+                )
+                extra_sets = []
+                if outcome is None:
+                    break
+                if len(result.proposals) >= settings.proposals_per_run:
+                    result.stop_reason = f"{len(result.proposals)} proposal(s) made"
+                    break
+            else:
+                result.stop_reason = f"max_updates ({settings.max_updates}) reached"
+        finally:
+            result.tokens = budget.tokens
+            result.cost_usd = budget.cost_usd
+            result.llm_calls = budget.calls
+            result.seconds = time.perf_counter() - t0
+            root.set_attribute("genopt.optimizer.stop_reason", result.stop_reason or "error")
+    try:
+        wh.ingest()
+    except WarehouseBusyError as exc:
+        say(f"proposals wait in the spool (warehouse busy): {exc}")
+    say(result.summary())
+    return result
+
+
+def _one_update(
+    i: int,
+    batch: list[Unit],
+    evidence: Evidence,
+    parent_id: str,
+    editable: list[str],
+    past: list[Any],
+    client: LLMClient,
+    optimizer: Optimizer,
+    budget: Budget,
+    settings: OptimizerSettings,
+    say: Callable[[str], None],
+    result: OptimizeResult,
+    trace_id: str,
+    optimizer_run_id: str | None,
+    extra_sets: list[tuple[str, dict[str, Any], str]],
+    wh: Warehouse,
+) -> UpdateOutcome | None:
+    """One update; None when the run must stop (budget)."""
+    problem = optimizer.problem(evidence, batch, past, settings, editable)
+    prompt_chars = sum(len(m["content"]) for m in optimizer.messages(problem))
+    say(
+        f"update {i + 1}/{settings.max_updates}: {len(batch)} units "
+        f"({', '.join(u.label for u in batch[:4])}{'...' if len(batch) > 4 else ''}), "
+        f"prompt {prompt_chars} chars, {problem.truncations} cut(s) at the credit horizon"
+    )
+    with tracer().start_as_current_span(
+        "genopt.optimize.update", attributes={"genopt.optimizer.update": i + 1}
+    ):
+        try:
+            upd = _attempt(client, optimizer, problem, budget, settings, say)
+        except BudgetExhausted as exc:
+            result.stop_reason = f"budget exhausted: {exc}"
+            say(f"stopping: {result.stop_reason}")
+            return None
+        except LLMCallError as exc:
+            result.stop_reason = f"LLM call failed: {exc}"
+            raise
+    pid = new_proposal_id()
+    checked = upd.checked
+    candidate = param_set_id(checked.values) if checked and upd.status == "proposed" else None
+    n_in, n_out = upd.tokens
+    row = {
+        "proposal_id": pid,
+        "pipeline": evidence.pipeline.name,
+        "status": upd.status,
+        "status_reason": upd.reason,
+        "optimizer": optimizer.name,
+        "optimizer_run_id": optimizer_run_id,
+        "update_index": i + 1,
+        "parent_param_set_id": parent_id,
+        "candidate_param_set_id": candidate,
+        "diff": checked.diff if checked else None,
+        "suggestion": clean(upd.suggestion, 20_000) if upd.suggestion is not None else None,
+        "reasoning": clean(upd.reasoning, 4000) if upd.reasoning else None,
+        "kpi": evidence.kpi,
+        "direction": evidence.direction,
+        "evidence_kpi_mean": sum(u.value for u in batch) / len(batch) if batch else None,
+        "evidence_units": len(batch),
+        "evidence_run_ids": sorted({u.run_id for u in batch}),
+        "evidence_item_keys": [u.item_key for u in batch if u.item_key],
+        "settings": settings.recorded(),
+        "model": client.model,
+        "response_format": client.response_format,
+        "attempts": len(upd.replies),
+        "ignored_keys": checked.ignored if checked else None,
+        "unchanged_keys": checked.unchanged if checked else None,
+        "input_tokens": n_in,
+        "output_tokens": n_out,
+        "cost_usd": upd.cost,
+        "prompt_chars": prompt_chars,
+        "llm_seconds": sum(r.seconds for r in upd.replies),
+        "trace_id": trace_id,
+    }
+    record_proposal(
+        wh,
+        row,
+        checked.values if candidate else None,
+        evidence.pipeline.schema_version,
+        extra_sets,
+    )
+    result.llm_seconds += row["llm_seconds"]
+    outcome = UpdateOutcome(
+        proposal_id=pid,
+        status=upd.status,
+        reason=upd.reason,
+        diff=checked.diff if checked else None,
+        candidate_param_set_id=candidate,
+        attempts=len(upd.replies),
+        tokens=n_in + n_out,
+    )
+    result.updates.append(outcome)
+    if upd.status == "proposed":
+        changed = ", ".join(checked.diff) if checked else ""
+        extra = f"; ignored {checked.ignored}" if checked and checked.ignored else ""
+        say(f"  proposal {pid}: changes {changed} -> candidate {candidate}{extra}")
+    else:
+        say(f"  {upd.status}: {upd.reason}")
+    return outcome
