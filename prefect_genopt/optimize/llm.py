@@ -45,6 +45,8 @@ __all__ = [
     "resolve_response_format",
 ]
 
+litellm.suppress_debug_info = True  # no "Provider List" banners on lookups of unknown models
+
 #: Providers whose litellm integration honours a JSON schema ``response_format``.
 SCHEMA_PROVIDERS = frozenset(
     {
@@ -156,7 +158,6 @@ def resolve_model(model: str | None = None) -> str:
 def _provider(model: str) -> str:
     if "/" in model:
         return model.split("/", 1)[0]
-    litellm.suppress_debug_info = True
     try:
         return str(litellm.get_llm_provider(model)[1])
     except Exception:  # noqa: BLE001 - an unknown provider is simply not schema-capable

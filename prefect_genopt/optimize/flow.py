@@ -1,0 +1,111 @@
+"""The optimizer as a Prefect flow: ``genopt-optimize``.
+
+Deploy it nightly (``deployments/prefect.yaml``), or run it now with
+``genopt optimize PIPELINE`` / ``python flows/optimize.py PIPELINE``. It logs
+progress, never overlaps itself for one pipeline (a Prefect global concurrency
+limit ``genopt-optimize-<pipeline>`` of 1, created when missing: Prefect's
+``concurrency()`` on a limit that does not exist silently does nothing), and
+leaves a Markdown artifact of its proposals on the flow run.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
+
+from prefect_genopt.optimize.config import OptimizerSettings
+from prefect_genopt.optimize.proposals import markdown
+from prefect_genopt.optimize.runner import optimize
+from prefect_genopt.warehouse import Warehouse
+
+__all__ = ["optimize_flow", "lock_name"]
+
+
+def lock_name(pipeline: str) -> str:
+    """The global concurrency limit guarding one pipeline's optimizer runs.
+
+    Example:
+        >>> lock_name("Ticket Triage")
+        'genopt-optimize-ticket-triage'
+    """
+    return "genopt-optimize-" + re.sub(r"[^a-z0-9]+", "-", pipeline.lower()).strip("-")
+
+
+def _ensure_limit(name: str) -> None:
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, limit=1)
+
+
+@flow(name="genopt-optimize", log_prints=False)
+def optimize_flow(
+    pipeline: str,
+    settings: dict[str, Any] | None = None,
+    wait_seconds: float = 30.0,
+    warehouse: str | None = None,
+) -> dict[str, Any]:
+    """Propose better params for ``pipeline`` from the warehouse's evidence.
+
+    Args:
+        pipeline: The pipeline to optimize.
+        settings: :class:`~prefect_genopt.optimize.OptimizerSettings` fields
+            (minibatch_size, max_updates, budget_usd, model...).
+        wait_seconds: How long to wait for another optimizer run of the same
+            pipeline to finish before skipping this one.
+        warehouse: The warehouse file (default: GENOPT_WAREHOUSE).
+    """
+    logger = get_run_logger()
+    config = OptimizerSettings(pipeline=pipeline, **(settings or {}))
+    name = lock_name(pipeline)
+    _ensure_limit(name)
+    ctx = FlowRunContext.get()
+    run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+    try:
+        with concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True):
+            result = optimize(
+                config,
+                warehouse=warehouse,
+                progress=logger.info,
+                optimizer_run_id=run_id,
+            )
+    except TimeoutError:
+        msg = f"skipped: another optimizer run for {pipeline!r} held {name!r} for {wait_seconds:g}s"
+        logger.warning(msg)
+        return {"pipeline": pipeline, "skipped": True, "reason": msg}
+    ids = [u.proposal_id for u in result.updates]
+    rows = (
+        Warehouse(warehouse).sql(
+            "SELECT * FROM proposals WHERE list_contains(?, proposal_id) ORDER BY update_index",
+            [ids],
+        )
+        if ids
+        else []
+    )
+    create_markdown_artifact(
+        markdown=markdown(rows, title=f"Optimizer proposals for {pipeline}")
+        + f"\n\n_{result.summary()}_\n",
+        key=name,
+        description=f"genopt optimizer run for {pipeline}: {result.summary()}",
+    )
+    return {
+        "pipeline": pipeline,
+        "skipped": False,
+        "proposals": [u.proposal_id for u in result.proposals],
+        "candidates": [u.candidate_param_set_id for u in result.proposals],
+        "updates": [
+            {"proposal_id": u.proposal_id, "status": u.status, "reason": u.reason}
+            for u in result.updates
+        ],
+        "stop_reason": result.stop_reason,
+        "tokens": result.tokens,
+        "cost_usd": result.cost_usd,
+        "llm_calls": result.llm_calls,
+        "seconds": round(result.seconds, 3),
+        "llm_seconds": round(result.llm_seconds, 3),
+        "model": result.model,
+    }
