@@ -186,16 +186,24 @@ class _Engine:
             return cls._instance
 
 
+#: Longest string bound the grammar keeps: llama.cpp unrolls ``maxLength`` into nested
+#: repetitions and refuses large ones ("exceeds sane defaults"); 1000 compiles.
+GRAMMAR_MAX_LENGTH = 1000
+
+
 def _grammar_schema(schema: Any) -> Any:
-    """``schema`` without string length bounds: llama.cpp unrolls ``maxLength`` into nested
-    repetitions and refuses large ones ("exceeds sane defaults"). Lengths are still
-    enforced when the answer is validated; ``max_tokens`` caps the answer here."""
+    """``schema`` with string bounds clamped to :data:`GRAMMAR_MAX_LENGTH` (the full bounds
+    are still enforced when the answer is validated).
+
+    Example:
+        >>> _grammar_schema({"type": "string", "maxLength": 8000, "minLength": 1})
+        {'type': 'string', 'maxLength': 1000, 'minLength': 1}
+    """
     if isinstance(schema, dict):
-        return {
-            k: _grammar_schema(v)
-            for k, v in schema.items()
-            if k not in ("maxLength", "minLength", "maxItems", "minItems")
-        }
+        out = {k: _grammar_schema(v) for k, v in schema.items()}
+        if isinstance(out.get("maxLength"), int):
+            out["maxLength"] = min(out["maxLength"], GRAMMAR_MAX_LENGTH)
+        return out
     if isinstance(schema, list):
         return [_grammar_schema(v) for v in schema]
     return schema
@@ -208,7 +216,7 @@ def _response_format(value: Any) -> dict[str, Any] | None:
         >>> fmt = _response_format({"type": "json_schema", "json_schema": {"schema": {
         ...     "type": "object", "properties": {"a": {"type": "string", "maxLength": 9}}}}})
         >>> fmt["type"], fmt["schema"]["properties"]
-        ('json_object', {'a': {'type': 'string'}})
+        ('json_object', {'a': {'type': 'string', 'maxLength': 9}})
     """
     if not isinstance(value, dict):
         return None

@@ -17,7 +17,7 @@ from prefect import flow
 
 import prefect_genopt as genopt
 from flows.examples import keyword_model
-from flows.examples.tickets import Ticket, tickets
+from flows.examples.tickets import tickets
 
 keyword_model.register()
 
@@ -43,14 +43,14 @@ def model() -> str:
 
 
 @genopt.task
-def classify(ticket: Ticket) -> str:
+def classify(ticket_id: str, text: str) -> str:
     """Ask the model for the ticket's label."""
-    p = genopt.current_params(item_key=ticket.id)
+    p = genopt.current_params(item_key=ticket_id)
     resp = litellm.completion(
         model=model(),
         messages=[
             {"role": "system", "content": p.prompt},
-            {"role": "user", "content": ticket.text},
+            {"role": "user", "content": text},
         ],
         temperature=p.temperature,
         max_tokens=5,
@@ -64,7 +64,7 @@ def classify(ticket: Ticket) -> str:
 def triage(n: int = 8, seed: int = 0) -> float:
     """Label ``n`` tickets and record per-ticket and per-run feedback."""
     batch = tickets(n, seed)
-    labels = [classify(t) for t in batch]
+    labels = [classify(t.id, t.text) for t in batch]
     correct = 0
     for t, label in zip(batch, labels, strict=True):
         ok = label == t.label

@@ -62,7 +62,8 @@ than quoting single examples."""
 
 ANSWER_FORMAT = """\
 Answer with one JSON object and nothing else:
-{"reasoning": "<why the feedback is what it is and what to change, in a few sentences>", \
+{"reasoning": "<why the feedback is what it is and what to change, in at most three \
+sentences>", \
 "suggestion": {"<parameter name>": <new value>}}
 Put in "suggestion" only parameters from #Variables whose value you change, each with a \
 value of the type and within the bounds given in #Constraints. If no change would help, \
@@ -74,7 +75,7 @@ described above: {{"reasoning": "...", "suggestion": {{...}}}}, suggesting only 
 parameters: {names}."""
 
 TRUNCATED_STEPS = "…[{n} more steps truncated]"
-REASONING_MAX_CHARS = 1500
+REASONING_MAX_CHARS = 800
 
 
 @dataclass
@@ -276,14 +277,19 @@ class OptoPrime(Optimizer):
         shown, hidden = flat[:horizon], len(flat) - horizon
         lines: list[str] = []
         for depth, step in shown:
-            lines.extend(self._step(depth, step, settings, problem))
+            lines.extend(self._step(depth, step, settings, problem, unit.inputs))
         if hidden > 0:
             problem.truncations += 1
             lines.append(TRUNCATED_STEPS.format(n=hidden))
         return "\n".join(lines) if lines else "(no steps recorded)"
 
     def _step(
-        self, depth: int, step: Step, settings: OptimizerSettings, problem: Problem
+        self,
+        depth: int,
+        step: Step,
+        settings: OptimizerSettings,
+        problem: Problem,
+        unit_inputs: str | None = None,
     ) -> list[str]:
         pad = "  " * depth
         if step.kind == "llm":
@@ -297,7 +303,7 @@ class OptoPrime(Optimizer):
         if step.params_read:
             head += f" (read params: {', '.join(sorted(step.params_read))})"
         out = [head]
-        if step.inputs and step.kind != "flow":
+        if step.inputs and step.kind != "flow" and step.inputs != unit_inputs:
             out.append(f"{pad}  inputs: {self._cut(step.inputs, settings, problem)}")
         if step.error:
             out.append(f"{pad}  error: {self._cut(step.error, settings, problem)}")
@@ -358,7 +364,7 @@ class OptoPrime(Optimizer):
             ("#Constraints", self._constraints(schema, editable)),
         ]
         for i, unit in enumerate(batch, 1):
-            sections.append((f"## Example {i} of {len(batch)} ({unit.label})", ""))
+            sections.append((f"## Example {i} of {len(batch)} ({unit.label})", "-" * 40))
             sections.append(
                 ("#Inputs", self._cut(unit.inputs or "(none recorded)", settings, problem))
             )
