@@ -20,7 +20,8 @@ _os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from prefect_genopt import llm_spans as _llm_spans  # noqa: E402
 from prefect_genopt.feedback import FeedbackError, UnknownRunError, feedback  # noqa: E402
-from prefect_genopt.pipeline import current_params, pipeline, task  # noqa: E402
+from prefect_genopt.optimize import Optimizer, OptimizerSettings, OptoPrime  # noqa: E402
+from prefect_genopt.pipeline import current_params, pinned_params, pipeline, task  # noqa: E402
 from prefect_genopt.settings import GenoptSettings, get_settings  # noqa: E402
 from prefect_genopt.tracing import setup_tracing  # noqa: E402
 from prefect_genopt.tunables import Tunables, choice, demos, numeric, prompt  # noqa: E402
@@ -44,7 +45,11 @@ __all__ = [
     "pipeline",
     "task",
     "current_params",
+    "pinned_params",
     "feedback",
+    "OptimizerSettings",
+    "Optimizer",
+    "OptoPrime",
     "Warehouse",
     "IngestResult",
     "setup_tracing",

@@ -183,4 +183,5 @@ def knob(items: list[str]) -> float:
             if abs(level - OPTIMUM) < 1e-9
             else f"{critique}: item {item} needed more care",
         )
+    genopt.feedback("mean_closeness", total / len(items))
     return total / len(items)

@@ -1,0 +1,116 @@
+"""The serialized problem: OptoPrime's sections, truncation marks, and what the settings change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import prefect_genopt as genopt
+from prefect_genopt.optimize import OptimizerSettings, OptoPrime, collect
+from prefect_genopt.optimize.optoprime import SYSTEM_PROMPT, answer_schema
+from tests.optimize import scripted
+
+SECTIONS = (
+    "#Instruction",
+    "#Code",
+    "#Variables",
+    "#Constraints",
+    "#Inputs",
+    "#Others",
+    "#Outputs",
+    "#Feedback",
+    "#Feedback (this minibatch)",
+    "#Memory (earlier proposals)",
+    "#Answer",
+)
+
+
+@pytest.fixture
+def knob_runs(prefect_api: str, warehouse_path: Path) -> Path:
+    for r in range(2):
+        scripted.knob([f"item-{i}-r{r}-" + "x" * 300 for i in range(5)])
+    return warehouse_path
+
+
+def render(**kw: object) -> tuple[str, object]:
+    s = OptimizerSettings(pipeline="knob", **kw)
+    ev = collect(genopt.Warehouse(), s)
+    editable = kw.get("starting_artifact", {}).get("editable") or ["level", "note"]  # type: ignore[union-attr]
+    problem = OptoPrime().problem(ev, ev.minibatches[0], [], s, editable)
+    return problem.render(), problem
+
+
+def test_problem_has_every_optoprime_section_in_order(knob_runs: Path) -> None:
+    text, problem = render(minibatch_size=2)
+    positions = [text.index(f"\n{s}\n") if i else text.index(s) for i, s in enumerate(SECTIONS)]
+    assert positions == sorted(positions)
+    assert "(number) level = 0.2" in text
+    assert "level: how hard to push each item (>= 0.0; <= 1.0)" in text
+    assert "note: a note the steps carry (at most 200 characters)" in text
+    assert "task push: Push one item as hard as the level says." in text
+    assert "- task push (read params: level)" in text
+    assert "closeness = 0.5 (higher is better)" in text
+    assert "critique: too low" in text
+    assert "mean 0.5 over these 2 items" in text and "over 10 items in 2 runs" in text
+    assert text.count("## Example") == 2
+    msgs = OptoPrime().messages(problem)
+    assert msgs[0] == {"role": "system", "content": SYSTEM_PROMPT}
+
+
+def test_credit_horizon_cuts_values_with_a_visible_mark(knob_runs: Path) -> None:
+    long_text, long_problem = render(credit_horizon={"max_value_chars": 2000})
+    short_text, short_problem = render(credit_horizon={"max_value_chars": 60})
+    assert "truncated" not in long_text and long_problem.truncations == 0
+    assert "…[truncated" in short_text and short_problem.truncations > 0
+    assert len(short_text) < len(long_text)
+
+
+def test_run_units_and_the_step_horizon_with_a_mark(knob_runs: Path) -> None:
+    """A per-run KPI makes runs the units: the whole span tree (flow -> tasks) is shown,
+    up to max_steps, and the cut is marked."""
+    full, _ = render(kpi="mean_closeness", minibatch_size=1)
+    assert "(run " in full and "item" not in full.split("## Example 1", 1)[1].split("\n")[0]
+    assert full.count("- task push") == 5 and "more steps truncated" not in full
+    cut, problem = render(kpi="mean_closeness", minibatch_size=1, credit_horizon={"max_steps": 3})
+    assert "…[3 more steps truncated]" in cut and problem.truncations >= 1
+    assert cut.count("- task push") == 2  # the flow span, then two tasks
+
+
+def test_minibatch_size_changes_how_many_examples(knob_runs: Path) -> None:
+    one, _ = render(minibatch_size=1)
+    four, _ = render(minibatch_size=4)
+    assert one.count("## Example") == 1 and four.count("## Example") == 4
+
+
+def test_failures_first_includes_one_success_for_contrast(
+    prefect_api: str, warehouse_path: Path
+) -> None:
+    with genopt.pinned_params({"level": 0.7}, arm="stable"):
+        scripted.knob(["good-1", "good-2"])
+    s = OptimizerSettings(pipeline="knob", minibatch_size=3, max_updates=2)
+    ev = collect(genopt.Warehouse(), s)
+    assert [len(b) for b in ev.minibatches] == [2, 2]  # only 2 units exist
+    values = [u.value for u in ev.minibatches[0]]
+    assert values == sorted(values)
+
+
+def test_editable_fields_limit_variables_and_schema(knob_runs: Path) -> None:
+    text, problem = render(starting_artifact={"editable": ["level"]})
+    variables = text.split("#Variables\n", 1)[1].split("\n\n", 1)[0]
+    assert "(number) level = 0.2" in variables
+    assert 'fixed (not editable): note = "keep going"' in variables
+    schema = answer_schema(problem.schema, problem.editable)
+    assert list(schema["properties"]["suggestion"]["properties"]) == ["level"]
+
+
+def test_answer_schema_caps_strings() -> None:
+    schema = answer_schema({"properties": {"p": {"type": "string"}}}, ["p"])
+    assert schema["properties"]["suggestion"]["properties"]["p"]["maxLength"] == 8000
+    assert schema["properties"]["reasoning"]["maxLength"] > 0
+
+
+def test_secrets_never_reach_the_prompt(prefect_api: str, warehouse_path: Path) -> None:
+    scripted.knob(["token sk-proj-abcdefghijklmnopqrstuvwxyz123456 in the item"])
+    text, _ = render()
+    assert "sk-proj-abcdefghijklmnopqrstuvwxyz123456" not in text
