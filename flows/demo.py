@@ -1,6 +1,15 @@
-"""The end-to-end demo: run the example pipeline, give feedback, query the warehouse.
+"""The end-to-end demo: pipeline runs with feedback -> the optimizer -> a checked proposal.
 
     make demo            (or: python -m flows.demo)
+
+1. the example pipeline (flows/examples/triage.py) runs 5 times and scores itself;
+2. a person adds feedback from the shell; bad feedback gets clear errors;
+3. the warehouse answers SQL;
+4. the optimizer flow runs now (as its nightly deployment would) with GENOPT_MODEL, else
+   the embedded local model, and proposes a new prompt;
+5. the candidate is run offline on the same tickets next to the stable prompt.
+
+``GENOPT_DEMO_SEED`` (default 0) picks the tickets and the optimizer's minibatches.
 
 It uses a fresh demo home (``.demo/`` in the project; set ``GENOPT_DEMO_HOME``
 to move it) holding the Prefect database and the trace warehouse, and runs
@@ -61,10 +70,14 @@ def main() -> None:
     from flows.examples.triage import model, triage
 
     print(f"model: {model()}  (set GENOPT_DEMO_MODEL to any litellm model string)")
+    demo_seed = int(os.environ.get("GENOPT_DEMO_SEED", "0"))
+    seeds = [demo_seed * 100 + i for i in range(5)]
     with ps.temporary_settings({ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        for seed in range(5):
+        before = []
+        for i, seed in enumerate(seeds):
             acc = triage(n=8, seed=seed)
-            print(f"  run {seed + 1}/5: accuracy {acc:.2f}", flush=True)
+            before.append(acc)
+            print(f"  run {i + 1}/5: accuracy {acc:.2f}", flush=True)
 
     import prefect_genopt as genopt
 
@@ -118,6 +131,64 @@ def main() -> None:
         "sql", "SELECT item_key, comment FROM feedback WHERE kpi = 'correct' AND value = 0 LIMIT 3"
     )
     genopt_cli("status")
+
+    step("5. The nightly optimizer, run now (flows/optimize.py; deployed by deployments/)")
+    from prefect_genopt import local_model
+
+    print(
+        f"optimizer model: {os.environ.get('GENOPT_MODEL') or local_model.MODEL}"
+        "  (set GENOPT_MODEL to any litellm model string)"
+    )
+    genopt_cli(
+        "optimize",
+        "triage",
+        "--editable",
+        "prompt",
+        "--max-updates",
+        "3",
+        "--seed",
+        str(demo_seed),
+    )
+    step("6. Next morning: the proposals")
+    genopt_cli("proposals", "triage")
+    rows = wh.sql(
+        "SELECT proposal_id, candidate_param_set_id FROM proposals "
+        "WHERE pipeline = 'triage' AND status = 'proposed' ORDER BY created_at DESC LIMIT 1"
+    )
+    if not rows:
+        print("no valid proposal this time (see the reasons above); nothing to check")
+    else:
+        genopt_cli("proposals", "show", rows[0]["proposal_id"])
+        step("7. The candidate, checked offline on the same tickets (a canary comes next)")
+        import orjson
+
+        from prefect_genopt.pipeline import pinned_params
+
+        values = orjson.loads(
+            wh.sql(
+                'SELECT "values" FROM param_sets WHERE param_set_id = ?',
+                [rows[0]["candidate_param_set_id"]],
+            )[0]["values"]
+        )
+        after = []
+        with ps.temporary_settings({ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            with pinned_params(values, arm="offline"):
+                for seed in seeds:
+                    after.append(triage(n=8, seed=seed))
+        mean_b, mean_a = sum(before) / len(before), sum(after) / len(after)
+        print(
+            f"accuracy, stable prompt:    {' '.join(f'{a:.2f}' for a in before)}  mean {mean_b:.3f}"
+        )
+        print(
+            f"accuracy, candidate prompt: {' '.join(f'{a:.2f}' for a in after)}  mean {mean_a:.3f}"
+        )
+        verdict = "better" if mean_a > mean_b else ("no better" if mean_a == mean_b else "worse")
+        print(f"the candidate is {verdict} on these tickets ({mean_a - mean_b:+.3f})")
+        genopt_cli(
+            "sql",
+            "SELECT arm, param_set_id, round(avg(value), 3) AS accuracy, count(*) AS runs "
+            "FROM feedback WHERE kpi = 'accuracy' GROUP BY ALL ORDER BY arm DESC",
+        )
     print(f"\nwarehouse file: {os.environ['GENOPT_WAREHOUSE']}  (open it with `duckdb` too)")
     print(f"demo finished in {time.monotonic() - t0:.0f}s")
 

@@ -27,7 +27,9 @@ class TriageParams(genopt.Tunables):
 
     prompt: str = genopt.prompt(
         "Classify the ticket as billing, bug or other. Answer with the label only.",
-        description="system prompt; the answer must be exactly one of: billing, bug, other",
+        description="system prompt of the classifier; the answer must be exactly one of: "
+        "billing, bug, other. The classifier follows explicit rules in its prompt, such as "
+        "'billing: invoice, refund' (a label, then the words that signal it)",
     )
     temperature: float = genopt.numeric(
         0.0, ge=0.0, le=1.0, description="sampling temperature of the classifier"
