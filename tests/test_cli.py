@@ -139,3 +139,67 @@ def test_sql_errors_are_clear(warehouse_path: Path, capsys: pytest.CaptureFixtur
     assert main(["sql", "select * from no_such_table"]) == 2
     err = capsys.readouterr().err
     assert "SQL error" in err and "no_such_table" in err
+
+
+# -- optimize and proposals ------------------------------------------------------------------
+
+
+@pytest.fixture
+def knob_runs(prefect_api: str, warehouse_path: Path) -> Path:
+    from tests.optimize import scripted
+
+    scripted.knob([f"item-{i}" for i in range(4)])
+    return warehouse_path
+
+
+def test_optimize_and_proposals_help() -> None:
+    out = genopt("optimize", "--help")
+    assert out.returncode == 0
+    for opt in ("--minibatch-size", "--max-updates", "--budget-usd", "--model", "--editable"):
+        assert opt in out.stdout
+    assert "GENOPT_MODEL" in out.stdout
+    out = genopt("proposals", "--help")
+    assert out.returncode == 0 and "PIPELINE | show ID | reject ID" in out.stdout
+
+
+def test_optimize_refuses_bad_settings_before_starting(capsys: pytest.CaptureFixture) -> None:
+    assert main(["optimize", "knob", "--minibatch-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid optimizer settings" in err and "minibatch_size" in err
+    assert main(["optimize", "knob", "--settings", "{not json"]) == 2
+    assert "--settings is not a JSON object" in capsys.readouterr().err
+
+
+def test_optimize_then_list_show_and_reject(knob_runs: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["optimize", "knob", "--model", "scripted-opt/follow", "--response-format", "none"]
+    assert main([*args, "--max-updates", "1", "--editable", "level"]) == 0
+    out = capsys.readouterr().out
+    assert "1 proposal(s) from scripted-opt/follow" in out
+    pid = out.split(":", 1)[0].strip()
+    assert pid.startswith("pr_")
+
+    assert main(["proposals", "knob"]) == 0
+    table = capsys.readouterr().out
+    assert pid in table and "proposed" in table and "level: 0.7" in table
+
+    assert main(["proposals", "show", pid]) == 0
+    shown = capsys.readouterr().out
+    assert "| `level` | 0.2 | 0.7 |" in shown and "Evidence runs:" in shown
+
+    assert main(["proposals", "reject", pid]) == 2
+    assert "give a reason" in capsys.readouterr().err
+    assert main(["proposals", "reject", pid, "--reason", "not now", "--actor", "bob"]) == 0
+    assert f"{pid}: rejected (not now)" in capsys.readouterr().out
+
+    assert main(["proposals", "knob", "--status", "rejected", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["proposal_id"] for r in rows] == [pid]
+    assert main(["sql", "select count(*) as n from proposals"]) == 0
+    assert "1" in capsys.readouterr().out
+
+
+def test_optimize_without_evidence_is_a_clear_error(
+    prefect_api: str, warehouse_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["optimize", "nothing-here", "--model", "scripted-opt/follow"]) == 2
+    assert "pipeline 'nothing-here' has no runs" in capsys.readouterr().err
