@@ -46,14 +46,20 @@ def step(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
-def genopt_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the real `genopt` command (as a user would) and echo it."""
+def genopt_cli(
+    *args: str, check: bool = True, stream: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `genopt` command (as a user would) and echo it.
+
+    ``stream`` lets a long command print its progress as it goes."""
     print(f"$ genopt {' '.join(a if ' ' not in a else repr(a) for a in args)}", flush=True)
-    proc = subprocess.run(
-        [sys.executable, "-m", "prefect_genopt.cli", *args], text=True, capture_output=True
-    )
-    sys.stdout.write(proc.stdout)
-    sys.stderr.write(proc.stderr)
+    cmd = [sys.executable, "-m", "prefect_genopt.cli", *args]
+    if stream:
+        proc = subprocess.run(cmd, text=True)
+    else:
+        proc = subprocess.run(cmd, text=True, capture_output=True)
+        sys.stdout.write(proc.stdout)
+        sys.stderr.write(proc.stderr)
     if check and proc.returncode != 0:
         raise SystemExit(f"genopt {args[0]} failed with exit code {proc.returncode}")
     return proc
@@ -148,6 +154,7 @@ def main() -> None:
         "3",
         "--seed",
         str(demo_seed),
+        stream=True,
     )
     step("6. Next morning: the proposals")
     genopt_cli("proposals", "triage")

@@ -15,12 +15,13 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import io
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +247,28 @@ def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
+@contextlib.contextmanager
+def _progress_to_stderr(quiet: bool = False) -> Iterator[None]:
+    """Show the optimizer flow's progress lines on stderr, whatever Prefect's log level."""
+    import logging
+
+    logger = logging.getLogger("prefect.flow_runs")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(lambda r: r.levelno >= logging.INFO)
+    old_level, old_propagate = logger.level, logger.propagate
+    if not quiet:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+
+
 def cmd_optimize(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -259,7 +282,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from prefect_genopt.optimize.flow import optimize_flow
 
     try:
-        out = optimize_flow(args.pipeline, settings=settings, wait_seconds=args.wait)
+        with _progress_to_stderr(quiet=args.json):
+            out = optimize_flow(args.pipeline, settings=settings, wait_seconds=args.wait)
     except (EvidenceError, LLMCallError) as exc:
         raise CLIError(str(exc)) from None
     if args.json:

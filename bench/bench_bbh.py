@@ -1,0 +1,632 @@
+"""Optimizer quality on BBH: the whole genopt loop with the embedded local model.
+
+A one-call pipeline answers BIG-Bench Hard yes/no questions with a tunable
+instruction (the system message). The embedded model (Qwen2.5-Coder-1.5B, via
+``prefect_genopt.local_model``) is both the task model and the optimizer. Each
+update runs the pipeline on a minibatch of 3 train examples, pinned to the current
+best instruction, then calls ``prefect_genopt.optimize.optimize`` on that run's
+evidence; a ``proposed`` candidate is kept when its validation accuracy is at
+least the current best's. The final best is tested on 50 held-out examples.
+
+Protocol (from the issue): split 15 train / 10 validation / 50 test (the first 75
+examples, in file order); task call temperature 0, max_tokens 16, answer = first
+``\\b(yes|no)\\b`` in the reply (case-insensitive), exact match with the target;
+5 updates of minibatch 3; 3 seeds (the seed picks which train examples form each
+minibatch and is the optimizer's ``seed``).
+
+Everything goes through the library: ``@flow`` + ``@genopt.pipeline`` +
+``@genopt.task``, ``genopt.current_params``, ``genopt.feedback``,
+``pinned_params``, ``optimize(OptimizerSettings(...))`` and the warehouse
+(one fresh warehouse file per task and seed under /tmp, one Prefect test harness
+for the whole process).
+
+The task model is deterministic at temperature 0, so its replies are cached by
+(instruction, input) in ``bench/results/bbh_cache.json``; a cached reply is
+replayed through ``litellm.completion(mock_response=...)`` so the run's trace
+(what the optimizer reads) is the same as for a real call. Real and cached
+calls are counted separately.
+
+Results are saved after each task+seed to ``bench/results/bbh.json`` (the run is
+resumable: finished task+seed pairs are skipped). ``--quick`` (1 seed, 2 updates)
+writes ``bench/results/bbh.quick.json``.
+
+    GENOPT_LOCAL_THREADS=2 python bench/bench_bbh.py                 # ~1.5-3 h on 2 cores
+    GENOPT_LOCAL_THREADS=2 python bench/bench_bbh.py --quick         # plumbing check
+    python bench/bench_bbh.py --tasks navigate --seeds 0,1
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+# Before litellm (and prefect_genopt, which imports it) is imported.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("GENOPT_LOCAL_THREADS", "2")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DATA_DIR = Path("/work/shared/data/bbh")
+WAREHOUSE_DIR = Path("/tmp/genopt-bbh")
+
+START_INSTRUCTION = "Answer the question."
+N_TRAIN, N_VAL, N_TEST = 15, 10, 50
+MINIBATCH = 3
+UPDATES = 5
+SEEDS = (0, 1, 2)
+TASKS = ("sports_understanding", "navigate")
+TASK_MAX_TOKENS = 16
+#: optimizer settings chosen here (the issue leaves them open); recorded in the results
+MEMORY_SIZE = 4  # every earlier update of the same seed (at most 4 before the 5th)
+MAX_OUTPUT_TOKENS = 700  # reasoning <= 800 chars + an instruction <= 1000 chars, as JSON
+CREDIT_HORIZON = {"max_steps": 12, "max_value_chars": 1200, "include_llm_messages": True}
+OPTIMIZER_TIMEOUT_S = 900.0  # the shared 2-core machine is slow; the default is 300 s
+
+ANSWER_RE = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """One progress line with a UTC timestamp and the elapsed minutes."""
+    now = datetime.now(UTC).strftime("%H:%M:%S")
+    print(f"[{now} +{(time.perf_counter() - _T0) / 60:5.1f}m] {msg}", flush=True)
+
+
+def parse_answer(text: str) -> str | None:
+    """The first ``yes``/``no`` word of a reply, lower-cased, or None.
+
+    Example:
+        >>> parse_answer("Yes, the sentence is plausible."), parse_answer("Maybe.")
+        ('yes', None)
+    """
+    m = ANSWER_RE.search(text or "")
+    return m.group(1).lower() if m else None
+
+
+def git_info() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    src = ROOT / "prefect_genopt" / "optimize" / "optoprime.py"
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "dirty_files": [line[3:] for line in git("status", "--porcelain").splitlines()],
+        "optoprime_sha256": hashlib.sha256(src.read_bytes()).hexdigest()[:16],
+    }
+
+
+def load_examples(task: str) -> list[dict[str, str]]:
+    data = json.loads((DATA_DIR / f"{task}.json").read_text())
+    examples = data["examples"][: N_TRAIN + N_VAL + N_TEST]
+    return [
+        {"id": f"{task[:5]}-{i:03d}", "input": e["input"], "target": str(e["target"])}
+        for i, e in enumerate(examples)
+    ]
+
+
+def save_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+# -- the task-call cache -------------------------------------------------------------
+
+
+class Cache:
+    """Task model replies keyed by (instruction, input); counts real and cached calls."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, dict[str, Any]] = (
+            json.loads(path.read_text()) if path.is_file() else {}
+        )
+        self.reset_counts()
+
+    def reset_counts(self) -> None:
+        self.counts = {
+            "real_calls": 0,
+            "real_input_tokens": 0,
+            "real_output_tokens": 0,
+            "real_seconds": 0.0,
+            "cached_calls": 0,
+            "cached_input_tokens": 0,
+            "cached_output_tokens": 0,
+        }
+
+    @staticmethod
+    def key(instruction: str, question: str) -> str:
+        return hashlib.sha256(f"{instruction}\0{question}".encode()).hexdigest()
+
+    def save(self) -> None:
+        save_json(self.path, self.data)
+
+
+# -- the pipeline ----------------------------------------------------------------------
+
+
+def build(cache: Cache) -> tuple[Any, Any, Any]:
+    """Import the library and define the pipeline; returns (genopt, make_flow, MODEL)."""
+    import litellm
+    from litellm import ModelResponse
+    from prefect import flow
+    from prefect.runtime import flow_run
+
+    import prefect_genopt as genopt
+    from prefect_genopt import local_model
+
+    model = local_model.register()
+
+    class BBHParams(genopt.Tunables):
+        """What the optimizer may change in the BBH pipeline."""
+
+        instruction: str = genopt.prompt(
+            START_INSTRUCTION,
+            description="system message of the answering model (a small LLM that sees this "
+            "instruction and then the question, and answers in at most 16 tokens); the first "
+            "word 'yes' or 'no' in its reply is taken as its answer",
+            max_length=1000,
+        )
+
+    @genopt.task
+    def answer_question(example_id: str, question: str) -> str:
+        """Ask the model the question, with the tunable instruction as system message."""
+        p = genopt.current_params(item_key=example_id)
+        messages = [
+            {"role": "system", "content": p.instruction},
+            {"role": "user", "content": question},
+        ]
+        key = cache.key(p.instruction, question)
+        hit = cache.data.get(key)
+        kwargs: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "temperature": 0,
+            "max_tokens": TASK_MAX_TOKENS,
+        }
+        if hit is not None:  # replayed through litellm: traced exactly like the real call
+            kwargs["mock_response"] = ModelResponse(
+                model=model,
+                choices=[
+                    {
+                        "message": {"role": "assistant", "content": hit["text"]},
+                        "finish_reason": hit.get("finish_reason") or "stop",
+                    }
+                ],
+                usage={
+                    "prompt_tokens": hit["input_tokens"],
+                    "completion_tokens": hit["output_tokens"],
+                    "total_tokens": hit["input_tokens"] + hit["output_tokens"],
+                },
+            )
+        started = time.perf_counter()
+        resp = litellm.completion(**kwargs)
+        seconds = time.perf_counter() - started
+        text = resp.choices[0].message.content or ""
+        c = cache.counts
+        if hit is not None:
+            c["cached_calls"] += 1
+            c["cached_input_tokens"] += hit["input_tokens"]
+            c["cached_output_tokens"] += hit["output_tokens"]
+        else:
+            n_in = int(resp.usage.prompt_tokens or 0)
+            n_out = int(resp.usage.completion_tokens or 0)
+            cache.data[key] = {
+                "text": text,
+                "finish_reason": resp.choices[0].finish_reason,
+                "input_tokens": n_in,
+                "output_tokens": n_out,
+                "seconds": round(seconds, 3),
+            }
+            c["real_calls"] += 1
+            c["real_input_tokens"] += n_in
+            c["real_output_tokens"] += n_out
+            c["real_seconds"] += seconds
+        return text
+
+    def make_flow(task: str) -> Any:
+        name = f"bbh-{task}"
+
+        def bbh(examples: list[dict[str, str]]) -> dict[str, Any]:
+            """Answer yes/no questions with one small-LLM call each and score the answers.
+
+            The instruction is the system message, the question the user message; the first
+            'yes' or 'no' in the reply is the answer, compared with the expected one.
+            """
+            replies = [answer_question(e["id"], e["input"]) for e in examples]
+            answers = []
+            correct = 0
+            for e, reply in zip(examples, replies, strict=True):
+                got = parse_answer(reply)
+                ok = got is not None and got == e["target"].strip().lower()
+                correct += ok
+                answers.append({"id": e["id"], "reply": reply, "answer": got, "ok": ok})
+                genopt.feedback(
+                    "correct",
+                    1.0 if ok else 0.0,
+                    item_key=e["id"],
+                    comment=f"expected {e['target']}, got {got if got else repr(reply)}",
+                )
+            accuracy = correct / len(examples)
+            genopt.feedback("accuracy", accuracy)
+            return {"run_id": str(flow_run.id), "accuracy": accuracy, "answers": answers}
+
+        bbh.__name__ = bbh.__qualname__ = name.replace("-", "_")
+        return flow(name=name, log_prints=False)(genopt.pipeline(name=name, params=BBHParams)(bbh))
+
+    return genopt, make_flow, model
+
+
+# -- one task + seed -------------------------------------------------------------------
+
+
+def run_pinned(
+    genopt: Any, pipe: Any, cache: Cache, instruction: str, examples: list[dict], arm: str
+) -> dict[str, Any]:
+    from prefect_genopt.pipeline import pinned_params
+
+    with pinned_params({"instruction": instruction}, arm=arm):
+        out = pipe(examples=examples)
+    cache.save()
+    return out
+
+
+def proposal_row(genopt: Any, proposal_id: str) -> dict[str, Any]:
+    wh = genopt.Warehouse()
+    try:
+        rows = wh.sql(
+            "SELECT proposal_id, status, status_reason, reasoning, suggestion, diff, attempts, "
+            "input_tokens, output_tokens, llm_seconds, prompt_chars, response_format, "
+            "candidate_param_set_id FROM proposals WHERE proposal_id = ?",
+            [proposal_id],
+        )
+        row = rows[0] if rows else {"proposal_id": proposal_id, "status": "missing"}
+        cand = row.get("candidate_param_set_id")
+        if cand:
+            vals = wh.sql(
+                'SELECT "values" FROM param_sets WHERE param_set_id = ? LIMIT 1', [cand]
+            )
+            row["candidate_values"] = json.loads(vals[0]["values"]) if vals else None
+    finally:
+        wh.close()
+    for k in ("suggestion", "diff"):
+        if isinstance(row.get(k), str):
+            try:
+                row[k] = json.loads(row[k])
+            except ValueError:
+                pass
+    return row
+
+
+def warehouse_usage(genopt: Any) -> dict[str, Any]:
+    """LLM calls and tokens from the warehouse: task calls (pipeline set) vs optimizer."""
+    wh = genopt.Warehouse()
+    try:
+        rows = wh.sql(
+            "SELECT pipeline, sum(calls) AS calls, sum(input_tokens) AS input_tokens, "
+            "sum(output_tokens) AS output_tokens, sum(errors) AS errors, "
+            "median(median_latency_ms) AS median_latency_ms FROM llm_usage GROUP BY pipeline"
+        )
+        props = wh.sql(
+            "SELECT count(*) AS updates, sum(attempts) AS calls, sum(input_tokens) AS "
+            "input_tokens, sum(output_tokens) AS output_tokens, sum(llm_seconds) AS seconds "
+            "FROM proposals"
+        )
+    finally:
+        wh.close()
+    return {
+        "llm_usage_view": [
+            {k: (float(v) if isinstance(v, int | float) else v) for k, v in r.items()}
+            for r in rows
+        ],
+        "proposals_table": {k: (float(v) if v is not None else None) for k, v in props[0].items()},
+    }
+
+
+def run_seed(
+    genopt: Any,
+    make_flow: Any,
+    model: str,
+    cache: Cache,
+    task: str,
+    seed: int,
+    updates: int,
+) -> dict[str, Any]:
+    from prefect_genopt.optimize import OptimizerSettings, optimize
+
+    examples = load_examples(task)
+    train = examples[:N_TRAIN]
+    val = examples[N_TRAIN : N_TRAIN + N_VAL]
+    test = examples[N_TRAIN + N_VAL :]
+    WAREHOUSE_DIR.mkdir(parents=True, exist_ok=True)
+    wpath = WAREHOUSE_DIR / f"{task}-s{seed}-{datetime.now(UTC):%Y%m%d%H%M%S}.duckdb"
+    for p in (wpath, wpath.with_name(wpath.name + ".spool"), wpath.with_name(wpath.name + ".wal")):
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    os.environ["GENOPT_WAREHOUSE"] = str(wpath)
+    cache.reset_counts()
+    pipe = make_flow(task)
+    t_start = time.perf_counter()
+    rng = random.Random(seed)
+    order = list(range(N_TRAIN))
+    rng.shuffle(order)
+
+    current = START_INSTRUCTION
+    log(f"{task} seed {seed}: validation of the start instruction")
+    v = run_pinned(genopt, pipe, cache, current, val, "eval")
+    current_val = v["accuracy"]
+    log(f"  start instruction: val {current_val:.2f}")
+    history: list[dict[str, Any]] = []
+    opt_seconds = 0.0
+    for u in range(updates):
+        idx = [order[(u * MINIBATCH + j) % N_TRAIN] for j in range(MINIBATCH)]
+        batch = [train[i] for i in idx]
+        mb = run_pinned(genopt, pipe, cache, current, batch, "train")
+        log(
+            f"{task} seed {seed} update {u + 1}/{updates}: minibatch {[e['id'] for e in batch]} "
+            f"acc {mb['accuracy']:.2f} (run {mb['run_id'][:8]})"
+        )
+        settings = OptimizerSettings(
+            pipeline=f"bbh-{task}",
+            model=model,
+            max_updates=1,
+            minibatch_size=MINIBATCH,
+            memory_size=MEMORY_SIZE,
+            seed=seed,
+            starting_artifact={"start_from": "values", "values": {"instruction": current}},
+            evidence_run_ids=[mb["run_id"]],
+            kpi="correct",
+            max_output_tokens=MAX_OUTPUT_TOKENS,
+            credit_horizon=CREDIT_HORIZON,
+            timeout_s=OPTIMIZER_TIMEOUT_S,
+        )
+        step: dict[str, Any] = {
+            "update": u + 1,
+            "minibatch": [e["id"] for e in batch],
+            "minibatch_run_id": mb["run_id"],
+            "minibatch_accuracy": mb["accuracy"],
+            "parent_instruction": current,
+            "parent_val": current_val,
+        }
+        t_opt = time.perf_counter()
+        try:
+            res = optimize(settings, progress=lambda s: log(f"    optimizer: {s}"))
+        except Exception as exc:  # noqa: BLE001 - recorded, the loop goes on
+            step["status"] = "error"
+            step["error"] = f"{type(exc).__name__}: {exc}"
+            log(f"  optimizer error: {step['error']}")
+            history.append(step)
+            opt_seconds += time.perf_counter() - t_opt
+            continue
+        opt_seconds += time.perf_counter() - t_opt
+        step["optimizer_seconds"] = round(time.perf_counter() - t_opt, 1)
+        step["optimizer_llm_calls"] = res.llm_calls
+        step["stop_reason"] = res.stop_reason
+        if not res.updates:
+            step["status"] = "none"
+            history.append(step)
+            continue
+        row = proposal_row(genopt, res.updates[0].proposal_id)
+        step.update(
+            {
+                "proposal_id": row["proposal_id"],
+                "status": row["status"],
+                "status_reason": row.get("status_reason"),
+                "reasoning": row.get("reasoning"),
+                "suggestion": row.get("suggestion"),
+                "attempts": row.get("attempts"),
+                "input_tokens": row.get("input_tokens"),
+                "output_tokens": row.get("output_tokens"),
+                "llm_seconds": row.get("llm_seconds"),
+                "prompt_chars": row.get("prompt_chars"),
+                "response_format": row.get("response_format"),
+            }
+        )
+        log(
+            f"  {row['status']}"
+            + (f" ({row.get('status_reason')})" if row.get("status_reason") else "")
+            + f", {row.get('attempts')} call(s), {row.get('input_tokens')}+"
+            f"{row.get('output_tokens')} tokens, {row.get('llm_seconds') or 0:.0f}s"
+        )
+        if row["status"] == "proposed":
+            cand = (row.get("candidate_values") or {}).get("instruction")
+            step["candidate_instruction"] = cand
+            log(f"  candidate: {cand!r}")
+            cv = run_pinned(genopt, pipe, cache, cand, val, "eval")
+            step["candidate_val"] = cv["accuracy"]
+            step["accepted"] = cv["accuracy"] >= current_val
+            step["choice"] = (
+                f"candidate val {cv['accuracy']:.2f} "
+                f"{'>=' if step['accepted'] else '<'} current {current_val:.2f}: "
+                f"{'keep the candidate' if step['accepted'] else 'keep the current one'}"
+                + (" (tie goes to the newer)" if cv["accuracy"] == current_val else "")
+            )
+            log(f"  {step['choice']}")
+            if step["accepted"]:
+                current, current_val = cand, cv["accuracy"]
+        history.append(step)
+
+    log(f"{task} seed {seed}: test before (start instruction) and after")
+    before = run_pinned(genopt, pipe, cache, START_INSTRUCTION, test, "test")
+    after = run_pinned(genopt, pipe, cache, current, test, "test")
+    log(f"  test {before['accuracy']:.2f} -> {after['accuracy']:.2f}; final {current!r}")
+    statuses = [h.get("status") for h in history]
+    opt_calls = sum(h.get("attempts") or 0 for h in history)
+    return {
+        "task": task,
+        "seed": seed,
+        "warehouse": str(wpath),
+        "train_order": [train[i]["id"] for i in order],
+        "final_instruction": current,
+        "final_val": current_val,
+        "test_before": before["accuracy"],
+        "test_after": after["accuracy"],
+        "test_before_answers": before["answers"],
+        "test_after_answers": after["answers"],
+        "proposals_by_status": {s: statuses.count(s) for s in sorted(set(map(str, statuses)))},
+        "task_calls": dict(cache.counts),
+        "optimizer_calls": opt_calls,
+        "optimizer_input_tokens": sum(h.get("input_tokens") or 0 for h in history),
+        "optimizer_output_tokens": sum(h.get("output_tokens") or 0 for h in history),
+        "optimizer_seconds": round(opt_seconds, 1),
+        "warehouse_usage": warehouse_usage(genopt),
+        "updates": history,
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+def summarize(results: dict[str, Any]) -> None:
+    for task, seeds in results.get("tasks", {}).items():
+        print(f"\n{task}")
+        print("seed | test before -> after | val | task calls real/cached | opt calls | opt tok")
+        rows = [seeds[k] for k in sorted(seeds, key=int)]
+        for r in rows:
+            tc = r["task_calls"]
+            print(
+                f"{r['seed']:>4} | {r['test_before']:.2f} -> {r['test_after']:.2f} | "
+                f"{r['final_val']:.2f} | {tc['real_calls']}/{tc['cached_calls']} | "
+                f"{r['optimizer_calls']} | "
+                f"{r['optimizer_input_tokens']}+{r['optimizer_output_tokens']} | "
+                f"{r['proposals_by_status']}"
+            )
+        if rows:
+            mb = sum(r["test_before"] for r in rows) / len(rows)
+            ma = sum(r["test_after"] for r in rows) / len(rows)
+            print(f"mean | {mb:.3f} -> {ma:.3f} over {len(rows)} seed(s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--tasks",
+        default=",".join(TASKS),
+        help=f"comma-separated BBH tasks in {DATA_DIR} (default: {','.join(TASKS)})",
+    )
+    ap.add_argument(
+        "--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds (default 0,1,2)"
+    )
+    ap.add_argument("--updates", type=int, default=UPDATES, help="optimizer updates per seed")
+    ap.add_argument(
+        "--quick", action="store_true", help="1 seed, 2 updates, writes bbh.quick.json"
+    )
+    ap.add_argument("--out", type=Path, default=None, help="results file (default bbh.json)")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=RESULTS / "bbh_cache.json",
+        help="task-call cache (deterministic replies at temperature 0)",
+    )
+    args = ap.parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    updates = args.updates
+    if args.quick:
+        seeds, updates = seeds[:1], 2
+    out = args.out or RESULTS / ("bbh.quick.json" if args.quick else "bbh.json")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    available = sorted(p.stem for p in DATA_DIR.glob("*.json"))
+    missing = [t for t in tasks if t not in available]
+    if missing:
+        log(f"tasks missing from {DATA_DIR}: {missing} (available: {available}); skipping them")
+        tasks = [t for t in tasks if t in available]
+
+    results: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
+    info = git_info()
+    results.setdefault("runs", []).append(
+        {
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "git": info,
+            "argv": sys.argv[1:],
+            "tasks": tasks,
+            "seeds": seeds,
+            "updates": updates,
+            "missing_tasks": missing,
+            "local_threads": os.environ.get("GENOPT_LOCAL_THREADS"),
+        }
+    )
+    results["protocol"] = {
+        "pipeline": "one LLM call; tunable instruction as system message, example input as "
+        f"user message; temperature 0, max_tokens {TASK_MAX_TOKENS}; answer = first "
+        r"\b(yes|no)\b (case-insensitive) in the reply; exact match with the target "
+        "(lower-cased)",
+        "start_instruction": START_INSTRUCTION,
+        "split": f"first {N_TRAIN} train, next {N_VAL} validation, next {N_TEST} test",
+        "updates": updates,
+        "minibatch": MINIBATCH,
+        "seed": "permutation of the train examples into minibatches, and the optimizer's seed",
+        "selection": "a proposed candidate is kept when its validation accuracy >= the current "
+        "best's (ties go to the newer); rejected/no_change keep the current one",
+        "optimizer": {
+            "model": "embedded Qwen2.5-Coder-1.5B-Instruct Q4_K_M (also the task model)",
+            "memory_size": MEMORY_SIZE,
+            "max_output_tokens": MAX_OUTPUT_TOKENS,
+            "credit_horizon": CREDIT_HORIZON,
+            "timeout_s": OPTIMIZER_TIMEOUT_S,
+            "kpi": "correct (per item)",
+            "evidence": "the minibatch run only (evidence_run_ids)",
+            "starting_artifact": "start_from=values, the current best instruction",
+        },
+        "cache": "task replies cached by (instruction, input); cached calls are replayed "
+        "through litellm.completion(mock_response=...) so the trace is unchanged, and are "
+        "counted separately",
+        "test_runs": "both test evaluations run after the 5 updates, so the optimizer's "
+        "memory never sees test feedback",
+    }
+    results.setdefault("tasks", {})
+    save_json(out, results)
+
+    todo = [
+        (t, s) for t in tasks for s in seeds if str(s) not in results["tasks"].get(t, {})
+    ]
+    done = [(t, s) for t in tasks for s in seeds if (t, s) not in todo]
+    if done:
+        log(f"already saved, skipped: {done}")
+    if not todo:
+        summarize(results)
+        return 0
+    log(
+        f"commit {info['commit']} (dirty: {', '.join(info['dirty_files']) or 'none'}); "
+        f"GENOPT_LOCAL_THREADS={os.environ.get('GENOPT_LOCAL_THREADS')}; todo {todo}"
+    )
+    cache = Cache(args.cache)
+    genopt, make_flow, model = build(cache)
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        log("prefect test harness up")
+        for task, seed in todo:
+            rec = run_seed(genopt, make_flow, model, cache, task, seed, updates)
+            rec["git_at_start"] = info
+            results["tasks"].setdefault(task, {})[str(seed)] = rec
+            save_json(out, results)
+            log(f"saved {task} seed {seed} to {out} ({rec['seconds'] / 60:.1f} min)")
+    summarize(results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
