@@ -55,6 +55,7 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("GENOPT_LOCAL_THREADS", "2")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -101,7 +102,7 @@ def git_info() -> dict[str, Any]:
         try:
             return subprocess.run(
                 ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-            ).stdout.strip()
+            ).stdout.rstrip("\n")
         except (OSError, subprocess.CalledProcessError):
             return ""
 
@@ -240,6 +241,7 @@ def build(cache: Cache) -> tuple[Any, Any, Any]:
             c["real_input_tokens"] += n_in
             c["real_output_tokens"] += n_out
             c["real_seconds"] += seconds
+            cache.save()  # a stopped run keeps every reply it paid for
         return text
 
     def make_flow(task: str) -> Any:

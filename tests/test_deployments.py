@@ -45,3 +45,49 @@ def test_deploy_and_run_the_example(child_env: dict[str, str], warehouse_path: P
     assert runs[0]["tasks"] == 4
     entry = wh.sql("SELECT entrypoint FROM pipelines")[0]["entrypoint"]
     assert "flows/examples/triage.py" in entry
+
+
+def test_deploy_and_run_the_nightly_optimizer(
+    child_env: dict[str, str], warehouse_path: Path
+) -> None:
+    """The optimizer deployment runs through a worker and records its outcome; its nightly
+    schedule is a cron on an active deployment."""
+    env = {
+        **child_env,
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        # the worker's flow process registers the scripted provider, as a user would their own
+        "GENOPT_MODEL": "scripted-opt/follow",
+        "GENOPT_MODEL_SETUP": "tests.optimize.scripted",
+        "GENOPT_RESPONSE_FORMAT": "none",
+    }
+    assert (
+        _prefect(
+            "work-pool", "create", "genopt", "--type", "process", "--overwrite", env=env
+        ).returncode
+        == 0
+    )
+    deploy = _prefect(
+        "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all", env=env
+    )
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    for name in ("triage/triage-example", "genopt-optimize/optimize-triage-nightly"):
+        run = _prefect("deployment", "run", name, env=env)
+        assert run.returncode == 0, run.stderr
+        worker = _prefect("worker", "start", "--pool", "genopt", "--run-once", env=env)
+        assert worker.returncode == 0, worker.stderr[-3000:]
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name("genopt-optimize/optimize-triage-nightly")
+    assert [s.schedule.cron for s in dep.schedules] == ["0 2 * * *"]
+    assert all(s.active for s in dep.schedules)
+
+    rows = genopt.Warehouse().sql("SELECT pipeline, status, model, settings FROM proposals")
+    # the scripted model finds no `level` in triage's problem and asks for no change, so
+    # the run tries its 3 updates (max_updates in the deployment), each a fresh minibatch
+    assert len(rows) == 3
+    assert {(r["pipeline"], r["model"], r["status"]) for r in rows} == {
+        ("triage", "scripted-opt/follow", "no_change")
+    }
+    assert '"editable":["prompt"]' in rows[0]["settings"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import importlib
 import re
 import time
 from dataclasses import dataclass
@@ -136,12 +137,37 @@ class Budget:
             self.cost_usd = (self.cost_usd or 0.0) + reply.cost_usd
 
 
+def run_model_setup() -> None:
+    """Import (and call) ``GENOPT_MODEL_SETUP`` once: custom litellm providers register there.
+
+    Raises:
+        LLMCallError: The module or function cannot be loaded.
+    """
+    spec = get_settings().model_setup
+    if not spec or spec in _setup_done:
+        return
+    module_name, _, func = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        if func:
+            getattr(module, func)()
+    except Exception as exc:  # noqa: BLE001 - any failure here is a configuration error
+        raise LLMCallError(
+            f"GENOPT_MODEL_SETUP={spec!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    _setup_done.add(spec)
+
+
+_setup_done: set[str] = set()
+
+
 def resolve_model(model: str | None = None) -> str:
     """The model to call: ``model``, else ``GENOPT_MODEL``, else the embedded model.
 
     Raises:
         LLMCallError: Nothing configured and the embedded model is not installed.
     """
+    run_model_setup()
     chosen = model or get_settings().model
     if chosen:
         return chosen
