@@ -155,6 +155,12 @@ class GenoptSettings(BaseSettings):
     llm_timeout: float = Field(
         default=300.0, gt=0, description="Seconds one optimizer LLM call may take."
     )
+    llm_retries: int = Field(
+        default=2,
+        ge=0,
+        description="Retries of transient provider errors (rate limits, 5xx, dropped "
+        "connections) per optimizer LLM call, done by litellm.",
+    )
     local_threads: int = Field(
         default=1,
         ge=1,

@@ -304,6 +304,7 @@ class LLMClient:
         max_tokens: Most answer tokens.
         temperature: Sampling temperature.
         api_base: Base URL of an OpenAI-compatible server (optional).
+        num_retries: litellm's retries of transient provider errors (rate limit, 5xx).
     """
 
     def __init__(
@@ -314,8 +315,10 @@ class LLMClient:
         max_tokens: int = 1024,
         temperature: float = 0.0,
         api_base: str | None = None,
+        num_retries: int = 0,
     ) -> None:
         self.model = model
+        self.num_retries = num_retries
         self.response_format = response_format
         self.timeout_s = timeout_s
         self.max_tokens = max_tokens
@@ -332,6 +335,8 @@ class LLMClient:
         }
         if self.api_base:
             kwargs["api_base"] = self.api_base
+        if self.num_retries:
+            kwargs["num_retries"] = self.num_retries  # litellm retries rate limits, 5xx, resets
         if self.response_format == "json_schema" and schema is not None:
             kwargs["response_format"] = {
                 "type": "json_schema",

@@ -220,6 +220,7 @@ def optimize(
         max_tokens=settings.max_output_tokens,
         temperature=settings.temperature,
         api_base=base.api_base,
+        num_retries=base.llm_retries,
     )
     result = OptimizeResult(model=model)
     start = settings.starting_artifact
