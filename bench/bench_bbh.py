@@ -187,7 +187,6 @@ def build(cache: Cache) -> tuple[Any, Any, Any]:
             max_length=1000,
         )
 
-    @genopt.task
     def answer_question(example_id: str, question: str) -> str:
         """Ask the model the question, with the tunable instruction as system message."""
         p = genopt.current_params(item_key=example_id)
@@ -243,6 +242,9 @@ def build(cache: Cache) -> tuple[Any, Any, Any]:
             c["real_seconds"] += seconds
             cache.save()  # a stopped run keeps every reply it paid for
         return text
+
+    answer_question.__qualname__ = "answer_question"  # the name the optimizer reads in #Code
+    answer_question = genopt.task(answer_question)
 
     def make_flow(task: str) -> Any:
         name = f"bbh-{task}"
@@ -303,18 +305,17 @@ def proposal_row(genopt: Any, proposal_id: str) -> dict[str, Any]:
         row = rows[0] if rows else {"proposal_id": proposal_id, "status": "missing"}
         cand = row.get("candidate_param_set_id")
         if cand:
-            vals = wh.sql(
-                'SELECT "values" FROM param_sets WHERE param_set_id = ? LIMIT 1', [cand]
-            )
+            vals = wh.sql('SELECT "values" FROM param_sets WHERE param_set_id = ? LIMIT 1', [cand])
             row["candidate_values"] = json.loads(vals[0]["values"]) if vals else None
     finally:
         wh.close()
     for k in ("suggestion", "diff"):
-        if isinstance(row.get(k), str):
-            try:
-                row[k] = json.loads(row[k])
-            except ValueError:
-                pass
+        for _ in range(2):  # the proposals table stores `suggestion` as a JSON string of JSON
+            if isinstance(row.get(k), str):
+                try:
+                    row[k] = json.loads(row[k])
+                except ValueError:
+                    break
     return row
 
 
@@ -336,11 +337,18 @@ def warehouse_usage(genopt: Any) -> dict[str, Any]:
         wh.close()
     return {
         "llm_usage_view": [
-            {k: (float(v) if isinstance(v, int | float) else v) for k, v in r.items()}
-            for r in rows
+            {k: (float(v) if isinstance(v, int | float) else v) for k, v in r.items()} for r in rows
         ],
         "proposals_table": {k: (float(v) if v is not None else None) for k, v in props[0].items()},
     }
+
+
+def _safe(fn: Any, *args: Any) -> Any:
+    """``fn(*args)``, or the error as a string (a bookkeeping bug must not lose a seed)."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def run_seed(
@@ -491,7 +499,7 @@ def run_seed(
         "optimizer_input_tokens": sum(h.get("input_tokens") or 0 for h in history),
         "optimizer_output_tokens": sum(h.get("output_tokens") or 0 for h in history),
         "optimizer_seconds": round(opt_seconds, 1),
-        "warehouse_usage": warehouse_usage(genopt),
+        "warehouse_usage": _safe(warehouse_usage, genopt),
         "updates": history,
         "seconds": round(time.perf_counter() - t_start, 1),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -532,9 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds (default 0,1,2)"
     )
     ap.add_argument("--updates", type=int, default=UPDATES, help="optimizer updates per seed")
-    ap.add_argument(
-        "--quick", action="store_true", help="1 seed, 2 updates, writes bbh.quick.json"
-    )
+    ap.add_argument("--quick", action="store_true", help="1 seed, 2 updates, writes bbh.quick.json")
     ap.add_argument("--out", type=Path, default=None, help="results file (default bbh.json)")
     ap.add_argument(
         "--cache",
@@ -601,9 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     results.setdefault("tasks", {})
     save_json(out, results)
 
-    todo = [
-        (t, s) for t in tasks for s in seeds if str(s) not in results["tasks"].get(t, {})
-    ]
+    todo = [(t, s) for t in tasks for s in seeds if str(s) not in results["tasks"].get(t, {})]
     done = [(t, s) for t in tasks for s in seeds if (t, s) not in todo]
     if done:
         log(f"already saved, skipped: {done}")

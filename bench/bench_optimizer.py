@@ -425,6 +425,7 @@ class Probe:
         self.queries: list[dict[str, Any]] = []
         self.gc_s = 0.0
         self.gc_n = 0
+        self.gc_by_generation: dict[int, list[float]] = {}
         self._phase: str | None = None
         self._ingests = 0
         self._gc_t = 0.0
@@ -432,6 +433,7 @@ class Probe:
     def reset(self) -> None:
         self.phases, self.queries = {}, []
         self.gc_s, self.gc_n, self._ingests = 0.0, 0, 0
+        self.gc_by_generation = {}
 
     def _add(self, label: str, seconds: float) -> None:
         self.phases[label] = self.phases.get(label, 0.0) + seconds
@@ -464,8 +466,12 @@ class Probe:
         if phase == "start":
             self._gc_t = time.perf_counter()
         else:
-            self.gc_s += time.perf_counter() - self._gc_t
+            seconds = time.perf_counter() - self._gc_t
+            self.gc_s += seconds
             self.gc_n += 1
+            g = self.gc_by_generation.setdefault(int(info.get("generation", -1)), [0, 0.0])
+            g[0] += 1
+            g[1] += seconds
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[Probe]:
@@ -536,7 +542,9 @@ class Probe:
         units = [q for q in collect_q if q["query"] == "unit rows (every unit)"]
         rest = [q for q in collect_q if q["query"] != "unit rows (every unit)"]
         q_sql = sum(q["execute_s"] for q in collect_q)
-        q_dicts = sum(q.get("sql_s", q["execute_s"]) - q["execute_s"] for q in collect_q)
+        q_dicts = sum(  # Warehouse.sql minus Warehouse.execute (which holds the ingest)
+            q.get("sql_s", 0.0) - q["execute_s"] - q["ingest_before_s"] for q in collect_q
+        )
         out["  collect: SQL 'unit rows' (connect, query, fetchall)"] = sum(
             q["execute_s"] for q in units
         )
@@ -552,9 +560,7 @@ class Probe:
         return out
 
 
-def measure_size(
-    path: Path, repeats: int, breakdown_repeats: int, probe: Probe
-) -> dict[str, Any]:
+def measure_size(path: Path, repeats: int, breakdown_repeats: int, probe: Probe) -> dict[str, Any]:
     """Warm-up, ``repeats`` plain calls, ``breakdown_repeats`` instrumented calls."""
     os.environ["GENOPT_WAREHOUSE"] = str(path)  # the optimizer's own spans go to its spool
     settings = optimizer_settings()
@@ -582,12 +588,19 @@ def measure_size(
                     "call": r,
                     "steps": b,
                     "gc_collections": probe.gc_n,
+                    "gc_by_generation": {
+                        str(k): {"collections": v[0], "seconds": v[1]}
+                        for k, v in sorted(probe.gc_by_generation.items())
+                    },
                     "queries": list(probe.queries),
                 }
             )
+            gens = ", ".join(
+                f"gen{k} {v[0]}x {v[1]:.3f}s" for k, v in sorted(probe.gc_by_generation.items())
+            )
             print(
                 f"    instrumented {i + 1}/{breakdown_repeats}: total {r['total_s']:.3f}s, "
-                f"collect {b.get('evidence collect', 0):.3f}s, GC {probe.gc_s:.3f}s"
+                f"collect {b.get('evidence collect', 0):.3f}s, GC {probe.gc_s:.3f}s ({gens})"
             )
     steps = list(breakdowns[0]["steps"]) if breakdowns else []
     return {
@@ -852,10 +865,7 @@ def main(argv: list[str] | None = None) -> int:
     if steps:
         _common.print_table(
             ["step", *(f"{s:,} runs" for s in sizes)],
-            [
-                [k, *(results[str(s)]["breakdown_median"].get(k, 0.0) for s in sizes)]
-                for k in steps
-            ],
+            [[k, *(results[str(s)]["breakdown_median"].get(k, 0.0) for s in sizes)] for k in steps],
             title=f"where the time goes, seconds (median of {b_repeats} instrumented calls)",
         )
     _common.print_table(

@@ -25,7 +25,7 @@ def prefect_api() -> Iterator[str]:
     import prefect.settings as ps
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):
         with ps.temporary_settings({ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             yield str(ps.PREFECT_API_URL.value())
 
