@@ -250,22 +250,43 @@ class LocalLLM(CustomLLM):
         fmt = _response_format(params.get("response_format"))
         if fmt is not None:
             request["response_format"] = fmt
+        timeout = kwargs.get("timeout")
+        deadline = time.monotonic() + float(timeout) if timeout else None
+        parts: list[str] = []
+        finish = "stop"
+        generated = 0
+        # Streamed, so a call past its deadline stops between tokens and frees the model
+        # (an abandoned non-streamed call would hold it until it finished on its own).
         with engine.call_lock:
-            out = engine.llm.create_chat_completion(**request)
-        choice = out["choices"][0]
-        usage = out.get("usage") or {}
+            for chunk in engine.llm.create_chat_completion(**request, stream=True):
+                choice = chunk["choices"][0]
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    parts.append(text)
+                    generated += 1
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+                if deadline is not None and time.monotonic() > deadline:
+                    raise litellm.Timeout(
+                        message=f"the embedded model stopped after {timeout}s "
+                        f"({generated} tokens generated)",
+                        model=MODEL,
+                        llm_provider=PROVIDER,
+                    )
+            in_context = int(engine.llm.n_tokens)
+        prompt_tokens = max(in_context - generated, 0)
         return ModelResponse(
             model=MODEL,
             choices=[
                 {
-                    "message": {"role": "assistant", "content": choice["message"]["content"]},
-                    "finish_reason": choice.get("finish_reason") or "stop",
+                    "message": {"role": "assistant", "content": "".join(parts)},
+                    "finish_reason": finish,
                 }
             ],
             usage={
-                "prompt_tokens": int(usage.get("prompt_tokens", 0)),
-                "completion_tokens": int(usage.get("completion_tokens", 0)),
-                "total_tokens": int(usage.get("total_tokens", 0)),
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": generated,
+                "total_tokens": prompt_tokens + generated,
             },
         )
 
