@@ -509,24 +509,54 @@ def run_seed(
 # -- main ------------------------------------------------------------------------------
 
 
-def summarize(results: dict[str, Any]) -> None:
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def report(results: dict[str, Any]) -> str:
+    """Markdown tables of the saved results: one per task, one row per seed, then the mean."""
+    out: list[str] = []
     for task, seeds in results.get("tasks", {}).items():
-        print(f"\n{task}")
-        print("seed | test before -> after | val | task calls real/cached | opt calls | opt tok")
         rows = [seeds[k] for k in sorted(seeds, key=int)]
+        out += [
+            f"**{task}** ({len(rows)} seed(s))",
+            "",
+            "| seed | test before → after | val start → final | proposed / rejected / "
+            "no-change | accepted | task calls real (+cached) | task tokens real (+cached) | "
+            "optimizer calls | optimizer tokens in + out | optimizer s | wall min |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             tc = r["task_calls"]
-            print(
-                f"{r['seed']:>4} | {r['test_before']:.2f} -> {r['test_after']:.2f} | "
-                f"{r['final_val']:.2f} | {tc['real_calls']}/{tc['cached_calls']} | "
-                f"{r['optimizer_calls']} | "
-                f"{r['optimizer_input_tokens']}+{r['optimizer_output_tokens']} | "
-                f"{r['proposals_by_status']}"
+            st = r["proposals_by_status"]
+            ups = r["updates"]
+            val0 = ups[0]["parent_val"] if ups else r["final_val"]
+            acc = sum(bool(u.get("accepted")) for u in ups)
+            real_tok = tc["real_input_tokens"] + tc["real_output_tokens"]
+            cached_tok = tc["cached_input_tokens"] + tc["cached_output_tokens"]
+            out.append(
+                f"| {r['seed']} | {r['test_before']:.2f} → **{r['test_after']:.2f}** | "
+                f"{val0:.2f} → {r['final_val']:.2f} | {st.get('proposed', 0)} / "
+                f"{st.get('rejected', 0)} / {st.get('no_change', 0)}"
+                + (f" (+{st['error']} error)" if st.get("error") else "")
+                + f" | {acc} | {tc['real_calls']} (+{tc['cached_calls']}) | "
+                f"{real_tok} (+{cached_tok}) | {r['optimizer_calls']} | "
+                f"{r['optimizer_input_tokens']} + {r['optimizer_output_tokens']} | "
+                f"{r['optimizer_seconds']:.0f} | {r['seconds'] / 60:.1f} |"
             )
         if rows:
-            mb = sum(r["test_before"] for r in rows) / len(rows)
-            ma = sum(r["test_after"] for r in rows) / len(rows)
-            print(f"mean | {mb:.3f} -> {ma:.3f} over {len(rows)} seed(s)")
+            out.append(
+                f"| **mean** | {_mean([r['test_before'] for r in rows]):.3f} → "
+                f"**{_mean([r['test_after'] for r in rows]):.3f}** | → "
+                f"{_mean([r['final_val'] for r in rows]):.2f} | | | | | "
+                f"{_mean([r['optimizer_calls'] for r in rows]):.1f} | "
+                f"{_mean([r['optimizer_input_tokens'] for r in rows]):.0f} + "
+                f"{_mean([r['optimizer_output_tokens'] for r in rows]):.0f} | | |"
+            )
+        out += ["", "Final instructions:", ""]
+        out += [f"- seed {r['seed']}: `{r['final_instruction']}`" for r in rows]
+        out.append("")
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -548,6 +578,9 @@ def main(argv: list[str] | None = None) -> int:
         default=RESULTS / "bbh_cache.json",
         help="task-call cache (deterministic replies at temperature 0)",
     )
+    ap.add_argument(
+        "--report", action="store_true", help="print the saved results as Markdown and exit"
+    )
     args = ap.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -555,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         seeds, updates = seeds[:1], 2
     out = args.out or RESULTS / ("bbh.quick.json" if args.quick else "bbh.json")
+    if args.report:
+        print(report(json.loads(out.read_text())))
+        return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     available = sorted(p.stem for p in DATA_DIR.glob("*.json"))
     missing = [t for t in tasks if t not in available]
@@ -612,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     if done:
         log(f"already saved, skipped: {done}")
     if not todo:
-        summarize(results)
+        print(report(results))
         return 0
     log(
         f"commit {info['commit']} (dirty: {', '.join(info['dirty_files']) or 'none'}); "
@@ -630,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
             results["tasks"].setdefault(task, {})[str(seed)] = rec
             save_json(out, results)
             log(f"saved {task} seed {seed} to {out} ({rec['seconds'] / 60:.1f} min)")
-    summarize(results)
+    print(report(results))
     return 0
 
 

@@ -75,6 +75,11 @@ described above: {{"reasoning": "...", "suggestion": {{...}}}}, suggesting only 
 parameters: {names}."""
 
 TRUNCATED_STEPS = "…[{n} more steps truncated]"
+#: how a step that repeats a long string variable's current value shows it
+REFERENCE = "<value of {name}>"
+REFERENCE_NOTE = "(In the examples below, <value of NAME> stands for the current value of NAME.)"
+#: string variables at least this long are referred to, not repeated, inside steps
+REFERENCE_MIN_CHARS = 16
 REASONING_MAX_CHARS = 800
 
 
@@ -261,13 +266,27 @@ class OptoPrime(Optimizer):
             lines.append(f"{name}: {desc}" + (f" ({'; '.join(rules)})" if rules else ""))
         return "\n".join(lines)
 
-    def _cut(self, text: Any, settings: OptimizerSettings, problem: Problem) -> str:
+    def _cut(
+        self, text: Any, settings: OptimizerSettings, problem: Problem, refer: bool = False
+    ) -> str:
         s = text if isinstance(text, str) else _json(text)
+        if refer:
+            s = self._refer(s, problem)
         limit = settings.credit_horizon.max_value_chars
         if len(s) > limit:
             problem.truncations += 1
             return truncate(s, limit)
         return s
+
+    def _refer(self, text: str, problem: Problem) -> str:
+        """Replace a long string variable's current value, where a step repeats it (a prompt
+        inside a model call's messages, say), by a short reference: the example shows the
+        step, #Variables shows the value once."""
+        for name, value in problem.extra.get("refs", {}).items():
+            for form in (value, _json(value)[1:-1]):
+                if form in text:
+                    text = text.replace(form, REFERENCE.format(name=name))
+        return text
 
     def _steps(self, unit: Unit, settings: OptimizerSettings, problem: Problem) -> str:
         flat = [(d, s) for root in unit.steps for d, s in root.walk()]
@@ -295,7 +314,7 @@ class OptoPrime(Optimizer):
         if step.kind == "llm":
             out = [f"{pad}- model call {step.model or step.name}"]
             if step.prompt:
-                out.append(f"{pad}  messages: {self._cut(step.prompt, settings, problem)}")
+                out.append(f"{pad}  messages: {self._cut(step.prompt, settings, problem, True)}")
             if step.completion:
                 out.append(f"{pad}  reply: {self._cut(step.completion, settings, problem)}")
             return out
@@ -304,7 +323,7 @@ class OptoPrime(Optimizer):
             head += f" (read params: {', '.join(sorted(step.params_read))})"
         out = [head]
         if step.inputs and step.kind != "flow" and step.inputs != unit_inputs:
-            out.append(f"{pad}  inputs: {self._cut(step.inputs, settings, problem)}")
+            out.append(f"{pad}  inputs: {self._cut(step.inputs, settings, problem, True)}")
         if step.error:
             out.append(f"{pad}  error: {self._cut(step.error, settings, problem)}")
         elif step.output is not None and step.kind != "flow":
@@ -357,10 +376,18 @@ class OptoPrime(Optimizer):
             sections=[],
             units=batch,
         )
+        problem.extra["refs"] = {
+            name: values[name]
+            for name in editable
+            if isinstance(values.get(name), str) and len(values[name]) >= REFERENCE_MIN_CHARS
+        }
+        variables = self._variables(schema, values, editable)
+        if problem.extra["refs"]:
+            variables += "\n" + REFERENCE_NOTE
         sections: list[tuple[str, str]] = [
             ("#Instruction", self.instruction),
             ("#Code", self._code(evidence)),
-            ("#Variables", self._variables(schema, values, editable)),
+            ("#Variables", variables),
             ("#Constraints", self._constraints(schema, editable)),
         ]
         for i, unit in enumerate(batch, 1):

@@ -180,6 +180,118 @@ def _attempt(
     return upd
 
 
+@dataclass
+class _Run:
+    """The state one optimizer run shares between its updates."""
+
+    settings: OptimizerSettings
+    wh: Warehouse
+    evidence: Evidence
+    optimizer: Optimizer
+    client: LLMClient
+    budget: Budget
+    say: Callable[[str], None]
+    result: OptimizeResult
+    parent_id: str
+    editable: list[str]
+    memory: list[Any]
+    optimizer_run_id: str | None
+    trace_id: str = ""
+    extra_sets: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
+
+    def update(self, i: int, batch: list[Unit]) -> bool:
+        """One update; False when the run must stop (budget)."""
+        s, ev = self.settings, self.evidence
+        problem = self.optimizer.problem(ev, batch, self.memory, s, self.editable)
+        prompt_chars = sum(len(m["content"]) for m in self.optimizer.messages(problem))
+        labels = ", ".join(u.label for u in batch[:4]) + ("..." if len(batch) > 4 else "")
+        self.say(
+            f"update {i + 1}/{s.max_updates}: {len(batch)} units ({labels}), prompt "
+            f"{prompt_chars} chars, {problem.truncations} cut(s) at the credit horizon"
+        )
+        with tracer().start_as_current_span(
+            "genopt.optimize.update", attributes={"genopt.optimizer.update": i + 1}
+        ):
+            try:
+                upd = _attempt(self.client, self.optimizer, problem, self.budget, s, self.say)
+            except BudgetExhausted as exc:
+                self.result.stop_reason = f"budget exhausted: {exc}"
+                self.say(f"stopping: {self.result.stop_reason}")
+                return False
+            except LLMCallError as exc:
+                self.result.stop_reason = f"LLM call failed: {exc}"
+                raise
+        self._record(i, batch, upd, prompt_chars)
+        return True
+
+    def _record(self, i: int, batch: list[Unit], upd: _Update, prompt_chars: int) -> None:
+        ev, checked = self.evidence, upd.checked
+        pid = new_proposal_id()
+        candidate = param_set_id(checked.values) if checked and upd.status == "proposed" else None
+        n_in, n_out = upd.tokens
+        llm_seconds = sum(r.seconds for r in upd.replies)
+        row = {
+            "proposal_id": pid,
+            "pipeline": ev.pipeline.name,
+            "status": upd.status,
+            "status_reason": upd.reason,
+            "optimizer": self.optimizer.name,
+            "optimizer_run_id": self.optimizer_run_id,
+            "update_index": i + 1,
+            "parent_param_set_id": self.parent_id,
+            "candidate_param_set_id": candidate,
+            "diff": checked.diff if checked else None,
+            "suggestion": clean(upd.suggestion, 20_000) if upd.suggestion is not None else None,
+            "reasoning": clean(upd.reasoning, 4000) if upd.reasoning else None,
+            "kpi": ev.kpi,
+            "direction": ev.direction,
+            "evidence_kpi_mean": sum(u.value for u in batch) / len(batch) if batch else None,
+            "evidence_units": len(batch),
+            "evidence_run_ids": sorted({u.run_id for u in batch}),
+            "evidence_item_keys": [u.item_key for u in batch if u.item_key],
+            "settings": self.settings.recorded(),
+            "model": self.client.model,
+            "response_format": self.client.response_format,
+            "attempts": len(upd.replies),
+            "ignored_keys": checked.ignored if checked else None,
+            "unchanged_keys": checked.unchanged if checked else None,
+            "input_tokens": n_in,
+            "output_tokens": n_out,
+            "cost_usd": upd.cost,
+            "prompt_chars": prompt_chars,
+            "llm_seconds": llm_seconds,
+            "trace_id": self.trace_id,
+        }
+        record_proposal(
+            self.wh,
+            row,
+            checked.values if candidate else None,
+            ev.pipeline.schema_version,
+            self.extra_sets,
+        )
+        self.extra_sets = []  # registered once, with the first proposal
+        self.result.llm_seconds += llm_seconds
+        self.result.updates.append(
+            UpdateOutcome(
+                proposal_id=pid,
+                status=upd.status,
+                reason=upd.reason,
+                diff=checked.diff if checked else None,
+                candidate_param_set_id=candidate,
+                attempts=len(upd.replies),
+                tokens=n_in + n_out,
+            )
+        )
+        if candidate and checked:
+            ignored = f"; ignored {checked.ignored}" if checked.ignored else ""
+            self.say(
+                f"  proposal {pid}: changes {', '.join(checked.diff)} -> candidate "
+                f"{candidate}{ignored}"
+            )
+        else:
+            self.say(f"  {upd.status}: {upd.reason}")
+
+
 def optimize(
     settings: OptimizerSettings,
     *,
@@ -222,26 +334,35 @@ def optimize(
         api_base=base.api_base,
         num_retries=base.llm_retries,
     )
-    result = OptimizeResult(model=model)
-    start = settings.starting_artifact
     evidence = collect(wh, settings)
+    start = settings.starting_artifact
     extra_sets: list[tuple[str, dict[str, Any], str]] = []
+    parent_id = evidence.parent_param_set_id
     if start.start_from == "values":
-        merged = {**evidence.parent_values, **(start.values or {})}
-        evidence.parent_values = merged
-        parent_id = param_set_id(merged)
-        extra_sets.append((parent_id, merged, "starting_artifact"))
-    else:
-        parent_id = evidence.parent_param_set_id
-    editable = editable_fields(evidence.pipeline.schema, start.editable)
-    past = memory(wh, settings.pipeline, settings.memory_size, evidence.kpi)
-    budget = Budget(settings.budget_tokens, settings.budget_usd)
-    result.evidence_units = evidence.population_units
+        evidence.parent_values = {**evidence.parent_values, **(start.values or {})}
+        parent_id = param_set_id(evidence.parent_values)
+        extra_sets.append((parent_id, evidence.parent_values, "starting_artifact"))
+    run = _Run(
+        settings=settings,
+        wh=wh,
+        evidence=evidence,
+        optimizer=optimizer,
+        client=client,
+        budget=Budget(settings.budget_tokens, settings.budget_usd),
+        say=say,
+        result=OptimizeResult(model=model, evidence_units=evidence.population_units),
+        parent_id=parent_id,
+        editable=editable_fields(evidence.pipeline.schema, start.editable),
+        memory=memory(wh, settings.pipeline, settings.memory_size, evidence.kpi),
+        optimizer_run_id=optimizer_run_id,
+        extra_sets=extra_sets,
+    )
+    result = run.result
     say(
         f"optimizing {settings.pipeline!r} with {optimizer.name} on {model} ({fmt}): KPI "
         f"{evidence.kpi!r} mean {evidence.population_mean:.3g} over {evidence.population_units} "
         f"{'items' if evidence.per_item else 'runs'} of param set {evidence.parent_param_set_id}; "
-        f"editable: {', '.join(editable)}"
+        f"editable: {', '.join(run.editable)}"
     )
     span_attrs = {
         "genopt.optimizer.pipeline": settings.pipeline,
@@ -249,29 +370,10 @@ def optimize(
         "genopt.optimizer.model": model,
     }
     with tracer().start_as_current_span("genopt.optimize", attributes=span_attrs) as root:
-        trace_id = format(root.get_span_context().trace_id, "032x")
+        run.trace_id = format(root.get_span_context().trace_id, "032x")
         try:
             for i, batch in enumerate(evidence.minibatches[: settings.max_updates]):
-                outcome = _one_update(
-                    i,
-                    batch,
-                    evidence,
-                    parent_id,
-                    editable,
-                    past,
-                    client,
-                    optimizer,
-                    budget,
-                    settings,
-                    say,
-                    result,
-                    trace_id,
-                    optimizer_run_id,
-                    extra_sets,
-                    wh,
-                )
-                extra_sets = []
-                if outcome is None:
+                if not run.update(i, batch):
                     break
                 if len(result.proposals) >= settings.proposals_per_run:
                     result.stop_reason = f"{len(result.proposals)} proposal(s) made"
@@ -279,9 +381,9 @@ def optimize(
             else:
                 result.stop_reason = f"max_updates ({settings.max_updates}) reached"
         finally:
-            result.tokens = budget.tokens
-            result.cost_usd = budget.cost_usd
-            result.llm_calls = budget.calls
+            result.tokens = run.budget.tokens
+            result.cost_usd = run.budget.cost_usd
+            result.llm_calls = run.budget.calls
             result.seconds = time.perf_counter() - t0
             root.set_attribute("genopt.optimizer.stop_reason", result.stop_reason or "error")
     try:
@@ -290,104 +392,3 @@ def optimize(
         say(f"proposals wait in the spool (warehouse busy): {exc}")
     say(result.summary())
     return result
-
-
-def _one_update(
-    i: int,
-    batch: list[Unit],
-    evidence: Evidence,
-    parent_id: str,
-    editable: list[str],
-    past: list[Any],
-    client: LLMClient,
-    optimizer: Optimizer,
-    budget: Budget,
-    settings: OptimizerSettings,
-    say: Callable[[str], None],
-    result: OptimizeResult,
-    trace_id: str,
-    optimizer_run_id: str | None,
-    extra_sets: list[tuple[str, dict[str, Any], str]],
-    wh: Warehouse,
-) -> UpdateOutcome | None:
-    """One update; None when the run must stop (budget)."""
-    problem = optimizer.problem(evidence, batch, past, settings, editable)
-    prompt_chars = sum(len(m["content"]) for m in optimizer.messages(problem))
-    say(
-        f"update {i + 1}/{settings.max_updates}: {len(batch)} units "
-        f"({', '.join(u.label for u in batch[:4])}{'...' if len(batch) > 4 else ''}), "
-        f"prompt {prompt_chars} chars, {problem.truncations} cut(s) at the credit horizon"
-    )
-    with tracer().start_as_current_span(
-        "genopt.optimize.update", attributes={"genopt.optimizer.update": i + 1}
-    ):
-        try:
-            upd = _attempt(client, optimizer, problem, budget, settings, say)
-        except BudgetExhausted as exc:
-            result.stop_reason = f"budget exhausted: {exc}"
-            say(f"stopping: {result.stop_reason}")
-            return None
-        except LLMCallError as exc:
-            result.stop_reason = f"LLM call failed: {exc}"
-            raise
-    pid = new_proposal_id()
-    checked = upd.checked
-    candidate = param_set_id(checked.values) if checked and upd.status == "proposed" else None
-    n_in, n_out = upd.tokens
-    row = {
-        "proposal_id": pid,
-        "pipeline": evidence.pipeline.name,
-        "status": upd.status,
-        "status_reason": upd.reason,
-        "optimizer": optimizer.name,
-        "optimizer_run_id": optimizer_run_id,
-        "update_index": i + 1,
-        "parent_param_set_id": parent_id,
-        "candidate_param_set_id": candidate,
-        "diff": checked.diff if checked else None,
-        "suggestion": clean(upd.suggestion, 20_000) if upd.suggestion is not None else None,
-        "reasoning": clean(upd.reasoning, 4000) if upd.reasoning else None,
-        "kpi": evidence.kpi,
-        "direction": evidence.direction,
-        "evidence_kpi_mean": sum(u.value for u in batch) / len(batch) if batch else None,
-        "evidence_units": len(batch),
-        "evidence_run_ids": sorted({u.run_id for u in batch}),
-        "evidence_item_keys": [u.item_key for u in batch if u.item_key],
-        "settings": settings.recorded(),
-        "model": client.model,
-        "response_format": client.response_format,
-        "attempts": len(upd.replies),
-        "ignored_keys": checked.ignored if checked else None,
-        "unchanged_keys": checked.unchanged if checked else None,
-        "input_tokens": n_in,
-        "output_tokens": n_out,
-        "cost_usd": upd.cost,
-        "prompt_chars": prompt_chars,
-        "llm_seconds": sum(r.seconds for r in upd.replies),
-        "trace_id": trace_id,
-    }
-    record_proposal(
-        wh,
-        row,
-        checked.values if candidate else None,
-        evidence.pipeline.schema_version,
-        extra_sets,
-    )
-    result.llm_seconds += row["llm_seconds"]
-    outcome = UpdateOutcome(
-        proposal_id=pid,
-        status=upd.status,
-        reason=upd.reason,
-        diff=checked.diff if checked else None,
-        candidate_param_set_id=candidate,
-        attempts=len(upd.replies),
-        tokens=n_in + n_out,
-    )
-    result.updates.append(outcome)
-    if upd.status == "proposed":
-        changed = ", ".join(checked.diff) if checked else ""
-        extra = f"; ignored {checked.ignored}" if checked and checked.ignored else ""
-        say(f"  proposal {pid}: changes {changed} -> candidate {candidate}{extra}")
-    else:
-        say(f"  {upd.status}: {upd.reason}")
-    return outcome
