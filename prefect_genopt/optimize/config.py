@@ -137,6 +137,13 @@ class OptimizerSettings(BaseModel):
         default=None, description="Default: GENOPT_RESPONSE_FORMAT ('auto')."
     )
     temperature: float = Field(default=0.0, ge=0, le=2, description="Optimizer LLM temperature.")
+    retry_temperature: float = Field(
+        default=0.7,
+        ge=0,
+        le=2,
+        description="Temperature of the one retry after an unusable answer (at least "
+        "`temperature`): the same context at temperature 0 tends to give the same answer again.",
+    )
     max_output_tokens: int = Field(
         default=1024, ge=64, description="Most tokens of one optimizer answer."
     )

@@ -346,9 +346,17 @@ class LLMClient:
             kwargs["response_format"] = {"type": "json_object"}
         return kwargs
 
-    def complete(self, messages: list[dict[str, str]], schema: dict[str, Any] | None) -> LLMReply:
-        """One call. Raises :class:`LLMTimeout` or :class:`LLMCallError`."""
+    def complete(
+        self,
+        messages: list[dict[str, str]],
+        schema: dict[str, Any] | None,
+        temperature: float | None = None,
+    ) -> LLMReply:
+        """One call (at ``temperature`` if given). Raises :class:`LLMTimeout` or
+        :class:`LLMCallError`."""
         kwargs = self._request(messages, schema)
+        if temperature is not None:
+            kwargs["temperature"] = temperature
         ctx = contextvars.copy_context()  # the LLM span keeps its parent in the worker thread
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="genopt-llm")
         started = time.perf_counter()

@@ -66,8 +66,10 @@ Answer with one JSON object and nothing else:
 sentences>", \
 "suggestion": {"<parameter name>": <new value>}}
 Put in "suggestion" only parameters from #Variables whose value you change, each with a \
-value of the type and within the bounds given in #Constraints. If no change would help, \
-answer with an empty suggestion: {"reasoning": "<why>", "suggestion": {}}."""
+new value (not the current one) of the type and within the bounds given in #Constraints. \
+Inside JSON strings, quote with single quotes ('like this'), never with bare double quotes. \
+If no change would help, answer with an empty suggestion: {"reasoning": "<why>", \
+"suggestion": {}}."""
 
 RETRY_TEMPLATE = """\
 Your previous answer could not be used: {why}. Answer again with only the JSON object \

@@ -149,8 +149,11 @@ def _attempt(
     messages = optimizer.messages(problem)
     for attempt in (1, 2):
         budget.check(_estimate_tokens(messages, settings.max_output_tokens))
+        temperature = (
+            None if attempt == 1 else max(settings.temperature, settings.retry_temperature)
+        )
         try:
-            reply = client.complete(messages, schema)
+            reply = client.complete(messages, schema, temperature)
         except LLMTimeout as exc:
             upd.reason = f"timeout: {exc}"
             return upd

@@ -30,6 +30,8 @@ OPTIMUM = 0.7
 
 #: every prompt the model received, per mode (tests read what the optimizer sent)
 PROMPTS: dict[str, list[list[dict[str, str]]]] = {}
+#: the temperature of every call, per mode
+TEMPERATURES: dict[str, list[float | None]] = {}
 _lock = threading.Lock()
 
 _LEVEL = re.compile(r"\(number\) level = ([0-9.eE+-]+)")
@@ -120,6 +122,8 @@ class ScriptedOptimizer(CustomLLM):
         messages = kwargs.get("messages") or []
         with _lock:
             PROMPTS.setdefault(mode, []).append(messages)
+            temp = (kwargs.get("optional_params") or {}).get("temperature")
+            TEMPERATURES.setdefault(mode, []).append(temp)
         prompt = next(m["content"] for m in messages if m["role"] == "user")
         attempt = sum(1 for m in messages if m["role"] == "assistant") + 1
         text = _answer(mode, prompt, attempt)

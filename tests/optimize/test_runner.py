@@ -151,6 +151,7 @@ def test_every_answer_class_gets_the_right_outcome(
     knob_runs: Path, mode: str, status: str, reason: str | None, attempts: int
 ) -> None:
     scripted.PROMPTS.pop(mode, None)
+    scripted.TEMPERATURES.pop(mode, None)
     result = optimize(settings(mode, max_updates=1))
     (u,) = result.updates
     assert (u.status, u.attempts) == (status, attempts)
@@ -160,10 +161,11 @@ def test_every_answer_class_gets_the_right_outcome(
     assert row["status"] == status and row["attempts"] == attempts
     if status != "proposed":
         assert row["candidate_param_set_id"] is None  # never a candidate
-    if attempts == 2:  # the retry said what was wrong
+    if attempts == 2:  # the retry said what was wrong, at a higher temperature
         retry = scripted.PROMPTS[mode][1][-1]["content"]
         assert retry.startswith("Your previous answer could not be used:")
         assert "level, note" in retry
+        assert scripted.TEMPERATURES[mode][-2:] == [0.0, 0.7]
 
 
 def test_ignored_names_are_counted_on_a_valid_proposal(knob_runs: Path) -> None:
