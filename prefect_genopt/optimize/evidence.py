@@ -109,6 +109,12 @@ class Evidence:
     population_units: int
     population_runs: int
     minibatches: list[list[Unit]] = field(default_factory=list)
+    #: every KPI value is 0 or 1 (a pass/fail KPI)
+    binary: bool = False
+
+    def passed(self, value: float) -> bool:
+        """Whether a unit of a pass/fail KPI passed (1 is a pass unless lower is better)."""
+        return value == (1.0 if self.direction == "higher" else 0.0)
 
     @property
     def run_ids(self) -> list[str]:
@@ -391,4 +397,5 @@ def collect(
         population_units=len(values),
         population_runs=run_count,
         minibatches=batches,
+        binary=all(v in (0.0, 1.0) for v in values),
     )

@@ -336,7 +336,21 @@ class OptoPrime(Optimizer):
         self, unit: Unit, evidence: Evidence, settings: OptimizerSettings, problem: Problem
     ) -> str:
         better = "higher" if evidence.direction == "higher" else "lower"
-        lines = [f"{evidence.kpi} = {unit.value:g} ({better} is better)"]
+        if evidence.binary:
+            verdict = "PASSED" if evidence.passed(unit.value) else "FAILED"
+            best = 1 if evidence.direction == "higher" else 0
+            lines = [f"{evidence.kpi} = {unit.value:g}: this example {verdict} ({best} is a pass)"]
+        else:
+            mean = evidence.population_mean
+            if unit.value == mean:
+                side = "equal to"
+            elif (unit.value > mean) == (better == "higher"):
+                side = "better than"
+            else:
+                side = "worse than"
+            lines = [
+                f"{evidence.kpi} = {unit.value:g} ({better} is better; {side} the mean {mean:.3g})"
+            ]
         for kpi, v in sorted(unit.other_kpis.items()):
             lines.append(f"{kpi} = {v:g}")
         for c in unit.comments:
@@ -411,15 +425,30 @@ class OptoPrime(Optimizer):
             sections.append(("#Feedback", self._feedback(unit, evidence, settings, problem)))
         mean = sum(u.value for u in batch) / len(batch) if batch else float("nan")
         unit_word = "items" if evidence.per_item else "runs"
-        sections.append(
-            (
-                "#Feedback (this minibatch)",
+        if evidence.binary:
+            failed = sum(not evidence.passed(u.value) for u in batch)
+            total_failed = round(
+                evidence.population_units
+                * (
+                    1 - evidence.population_mean
+                    if evidence.direction == "higher"
+                    else evidence.population_mean
+                )
+            )
+            aggregate = (
+                f"{failed} of these {len(batch)} examples FAILED. With the current values, "
+                f"{total_failed} of {evidence.population_units} {unit_word} in "
+                f"{evidence.population_runs} runs failed ({evidence.kpi} mean "
+                f"{evidence.population_mean:.3g})."
+            )
+        else:
+            aggregate = (
                 f"{evidence.kpi}: mean {mean:.3g} over these {len(batch)} {unit_word}; with the "
                 f"current values the pipeline scored a mean of {evidence.population_mean:.3g} "
                 f"over {evidence.population_units} {unit_word} in {evidence.population_runs} "
-                f"runs ({'higher' if evidence.direction == 'higher' else 'lower'} is better).",
+                f"runs ({'higher' if evidence.direction == 'higher' else 'lower'} is better)."
             )
-        )
+        sections.append(("#Feedback (this minibatch)", aggregate))
         if settings.memory_size > 0:
             sections.append(
                 ("#Memory (earlier proposals)", self._memory(memory, settings, problem))

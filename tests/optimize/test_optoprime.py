@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from prefect import flow
 
 import prefect_genopt as genopt
 from prefect_genopt.optimize import OptimizerSettings, OptoPrime, collect
@@ -50,7 +51,7 @@ def test_problem_has_every_optoprime_section_in_order(knob_runs: Path) -> None:
     assert "note: a note the steps carry (at most 200 characters)" in text
     assert "task push: Push one item as hard as the level says." in text
     assert "- task push (read params: level)" in text
-    assert "closeness = 0.5 (higher is better)" in text
+    assert "closeness = 0.5 (higher is better; equal to the mean 0.5)" in text
     assert "critique: too low" in text
     assert "mean 0.5 over these 2 items" in text and "over 10 items in 2 runs" in text
     assert text.count("## Example") == 2
@@ -108,6 +109,24 @@ def test_answer_schema_caps_strings() -> None:
     schema = answer_schema({"properties": {"p": {"type": "string"}}}, ["p"])
     assert schema["properties"]["suggestion"]["properties"]["p"]["maxLength"] == 8000
     assert schema["properties"]["reasoning"]["maxLength"] > 0
+
+
+def test_pass_fail_kpis_say_which_examples_failed(prefect_api: str, warehouse_path: Path) -> None:
+    @flow
+    @genopt.pipeline(name="quiz", params=scripted.KnobParams)
+    def quiz(items: list[str]) -> None:
+        for i, item in enumerate(items):
+            scripted.push(item)
+            genopt.feedback("right", float(i % 2), item_key=item, comment="expected yes")
+
+    quiz(["q0", "q1", "q2", "q3"])
+    s = OptimizerSettings(pipeline="quiz", minibatch_size=3)
+    ev = collect(genopt.Warehouse(), s)
+    assert ev.binary
+    text = OptoPrime().problem(ev, ev.minibatches[0], [], s, ["level"]).render()
+    assert text.count("this example FAILED (1 is a pass)") == 2
+    assert text.count("this example PASSED (1 is a pass)") == 1
+    assert "2 of these 3 examples FAILED" in text and "2 of 4 items in 1 runs failed" in text
 
 
 def test_secrets_never_reach_the_prompt(prefect_api: str, warehouse_path: Path) -> None:
