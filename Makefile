@@ -35,6 +35,7 @@ bench: setup  ## the benchmarks behind docs/benchmarks.md
 	$(PY) bench/bench_tracing.py
 	$(PY) bench/bench_ingest.py
 	$(PY) bench/bench_views.py
+	$(PY) bench/bench_optimizer.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache

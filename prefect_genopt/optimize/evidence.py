@@ -5,13 +5,14 @@ A *unit* of evidence is one item of a run when the KPI is given per item
 is rebuilt (flow -> tasks -> LLM calls) from the ``spans`` table, along with the
 unit's KPI values and text critique. Units are grouped into minibatches.
 
-Only SQL aggregates touch every run; spans are read only for the runs that
-enter a minibatch, so the cost grows with the minibatch, not the warehouse.
+Only SQL aggregates touch every unit: the population's mean and counts, and the
+minibatch picks (worst first, ties broken by a seeded hash; or a seeded random
+sample). Spans, comments, inputs and outputs are read only for the runs that
+enter a minibatch, so Python's work grows with the minibatch, not the warehouse.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -96,7 +97,11 @@ class PipelineInfo:
 
 @dataclass
 class Evidence:
-    """Everything an update needs: the pipeline, the parent param set, the units."""
+    """Everything an update needs: the pipeline, the parent param set, the minibatches.
+
+    ``units`` holds the units that entered a minibatch (with their steps); the
+    ``population_*`` fields describe every unit in the window (computed in SQL).
+    """
 
     pipeline: PipelineInfo
     kpi: str
@@ -244,37 +249,28 @@ def _item_steps(rows: list[dict[str, Any]], item_key: str) -> list[Step]:
     return out
 
 
-def _order(units: list[Unit], settings: OptimizerSettings, rng: random.Random) -> list[Unit]:
-    """Units in minibatch order: failures first (or a random sample)."""
-    shuffled = units[:]
-    rng.shuffle(shuffled)
-    if settings.focus == "random":
-        return shuffled
-    sign = 1.0 if settings.direction == "higher" else -1.0
-    return sorted(shuffled, key=lambda u: sign * u.value)  # stable: ties stay shuffled
-
-
 def _minibatches(
-    units: list[Unit], settings: OptimizerSettings, rng: random.Random
+    ordered: list[Unit], best: Unit | None, settings: OptimizerSettings
 ) -> list[list[Unit]]:
-    """``max_updates`` minibatches of ``minibatch_size`` units, each different where possible."""
-    ordered = _order(units, settings, rng)
-    size = min(settings.minibatch_size, len(ordered))
+    """``max_updates`` minibatches of ``minibatch_size`` units, each different where possible.
+
+    ``ordered`` is the candidates in minibatch order (worst first, or a random sample);
+    with ``focus="failures"`` each batch gets ``best`` too, for contrast.
+    """
+    size = settings.minibatch_size
     batches: list[list[Unit]] = []
-    if settings.focus == "random":
+    pool = [u for u in ordered if u is not best]
+    if settings.focus == "random" or best is None:
+        n = min(size, len(ordered))
         for i in range(settings.max_updates):
-            start = (i * size) % max(len(ordered), 1)
-            batch = (ordered[start:] + ordered[:start])[:size]
-            batches.append(batch)
+            start = (i * n) % max(len(ordered), 1)
+            batches.append((ordered[start:] + ordered[:start])[:n])
         return batches
-    # failures first: worst units, in turn, plus the best-scored unit for contrast
-    best = ordered[-1]
-    worst = [u for u in ordered if u is not best]
-    take = max(size - 1, 1) if len(ordered) > 1 else size
+    take = max(size - 1, 1) if pool else 0
     for i in range(settings.max_updates):
-        start = (i * take) % max(len(worst), 1)
-        batch = (worst[start:] + worst[:start])[:take] if worst else []
-        if len(batch) < size and best not in batch:
+        start = (i * take) % max(len(pool), 1)
+        batch = (pool[start:] + pool[:start])[:take] if pool else []
+        if len(batch) < size:
             batch.append(best)
         batches.append(batch[:size])
     return batches
@@ -286,7 +282,7 @@ def collect(
     parent_values: dict[str, Any] | None = None,
     parent_param_set_id: str | None = None,
 ) -> Evidence:
-    """Gather the evidence for ``settings.pipeline`` from the warehouse.
+    """Gather the evidence for ``settings.pipeline`` from the warehouse (one connection).
 
     Args:
         wh: The warehouse (read-only is enough).
@@ -297,6 +293,16 @@ def collect(
     Raises:
         EvidenceError: Unknown pipeline, no param set, or no feedback in the window.
     """
+    with wh.reading():
+        return _collect(wh, settings, parent_values, parent_param_set_id)
+
+
+def _collect(
+    wh: Warehouse,
+    settings: OptimizerSettings,
+    parent_values: dict[str, Any] | None,
+    parent_param_set_id: str | None,
+) -> Evidence:
     name = settings.pipeline
     info = _pipeline_info(wh, name)
     since = utcnow() - timedelta(days=settings.window_days)
@@ -314,68 +320,113 @@ def collect(
         parent_values = orjson.loads(rows[0]["values"])
     only = settings.evidence_run_ids
     filt = "AND f.run_id IN (SELECT unnest(?::VARCHAR[]))" if only else "AND r.param_set_id = ?"
-    unit_rows = wh.sql(
-        f"""
-        SELECT f.run_id, f.item_key, avg(f.value) AS value,
-               list(f.comment ORDER BY f.created_at) FILTER (WHERE f.comment IS NOT NULL)
-                   AS comments,
-               max(r.start_time) AS start_time, any_value(r.inputs) AS inputs,
-               any_value(r.output) AS output
+    units_sql = f"""
+        SELECT f.run_id, f.item_key, avg(f.value) AS value
         FROM feedback f JOIN runs r USING (run_id)
         WHERE f.pipeline = ? AND f.kpi = ? AND f.value IS NOT NULL AND f.created_at >= ?
           {filt}
         GROUP BY f.run_id, f.item_key
+    """
+    params = [name, kpi, since, only if only else parent]
+    # The population in one aggregate; units reach Python only when they enter a minibatch.
+    stats = wh.sql(
+        f"""
+        WITH u AS ({units_sql})
+        SELECT count(*) FILTER (WHERE item_key IS NOT NULL) AS items,
+               count(*) AS n, avg(value) AS mean, count(DISTINCT run_id) AS runs,
+               bool_and(value IN (0, 1)) AS binary,
+               avg(value) FILTER (WHERE item_key IS NOT NULL) AS item_mean,
+               count(DISTINCT run_id) FILTER (WHERE item_key IS NOT NULL) AS item_runs,
+               bool_and(value IN (0, 1)) FILTER (WHERE item_key IS NOT NULL) AS item_binary
+        FROM u
         """,
-        [name, kpi, since, only if only else parent],
-    )
-    if not unit_rows:
+        params,
+    )[0]
+    if not stats["n"]:
         scope = "the given runs" if only else f"param set {parent}"
         raise EvidenceError(
             f"no {kpi!r} feedback for {scope} of pipeline {name!r} in the last "
             f"{settings.window_days:g} days"
         )
-    per_item = any(r["item_key"] is not None for r in unit_rows)
+    per_item = bool(stats["items"])
     if per_item:  # run-level rows of an item KPI are not units
-        unit_rows = [r for r in unit_rows if r["item_key"] is not None]
-    values = [float(r["value"]) for r in unit_rows]
-    units = [
-        Unit(
-            run_id=r["run_id"],
-            item_key=r["item_key"],
-            value=float(r["value"]),
-            comments=[c for c in (r["comments"] or []) if c],
-            other_kpis={},
-            inputs=r["inputs"],
-            output=r["output"],
-            steps=[],
+        count, mean, runs, binary = (
+            stats["items"],
+            stats["item_mean"],
+            stats["item_runs"],
+            stats["item_binary"],
         )
-        for r in unit_rows
-    ]
-    units.sort(key=lambda u: (u.run_id, u.item_key or ""))
-    rng = random.Random(settings.seed)
-    batches = _minibatches(units, settings, rng)
+    else:
+        count, mean, runs, binary = stats["n"], stats["mean"], stats["runs"], stats["binary"]
+    keep = "WHERE item_key IS NOT NULL" if per_item else ""
+    worst_first = "ASC" if settings.direction == "higher" else "DESC"
+    tie = "hash(run_id, coalesce(item_key, ''), ?::BIGINT)"
+    size = settings.minibatch_size
+    if settings.focus == "random":
+        order, limit = tie, settings.max_updates * size
+        best_rows: list[dict[str, Any]] = []
+    else:
+        order, limit = f"value {worst_first}, {tie}", settings.max_updates * max(size - 1, 1) + 1
+        best_first = "DESC" if worst_first == "ASC" else "ASC"
+        best_rows = wh.sql(
+            f"WITH u AS ({units_sql}) SELECT run_id, item_key, value FROM u {keep} "
+            f"ORDER BY value {best_first}, {tie} LIMIT 1",
+            [*params, settings.seed],
+        )
+    picked = wh.sql(
+        f"WITH u AS ({units_sql}) SELECT run_id, item_key, value FROM u {keep} "
+        f"ORDER BY {order} LIMIT ?",
+        [*params, settings.seed, limit],
+    )
+
+    def unit(r: dict[str, Any]) -> Unit:
+        return Unit(r["run_id"], r["item_key"], float(r["value"]), [], {}, None, None, [])
+
+    ordered = [unit(r) for r in picked]
+    best = None
+    if best_rows and count > 1:  # the best unit joins each batch for contrast
+        key = (best_rows[0]["run_id"], best_rows[0]["item_key"])
+        ordered = [u for u in ordered if (u.run_id, u.item_key) != key]
+        best = unit(best_rows[0])
+    batches = _minibatches(ordered, best, settings)
     chosen = {id(u): u for b in batches for u in b}
     chosen_runs = sorted({u.run_id for u in chosen.values()})
     spans = _steps_for(wh, chosen_runs)
-    others = wh.sql(
+    details = wh.sql(
         """
-        SELECT run_id, item_key, kpi, avg(value) AS value FROM feedback
-        WHERE run_id IN (SELECT unnest(?::VARCHAR[])) AND kpi <> ? AND value IS NOT NULL
+        SELECT f.run_id, f.item_key, f.kpi, avg(f.value) AS value,
+               list(f.comment ORDER BY f.created_at) FILTER (WHERE f.comment IS NOT NULL)
+                   AS comments,
+               any_value(r.inputs) AS inputs, any_value(r.output) AS output
+        FROM feedback f JOIN runs r USING (run_id)
+        WHERE f.run_id IN (SELECT unnest(?::VARCHAR[]))
         GROUP BY ALL
         """,
-        [chosen_runs, kpi],
+        [chosen_runs],
     )
-    other_by_unit: dict[tuple[str, str | None], dict[str, float]] = {}
-    for o in others:
-        other_by_unit.setdefault((o["run_id"], o["item_key"]), {})[o["kpi"]] = float(o["value"])
+    by_unit: dict[tuple[str, str | None], dict[str, dict[str, Any]]] = {}
+    for d in details:
+        by_unit.setdefault((d["run_id"], d["item_key"]), {})[d["kpi"]] = d
     tasks: dict[str, str | None] = {}
     for u in chosen.values():
         rows = spans.get(u.run_id, [])
         u.steps = _item_steps(rows, u.item_key) if u.item_key else _tree(rows)
-        u.other_kpis = other_by_unit.get((u.run_id, u.item_key), {})
+        mine = by_unit.get((u.run_id, u.item_key), {})
+        whole_run = by_unit.get((u.run_id, None), {})
+        own = mine.get(kpi) or {}
+        u.comments = [c for c in (own.get("comments") or []) if c]
+        u.other_kpis = {
+            k: float(d["value"]) for k, d in mine.items() if k != kpi and d["value"] is not None
+        }
+        run_row = own or next(iter(whole_run.values()), {})
+        u.inputs, u.output = run_row.get("inputs"), run_row.get("output")
         if u.item_key:
             u.other_kpis.update(
-                {f"{k} (whole run)": v for k, v in other_by_unit.get((u.run_id, None), {}).items()}
+                {
+                    f"{k} (whole run)": float(d["value"])
+                    for k, d in whole_run.items()
+                    if d["value"] is not None
+                }
             )
             top = u.steps[0] if u.steps else None
             u.inputs = top.inputs if top else None
@@ -384,7 +435,6 @@ def collect(
             if s.kind == "task" and s.name not in tasks:
                 tasks[s.name] = s.doc
     info.tasks = tasks
-    run_count = len({u.run_id for u in units})
     return Evidence(
         pipeline=info,
         kpi=kpi,
@@ -392,10 +442,10 @@ def collect(
         per_item=per_item,
         parent_param_set_id=parent,
         parent_values=parent_values,
-        units=units,
-        population_mean=sum(values) / len(values),
-        population_units=len(values),
-        population_runs=run_count,
+        units=list(chosen.values()),
+        population_mean=float(mean),
+        population_units=int(count),
+        population_runs=int(runs),
         minibatches=batches,
-        binary=all(v in (0.0, 1.0) for v in values),
+        binary=bool(binary),
     )

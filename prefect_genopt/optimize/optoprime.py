@@ -62,8 +62,8 @@ than quoting single examples."""
 
 ANSWER_FORMAT = """\
 Answer with one JSON object and nothing else:
-{"reasoning": "<why the feedback is what it is and what to change, in at most three \
-sentences>", \
+{"reasoning": "<what went wrong in the examples that did badly, why, and what to change; \
+at most three sentences>", \
 "suggestion": {"<parameter name>": <new value>}}
 Put in "suggestion" only parameters from #Variables whose value you change, each with a \
 new value (not the current one) of the type and within the bounds given in #Constraints. \

@@ -9,8 +9,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +55,39 @@ class Warehouse:
         self.read_only = read_only
         self._pending_ingest = ingest
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._read_con: duckdb.DuckDBPyConnection | None = None
 
     def ingest(self) -> IngestResult:
         """Load pending spool data now (see :class:`~prefect_genopt.warehouse.ingest.Ingester`)."""
         if self._con is not None:
             raise RuntimeError("close() the writable connection before ingesting")
+        self._pending_ingest = False  # the first query need not ingest again
         return Ingester(self.path, self.spool_dir).ingest()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Warehouse]:
+        """Keep one read-only connection open for the queries inside the block.
+
+        Several small queries then open the file once; the ingester waits for the
+        block to end, so keep it short.
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> wh = Warehouse(pathlib.Path(tempfile.mkdtemp()) / "w.duckdb")
+            >>> with wh.reading():
+            ...     wh.sql("SELECT 1 AS a") + wh.sql("SELECT 2 AS a")
+            [{'a': 1}, {'a': 2}]
+        """
+        self._before_query()
+        if not self.read_only or self._read_con is not None:
+            yield self
+            return
+        with connect(self.path, read_only=True) as con:
+            self._read_con = con
+            try:
+                yield self
+            finally:
+                self._read_con = None
 
     def _before_query(self) -> None:
         if not self._pending_ingest:
@@ -78,6 +106,8 @@ class Warehouse:
     def execute(self, query: str, params: Params = None) -> tuple[list[str], list[tuple]]:
         """Run SQL and return ``(column names, rows as tuples)``."""
         self._before_query()
+        if self._read_con is not None:
+            return _fetch(self._read_con.execute(query, params))
         if self.read_only:
             with connect(self.path, read_only=True) as con:
                 return _fetch(con.execute(query, params))
