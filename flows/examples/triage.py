@@ -26,7 +26,8 @@ class TriageParams(genopt.Tunables):
     """What the optimizer may change in the triage pipeline."""
 
     prompt: str = genopt.prompt(
-        "Classify the ticket as billing, bug or other. Answer with the label only.",
+        "Classify the ticket as billing, bug or other. Answer with the label only. "
+        "Rules: billing: invoice; bug: crash.",
         description="system prompt of the classifier; the answer must be exactly one of: "
         "billing, bug, other. The classifier follows explicit rules in its prompt, such as "
         "'billing: invoice, refund' (a label, then the words that signal it)",

@@ -57,6 +57,37 @@ def follow(prompt: str) -> dict[str, Any]:
     }
 
 
+_PROMPT_VAR = re.compile(r'\(string\) prompt = ("(?:[^"\\]|\\.)*")')
+_MISSED = re.compile(r"critique: expected (\w+), got \w+: '([^']*)'")
+
+
+def rules(prompt: str) -> dict[str, Any]:
+    """What a rule-writing optimizer answers: for each failed ticket in #Feedback, a cue
+    word from its text added to a 'label: word' rule of the current prompt (#Variables)."""
+    import orjson
+
+    m = _PROMPT_VAR.search(prompt)
+    if not m:
+        return {"reasoning": "no prompt variable", "suggestion": {}}
+    current = orjson.loads(m.group(1))
+    cues: dict[str, list[str]] = {}
+    for label, text in _MISSED.findall(prompt):
+        words = sorted(
+            (w.lower() for w in re.findall(r"[A-Za-z]{4,}", text)),
+            key=lambda w: (-len(w), w),
+        )
+        new = next((w for w in words if w not in current.lower()), None)
+        if new and new not in cues.setdefault(label, []):
+            cues[label].append(new)
+    if not any(cues.values()):
+        return {"reasoning": "no failed example to learn a rule from", "suggestion": {}}
+    extra = " ".join(f"{label}: {', '.join(ws)};" for label, ws in sorted(cues.items()) if ws)
+    return {
+        "reasoning": "the failed tickets contain words no rule names; add them as rules",
+        "suggestion": {"prompt": f"{current} {extra}"},
+    }
+
+
 def _json(obj: Any) -> str:
     import orjson
 
@@ -67,6 +98,8 @@ def _answer(mode: str, prompt: str, attempt: int) -> str:
     good = follow(prompt)
     if mode == "follow":
         return _json(good)
+    if mode == "rules":
+        return _json(rules(prompt))
     if mode == "notjson":
         return "I think the level should go up a bit."
     if mode == "notjson-once":  # unparsable first, then fine after the retry message
@@ -98,6 +131,7 @@ def _answer(mode: str, prompt: str, attempt: int) -> str:
 
 MODES = (
     "follow",
+    "rules",
     "notjson",
     "notjson-once",
     "fenced",
