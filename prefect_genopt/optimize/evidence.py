@@ -328,19 +328,19 @@ def _collect(
         GROUP BY f.run_id, f.item_key
     """
     params = [name, kpi, since, only if only else parent]
-    # The population in one aggregate; units reach Python only when they enter a minibatch.
+    # The units are aggregated once into a temp table of this connection; the population's
+    # stats and the picks read it; units reach Python only when they enter a minibatch.
+    wh.execute(f"CREATE OR REPLACE TEMP TABLE genopt_units AS {units_sql}", params)
     stats = wh.sql(
-        f"""
-        WITH u AS ({units_sql})
+        """
         SELECT count(*) FILTER (WHERE item_key IS NOT NULL) AS items,
                count(*) AS n, avg(value) AS mean, count(DISTINCT run_id) AS runs,
                bool_and(value IN (0, 1)) AS binary,
                avg(value) FILTER (WHERE item_key IS NOT NULL) AS item_mean,
                count(DISTINCT run_id) FILTER (WHERE item_key IS NOT NULL) AS item_runs,
                bool_and(value IN (0, 1)) FILTER (WHERE item_key IS NOT NULL) AS item_binary
-        FROM u
-        """,
-        params,
+        FROM genopt_units
+        """
     )[0]
     if not stats["n"]:
         scope = "the given runs" if only else f"param set {parent}"
@@ -369,15 +369,15 @@ def _collect(
         order, limit = f"value {worst_first}, {tie}", settings.max_updates * max(size - 1, 1) + 1
         best_first = "DESC" if worst_first == "ASC" else "ASC"
         best_rows = wh.sql(
-            f"WITH u AS ({units_sql}) SELECT run_id, item_key, value FROM u {keep} "
+            f"SELECT run_id, item_key, value FROM genopt_units {keep} "
             f"ORDER BY value {best_first}, {tie} LIMIT 1",
-            [*params, settings.seed],
+            [settings.seed],
         )
     picked = wh.sql(
-        f"WITH u AS ({units_sql}) SELECT run_id, item_key, value FROM u {keep} "
-        f"ORDER BY {order} LIMIT ?",
-        [*params, settings.seed, limit],
+        f"SELECT run_id, item_key, value FROM genopt_units {keep} ORDER BY {order} LIMIT ?",
+        [settings.seed, limit],
     )
+    wh.execute("DROP TABLE IF EXISTS genopt_units")
 
     def unit(r: dict[str, Any]) -> Unit:
         return Unit(r["run_id"], r["item_key"], float(r["value"]), [], {}, None, None, [])
