@@ -56,9 +56,11 @@ executions: what went in (#Inputs), the intermediate steps, including model call
 (#Others), what came out (#Outputs) and how it was judged (#Feedback). Find out why the \
 feedback is what it is, then change the #Variables so that the feedback improves on these \
 and similar inputs without breaking the cases that already go well. Only the parameters \
-listed in #Variables can change: inputs, outputs, steps and code cannot. A prompt \
-parameter should stay general: describe the rule that fixes a whole class of cases rather \
-than quoting single examples."""
+listed in #Variables can change: inputs, outputs, steps and code cannot. Prefer a concrete \
+change that would have turned the failed examples into passes (a new or extended rule, a \
+cue, a required answer format) over rewording: a reworded value that says the same thing \
+changes nothing. A prompt should stay general: state the rule that fixes a whole class of \
+cases rather than quoting single examples."""
 
 ANSWER_FORMAT = """\
 Answer with one JSON object and nothing else:
