@@ -13,11 +13,15 @@ Set ``GENOPT_DEMO_MODEL`` to any litellm model string (``openai/gpt-4o-mini``,
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
-import litellm
-from litellm import CustomLLM, ModelResponse
+# litellm fetches a price list at import unless told to use its bundled one (offline here)
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import litellm  # noqa: E402
+from litellm import CustomLLM, ModelResponse  # noqa: E402
 
 PROVIDER = "genopt-demo"
 MODEL = f"{PROVIDER}/keywords"

@@ -27,7 +27,7 @@ class TriageParams(genopt.Tunables):
 
     prompt: str = genopt.prompt(
         "Classify the ticket as billing, bug or other. Answer with the label only. "
-        "Rules: billing: invoice; bug: crash.",
+        "billing: invoice; bug: crash.",
         description="system prompt of the classifier; the answer must be exactly one of: "
         "billing, bug, other. The classifier follows explicit rules in its prompt, such as "
         "'billing: invoice, refund' (a label, then the words that signal it)",
