@@ -559,6 +559,62 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def replies(results: dict[str, Any]) -> str:
+    """Every optimizer call's raw reply, classified (read from the saved warehouses).
+
+    Each optimizer LLM call is a ``gen_ai`` span outside any pipeline run; its stored
+    completion is parsed the way the library does (``parse_reply``) and compared with
+    the instruction it was asked to improve.
+    """
+    import duckdb
+
+    from prefect_genopt.optimize.llm import ReplyError, parse_reply
+
+    lines: list[str] = []
+    for task, seeds in results.get("tasks", {}).items():
+        kinds: dict[str, int] = {}
+        n = 0
+        for key in sorted(seeds, key=int):
+            r = seeds[key]
+            path = Path(r["warehouse"])
+            if not path.is_file():
+                lines.append(f"{task} seed {key}: {path} is gone")
+                continue
+            con = duckdb.connect(str(path), read_only=True)
+            try:
+                rows = con.execute(
+                    "SELECT json_extract_string(attributes, '$.\"gen_ai.completion\"'), "
+                    "json_extract_string(attributes, '$.\"gen_ai.response.finish_reasons\"') "
+                    "FROM spans WHERE run_type = 'llm' AND pipeline IS NULL ORDER BY start_time"
+                ).fetchall()
+            finally:
+                con.close()
+            parents = [
+                u["parent_instruction"] for u in r["updates"] for _ in range(u.get("attempts") or 0)
+            ]
+            for i, (completion, finish) in enumerate(rows):
+                n += 1
+                try:
+                    text = json.loads(completion)[0] if completion else ""
+                except ValueError:
+                    text = completion or ""
+                parent = parents[i] if i < len(parents) else None
+                try:
+                    reasoning, sugg = parse_reply(text)
+                    if not sugg:
+                        kind = "valid JSON, empty suggestion"
+                    elif sugg.get("instruction") == parent:
+                        kind = "valid JSON, suggestion = current instruction"
+                    else:
+                        kind = "valid JSON, new instruction"
+                except ReplyError as exc:
+                    kind = f"unparsable ({exc})"
+                kinds[kind] = kinds.get(kind, 0) + 1
+                lines.append(f"{task} s{key} call {i + 1} [{kind}] finish={finish}: {text!r}")
+        lines.append(f"{task}: {n} optimizer calls: {kinds}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -581,6 +637,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--report", action="store_true", help="print the saved results as Markdown and exit"
     )
+    ap.add_argument(
+        "--replies",
+        action="store_true",
+        help="print every optimizer call's raw reply from the saved warehouses and exit",
+    )
     args = ap.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -590,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / ("bbh.quick.json" if args.quick else "bbh.json")
     if args.report:
         print(report(json.loads(out.read_text())))
+        return 0
+    if args.replies:
+        print(replies(json.loads(out.read_text())))
         return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     available = sorted(p.stem for p in DATA_DIR.glob("*.json"))
