@@ -360,7 +360,7 @@ def cmd_proposals(args: argparse.Namespace) -> int:
         return 0
     table = []
     for r in rows:
-        diff = orjson.loads(r["diff"]) if r["diff"] else {}
+        diff = (orjson.loads(r["diff"]) if r["diff"] else None) or {}
         changes = "; ".join(f"{k}: {_cell(v.get('to'), 40)}" for k, v in diff.items())
         table.append(
             (

@@ -123,7 +123,8 @@ def row_record(table: str, body: Mapping[str, Any]) -> dict[str, Any]:
         >>> row_record("proposal_events", {"event_id": "e1"})["k"]
         'row'
     """
-    return {"k": "row", "table": table, "body": dict(body)}
+    # absent, not JSON null: a missing key loads as SQL NULL
+    return {"k": "row", "table": table, "body": {k: v for k, v in body.items() if v is not None}}
 
 
 def _first(attrs: Mapping[str, Any], names: Iterable[str]) -> Any:

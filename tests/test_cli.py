@@ -171,6 +171,9 @@ def test_optimize_refuses_bad_settings_before_starting(capsys: pytest.CaptureFix
 
 
 def test_optimize_then_list_show_and_reject(knob_runs: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["optimize", "knob", "--model", "scripted-opt/empty", "--response-format", "none"]
+    assert main([*args, "--max-updates", "1"]) == 0  # a no-change row lists fine too
+    assert "no_change" in capsys.readouterr().out
     args = ["optimize", "knob", "--model", "scripted-opt/follow", "--response-format", "none"]
     assert main([*args, "--max-updates", "1", "--editable", "level"]) == 0
     out = capsys.readouterr().out
@@ -194,8 +197,8 @@ def test_optimize_then_list_show_and_reject(knob_runs: Path, capsys: pytest.Capt
     assert main(["proposals", "knob", "--status", "rejected", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["proposal_id"] for r in rows] == [pid]
-    assert main(["sql", "select count(*) as n from proposals"]) == 0
-    assert "1" in capsys.readouterr().out
+    assert main(["sql", "select count(*) as n from proposals where diff is null"]) == 0
+    assert "\n1\n" in capsys.readouterr().out  # the no-change row: SQL NULL, not JSON null
 
 
 def test_optimize_without_evidence_is_a_clear_error(

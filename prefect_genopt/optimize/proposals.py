@@ -231,7 +231,7 @@ def memory(wh: Warehouse, pipeline: str, size: int, kpi: str | None = None) -> l
         LEFT JOIN (SELECT param_set_id, kpi, avg(value) AS mean, count(*) AS n FROM feedback
                    WHERE pipeline = ? AND value IS NOT NULL GROUP BY ALL) b
           ON b.param_set_id = p.parent_param_set_id AND b.kpi = p.kpi
-        WHERE p.pipeline = ? AND p.diff IS NOT NULL
+        WHERE p.pipeline = ? AND p.diff IS NOT NULL AND p.diff::VARCHAR <> 'null'
         ORDER BY p.created_at DESC LIMIT ?
         """,
         [pipeline, pipeline, pipeline, size],
@@ -249,7 +249,7 @@ def memory(wh: Warehouse, pipeline: str, size: int, kpi: str | None = None) -> l
             MemoryEntry(
                 proposal_id=r["proposal_id"],
                 created_at=f"{r['created_at']:%Y-%m-%d}" if r["created_at"] else "?",
-                diff=orjson.loads(r["diff"]) if r["diff"] else {},
+                diff=(orjson.loads(r["diff"]) if r["diff"] else None) or {},
                 reasoning=r["reasoning"] or "",
                 status=r["status"],
                 outcome=outcome,
