@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextvars
 import importlib
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -267,8 +268,11 @@ def parse_reply(text: str) -> tuple[str, dict[str, Any]]:
         try:
             obj = orjson.loads(cand)
         except orjson.JSONDecodeError as exc:
-            last_error = f"the JSON object does not parse: {exc}"
-            continue
+            try:  # raw newlines or tabs inside strings (a grammar lets them through)
+                obj = json.loads(cand, strict=False)
+            except json.JSONDecodeError:
+                last_error = f"the JSON object does not parse: {exc}"
+                continue
         if not isinstance(obj, dict):
             continue
         if "suggestion" not in obj:

@@ -244,7 +244,8 @@ class _Run:
             "parent_param_set_id": self.parent_id,
             "candidate_param_set_id": candidate,
             "diff": checked.diff if checked else None,
-            "suggestion": clean(upd.suggestion, 20_000) if upd.suggestion is not None else None,
+            # the suggestion as a JSON object (its values are what the candidate stores verbatim)
+            "suggestion": upd.suggestion if isinstance(upd.suggestion, dict) else None,
             "reasoning": clean(upd.reasoning, 4000) if upd.reasoning else None,
             "kpi": ev.kpi,
             "direction": ev.direction,

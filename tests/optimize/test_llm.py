@@ -30,6 +30,7 @@ ANSWER = '{"reasoning": "r", "suggestion": {"level": 0.5}}'
         f"Sure, here it is:\n{ANSWER}\nLet me know.",
         f"Thinking about {{braces}} first. {ANSWER}",
         '{"reasoning": "a } in a string", "suggestion": {"level": 0.5}}',
+        '{"reasoning": "raw\nnewline\tand tab", "suggestion": {"level": 0.5}}',
     ],
 )
 def test_lenient_parsing(text: str) -> None:
