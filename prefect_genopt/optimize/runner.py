@@ -224,8 +224,24 @@ class _Run:
             except LLMCallError as exc:
                 self.result.stop_reason = f"LLM call failed: {exc}"
                 raise
+        if upd.status == "proposed" and upd.checked is not None:
+            earlier = self._earlier_proposal(param_set_id(upd.checked.values))
+            if earlier:
+                upd.status, upd.reason = "no_change", f"the candidate repeats {earlier}"
         self._record(i, batch, upd, prompt_chars)
         return True
+
+    def _earlier_proposal(self, candidate: str) -> str | None:
+        """An earlier proposal (this run's, or in the warehouse) of the same candidate."""
+        for u in self.result.updates:
+            if u.candidate_param_set_id == candidate:
+                return f"proposal {u.proposal_id} of this run"
+        rows = self.wh.sql(
+            "SELECT proposal_id, status FROM proposals WHERE pipeline = ? "
+            "AND candidate_param_set_id = ? ORDER BY created_at LIMIT 1",
+            [self.evidence.pipeline.name, candidate],
+        )
+        return f"proposal {rows[0]['proposal_id']} ({rows[0]['status']})" if rows else None
 
     def _record(self, i: int, batch: list[Unit], upd: _Update, prompt_chars: int) -> None:
         ev, checked = self.evidence, upd.checked

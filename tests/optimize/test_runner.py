@@ -198,7 +198,7 @@ def test_no_invalid_value_is_ever_stored_as_a_candidate(knob_runs: Path) -> None
         'SELECT ps."values" FROM proposals p JOIN param_sets ps '
         "ON ps.param_set_id = p.candidate_param_set_id"
     )
-    assert len(rows) == 2
+    assert len(rows) == 1  # 'prose' gives the same candidate as 'follow': a repeat, not stored
     for r in rows:
         scripted.KnobParams(**orjson.loads(r["values"]))  # validates, or raises
 
@@ -272,3 +272,11 @@ def test_optoprime_is_pluggable(knob_runs: Path) -> None:
     optimize(settings(max_updates=1), optimizer=Terse())
     assert scripted.PROMPTS["follow"][-1][1]["content"].startswith("#Instruction\nFix the level.")
     assert proposals()[0]["optimizer"] == "terse"
+
+
+def test_a_candidate_proposed_before_is_not_proposed_again(knob_runs: Path) -> None:
+    first = optimize(settings(max_updates=1))
+    again = optimize(settings(max_updates=1))
+    (u,) = again.updates
+    assert u.status == "no_change" and u.candidate_param_set_id is None
+    assert u.reason == f"the candidate repeats proposal {first.updates[0].proposal_id} (proposed)"
