@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass
+from typing import Any
 
 from prefect_genopt.tunables import Tunables
 
-__all__ = ["RunContext", "current_run", "run_var"]
+__all__ = ["RunContext", "current_run", "run_var", "item_var"]
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,29 @@ class RunContext:
     arm: str
     flow_name: str
     routing_error: str | None = None
+    #: the run's routing snapshot (a ``prefect_genopt.rollout.router.Route``), None when pinned
+    route: Any = None
+
+    def for_item(self, item_key: str | None) -> tuple[Tunables, str, str]:
+        """``(params, param_set_id, arm)`` of one item of this run (the run's own without a key)."""
+        route = self.route
+        if item_key is None or route is None or not route.splitting:
+            return self.params, self.param_set_id, self.arm
+        arm = route.arm_for(str(item_key))
+        params = route.params_for(arm)
+        route.split_items = True
+        return params, params.param_set_id, arm
 
 
 run_var: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
     "genopt_run", default=None
+)
+
+
+#: ``(run_id, param_set_id, arm)`` of the item the current code serves, set by
+#: ``current_params(item_key=...)`` so that later spans (LLM calls) carry the item's arm
+item_var: contextvars.ContextVar[tuple[str, str, str] | None] = contextvars.ContextVar(
+    "genopt_item", default=None
 )
 
 

@@ -274,6 +274,15 @@ def build_record(
     if idempotency_key is None:
         idempotency_key = f"{kpi}|{item_key or ''}|{source}" if in_current_run else uuid.uuid4().hex
     verified = True if in_current_run else (verify_run(run_id) if verify else False)
+    pipeline = ps_id = arm = None
+    if in_current_run and rc is not None:
+        pipeline = rc.pipeline
+        if item_key is not None:
+            _, ps_id, arm = rc.for_item(item_key)
+        elif rc.route is not None and rc.route.split_items:
+            arm = "mixed"  # a run-level KPI of a run whose items went to both arms
+        else:
+            ps_id, arm = rc.param_set_id, rc.arm
     return {
         "k": "feedback",
         "feedback_id": feedback_id(run_id, idempotency_key),
@@ -286,9 +295,9 @@ def build_record(
         "idempotency_key": idempotency_key,
         "created_ns": time.time_ns(),
         "verified": verified,
-        "pipeline": rc.pipeline if in_current_run and rc else None,
-        "param_set_id": rc.param_set_id if in_current_run and rc else None,
-        "arm": rc.arm if in_current_run and rc else None,
+        "pipeline": pipeline,
+        "param_set_id": ps_id,
+        "arm": arm,
     }
 
 

@@ -29,7 +29,7 @@ import prefect
 from opentelemetry import trace
 
 from prefect_genopt import llm_spans, semconv
-from prefect_genopt.context import RunContext, run_var
+from prefect_genopt.context import RunContext, item_var, run_var
 from prefect_genopt.records import HOST
 from prefect_genopt.redaction import clean, to_text
 from prefect_genopt.tracing import get_processor, setup_tracing, tracer
@@ -116,19 +116,25 @@ def pinned_params(values: dict[str, Any] | Tunables, arm: str = "offline") -> It
 
 
 def resolve_params(
-    pipeline_name: str, params_cls: type[Tunables], item_key: str | None = None
-) -> tuple[Tunables, str, str | None]:
-    """The param set a run (or one of its items) uses: ``(params, arm, routing_error)``.
+    pipeline_name: str, params_cls: type[Tunables], run_key: str | None = None
+) -> tuple[Tunables, str, str | None, Any]:
+    """The param set a run uses: ``(params, arm, routing_error, route)``.
 
-    Inside :func:`pinned_params`, the pinned values on its arm. Otherwise, until
-    a rollout exists for the pipeline, every run uses the Tunables defaults on
-    the ``stable`` arm.
+    Inside :func:`pinned_params`, the pinned values on its arm (no route).
+    Otherwise the pipeline's routing state in the Prefect API decides (see
+    :mod:`prefect_genopt.rollout.router`): until a rollout exists, the stable param
+    set (the Tunables defaults until something is promoted); during a rollout the
+    run's own arm is drawn by ``run_key`` (its run id), and each item's by its key.
     """
     pinned = _pinned.get()
     if pinned is not None:
         values, arm = pinned
-        return params_cls(**values), arm, None
-    return params_cls(), "stable", None
+        return params_cls(**values), arm, None, None
+    from prefect_genopt.rollout.router import resolve_route
+
+    route = resolve_route(pipeline_name, params_cls)
+    arm = route.arm_for(run_key) if run_key is not None else "stable"
+    return route.params_for(arm), arm, route.error, route
 
 
 def _check_task_runner(ctx: Any) -> None:
@@ -175,15 +181,17 @@ def _start_run(
             "directly under @flow (decorators: @flow, then @genopt.pipeline(...))"
         )
     _check_task_runner(ctx)
-    params, arm, routing_error = resolve_params(name, params_cls)
+    run_id = str(ctx.flow_run.id)
+    params, arm, routing_error, route = resolve_params(name, params_cls, run_id)
     rc = RunContext(
         pipeline=name,
-        run_id=str(ctx.flow_run.id),
+        run_id=run_id,
         params=params,
         param_set_id=params.param_set_id,
         arm=arm,
         flow_name=ctx.flow.name if ctx.flow else name,
         routing_error=routing_error,
+        route=route,
     )
     flow_span = trace.get_current_span()  # Prefect's flow-run span (ended on a retry)
     attrs: dict[str, Any] = {
@@ -326,8 +334,12 @@ def current_params(item_key: str | None = None) -> Any:
     """The param set of the pipeline run in progress (an instance of its Tunables).
 
     Args:
-        item_key: The work item being processed (a ticket id, a row key). It is
-            recorded on the current span; rollouts route per item with it.
+        item_key: The work item being processed (a ticket id, a row key). During
+            a rollout each item goes to the stable or the canary param set by a
+            stable hash of (rollout id, item key); the item's arm and param set
+            id are recorded on the current span, on the spans started after it
+            in the same task (LLM calls), and on feedback given with the same
+            ``item_key``. Without it, the run's own param set (drawn per run).
 
     Raises:
         RuntimeError: Outside a ``@genopt.pipeline`` run.
@@ -338,11 +350,16 @@ def current_params(item_key: str | None = None) -> Any:
             "genopt.current_params() was called outside a pipeline run: call it inside a "
             "@genopt.pipeline flow or a task that flow runs"
         )
-    if item_key is not None:
-        span = trace.get_current_span()
-        if span.is_recording():
-            span.set_attribute(semconv.ITEM_KEY, str(item_key))
-    return rc.params
+    if item_key is None:
+        return rc.params
+    params, ps_id, arm = rc.for_item(item_key)
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute(semconv.ITEM_KEY, str(item_key))
+        if arm != rc.arm or ps_id != rc.param_set_id:
+            span.set_attributes({semconv.ARM: arm, semconv.PARAM_SET_ID: ps_id})
+    item_var.set((rc.run_id, ps_id, arm))
+    return params
 
 
 def _instrument_task_fn(fn: Callable[..., Any]) -> Callable[..., Any]:

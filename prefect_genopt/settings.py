@@ -176,6 +176,25 @@ class GenoptSettings(BaseSettings):
         "$XDG_CACHE_HOME/prefect-genopt (~/.cache/prefect-genopt).",
     )
 
+    routing_ttl: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds a worker reuses the routing state it read from the Prefect API "
+        "before reading it again (0: every pipeline run reads it).",
+    )
+    routing_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds a pipeline run waits for the routing state before it falls back "
+        "to the stable param set (and says so on its spans and in its log).",
+    )
+    canary_wait: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds a rollout command or analysis waits for another one on the same "
+        "pipeline to finish (they never overlap) before giving up.",
+    )
+
     @cached_property
     def warehouse_path(self) -> Path:
         """The resolved warehouse file path."""

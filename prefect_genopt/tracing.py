@@ -47,7 +47,7 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from prefect_genopt import semconv, spool
-from prefect_genopt.context import run_var
+from prefect_genopt.context import item_var, run_var
 from prefect_genopt.records import from_readable_span
 from prefect_genopt.settings import get_settings
 
@@ -158,11 +158,15 @@ class GenoptSpanProcessor(SpanProcessor):
         if semconv.RUN_ID not in attrs:
             span.set_attribute(semconv.RUN_ID, run_id)
         if rc is not None and rc.run_id == run_id and semconv.PIPELINE not in attrs:
+            ps_id, arm = rc.param_set_id, rc.arm
+            item = item_var.get()
+            if item is not None and item[0] == run_id:
+                ps_id, arm = item[1], item[2]
             span.set_attributes(
                 {
                     semconv.PIPELINE: rc.pipeline,
-                    semconv.PARAM_SET_ID: rc.param_set_id,
-                    semconv.ARM: rc.arm,
+                    semconv.PARAM_SET_ID: ps_id,
+                    semconv.ARM: arm,
                 }
             )
 

@@ -10,15 +10,13 @@ leaves a Markdown artifact of its proposals on the flow run.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.client.orchestration import get_client
-from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 
+from prefect_genopt import locks
 from prefect_genopt.optimize.config import OptimizerSettings
 from prefect_genopt.optimize.proposals import markdown
 from prefect_genopt.optimize.runner import optimize
@@ -34,12 +32,7 @@ def lock_name(pipeline: str) -> str:
         >>> lock_name("Ticket Triage")
         'genopt-optimize-ticket-triage'
     """
-    return "genopt-optimize-" + re.sub(r"[^a-z0-9]+", "-", pipeline.lower()).strip("-")
-
-
-def _ensure_limit(name: str) -> None:
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name, limit=1)
+    return locks.lock_name("optimize", pipeline)
 
 
 @flow(name="genopt-optimize", log_prints=False)
@@ -62,18 +55,17 @@ def optimize_flow(
     logger = get_run_logger()
     config = OptimizerSettings(pipeline=pipeline, **(settings or {}))
     name = lock_name(pipeline)
-    _ensure_limit(name)
     ctx = FlowRunContext.get()
     run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
     try:
-        with concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True):
+        with locks.pipeline_lock("optimize", pipeline, wait_seconds):
             result = optimize(
                 config,
                 warehouse=warehouse,
                 progress=logger.info,
                 optimizer_run_id=run_id,
             )
-    except TimeoutError:
+    except locks.LockTimeout:
         msg = f"skipped: another optimizer run for {pipeline!r} held {name!r} for {wait_seconds:g}s"
         logger.warning(msg)
         return {"pipeline": pipeline, "skipped": True, "reason": msg}

@@ -517,6 +517,22 @@ class Ingester:
                 """
             )
 
+        if "rollout_events" in tables or "rollouts" in tables:
+            con.execute(
+                """
+                UPDATE rollouts SET status = e.status, status_reason = e.reason,
+                       status_at = e.created_at
+                FROM (SELECT rollout_id, arg_max(status, created_at) AS status,
+                             arg_max(reason, created_at) AS reason,
+                             max(created_at) AS created_at
+                      FROM rollout_events WHERE rollout_id IS NOT NULL
+                        AND kind NOT IN ('pin', 'unpin')
+                      GROUP BY rollout_id) e
+                WHERE rollouts.rollout_id = e.rollout_id
+                  AND (rollouts.status_at IS NULL OR e.created_at >= rollouts.status_at)
+                """
+            )
+
     def _mark_dead_runs(self, con: duckdb.DuckDBPyConnection, result: IngestResult) -> None:
         rows = con.execute(
             "SELECT run_id, host, pid, start_time FROM runs WHERE status = 'running'"

@@ -1,7 +1,8 @@
 """The warehouse schema, its version and its migrations.
 
 Tables analysts can rely on: ``pipelines``, ``runs``, ``spans``, ``feedback``,
-``param_sets``, ``proposals`` and ``proposal_events`` (plus ``pending_feedback``,
+``param_sets``, ``proposals``, ``proposal_events``, ``rollouts``, ``rollout_events``
+and ``rollout_analyses`` (plus ``pending_feedback``,
 ``param_set_checks``, ``span_drops`` and the ingester's bookkeeping). Views answer the common
 questions: ``kpi_by_param_set_day``, ``llm_usage``, ``run_summary``,
 ``param_set_lineage`` (every ancestor of a proposed param set, with its depth).
@@ -43,6 +44,9 @@ TABLES = (
     "ingest_log",
     "proposals",
     "proposal_events",
+    "rollouts",
+    "rollout_events",
+    "rollout_analyses",
 )
 VIEWS = ("kpi_by_param_set_day", "llm_usage", "run_summary", "param_set_lineage")
 
@@ -285,16 +289,94 @@ WITH RECURSIVE chain(pipeline, param_set_id, ancestor_param_set_id, proposal_id,
 SELECT pipeline, param_set_id, ancestor_param_set_id, proposal_id, depth FROM chain;
 """
 
+# v3: canary rollouts. A rollout row is written once at its start; its status is the
+# latest of its append-only events; every check is one rollout_analyses row.
+_V3 = """
+CREATE TABLE IF NOT EXISTS rollouts (
+    rollout_id VARCHAR PRIMARY KEY,
+    pipeline VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    proposal_id VARCHAR,
+    stable_param_set_id VARCHAR,
+    canary_param_set_id VARCHAR NOT NULL,
+    plan JSON,
+    actor VARCHAR,
+    reason VARCHAR,
+    status VARCHAR,
+    status_reason VARCHAR,
+    status_at TIMESTAMP,
+    ingested_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS rollout_events (
+    event_id VARCHAR PRIMARY KEY,
+    rollout_id VARCHAR,
+    pipeline VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    kind VARCHAR NOT NULL,
+    status VARCHAR,
+    actor VARCHAR,
+    reason VARCHAR,
+    revision BIGINT,
+    step INTEGER,
+    weight DOUBLE,
+    stable_param_set_id VARCHAR,
+    canary_param_set_id VARCHAR,
+    pinned_param_set_id VARCHAR,
+    analysis_id VARCHAR,
+    ingested_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS rollout_analyses (
+    analysis_id VARCHAR PRIMARY KEY,
+    rollout_id VARCHAR NOT NULL,
+    pipeline VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    revision BIGINT,
+    step INTEGER,
+    weight DOUBLE,
+    kpi VARCHAR,
+    direction VARCHAR,
+    verdict VARCHAR,
+    decision VARCHAR,
+    reason VARCHAR,
+    applied BOOLEAN,
+    n_stable BIGINT,
+    n_canary BIGINT,
+    mean_stable DOUBLE,
+    mean_canary DOUBLE,
+    ci_stable JSON,
+    ci_canary JSON,
+    effect DOUBLE,
+    relative_effect DOUBLE,
+    margin DOUBLE,
+    se DOUBLE,
+    log_lr_harm DOUBLE,
+    log_lr_safe DOUBLE,
+    harm_threshold DOUBLE,
+    safe_threshold DOUBLE,
+    p_one_look DOUBLE,
+    mw_superiority DOUBLE,
+    mw_p_worse DOUBLE,
+    failed_checks INTEGER,
+    inconclusive_checks INTEGER,
+    window_start TIMESTAMP,
+    window_end TIMESTAMP,
+    ingested_at TIMESTAMP
+);
+"""
+
 #: Tables genopt writes through spool ``row`` records (not spans or feedback):
 #: table -> its key columns. A row loaded twice is stored once.
 ROW_TABLES: dict[str, tuple[str, ...]] = {
     "param_sets": ("pipeline", "param_set_id"),
     "proposals": ("proposal_id",),
     "proposal_events": ("event_id",),
+    "rollouts": ("rollout_id",),
+    "rollout_events": ("event_id",),
+    "rollout_analyses": ("analysis_id",),
 }
 
 #: (version, SQL) in order; append, never edit a released one.
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

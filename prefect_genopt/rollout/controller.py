@@ -1,0 +1,660 @@
+"""The rollout controller: start, check, promote, abort, pause, resume, pin.
+
+Every verb runs under the pipeline's ``genopt-rollout-<pipeline>`` lock (a Prefect
+global concurrency limit), reads the pointer from the Prefect API, computes the next
+state with the pure functions of :mod:`prefect_genopt.rollout.state`, writes the
+pointer only if its revision is unchanged, and appends the history (``rollouts``,
+``rollout_events``, ``rollout_analyses``) to the warehouse through the spool. Each
+change emits a Prefect event ``genopt.rollout.<kind>`` (``started``, ``advanced``,
+``promoted``, ``aborted``, ``paused``, ``resumed``, ``pinned``, ``unpinned``; every
+check also emits ``genopt.rollout.checked``) so Automations can notify or gate.
+
+A check (:func:`analyze`) measures the rollout's KPI per arm since it started
+(feedback rows whose arm and param set match the arm), asks
+:func:`~prefect_genopt.rollout.analysis.assess` for a verdict and
+:func:`~prefect_genopt.rollout.state.decide` for the decision. A check with no new
+data changes nothing, so running it twice never advances twice.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from prefect_genopt import spool
+from prefect_genopt.locks import pipeline_lock
+from prefect_genopt.records import row_record
+from prefect_genopt.redaction import clean
+from prefect_genopt.rollout import state as sm
+from prefect_genopt.rollout import store
+from prefect_genopt.rollout.analysis import ArmStats, Assessment, assess, mann_whitney
+from prefect_genopt.rollout.plan import RolloutPlan
+from prefect_genopt.settings import get_settings
+from prefect_genopt.tunables import param_set_id as compute_param_set_id
+from prefect_genopt.warehouse import Warehouse, WarehouseBusyError
+from prefect_genopt.warehouse.schema import utcnow
+
+__all__ = [
+    "RolloutError",
+    "CheckResult",
+    "start_rollout",
+    "analyze",
+    "promote",
+    "abort",
+    "pause",
+    "resume",
+    "pin",
+    "unpin",
+    "get_state",
+    "measure",
+    "EVENT_NAMES",
+]
+
+logger = logging.getLogger("prefect_genopt.rollout")
+
+#: decision kind -> the Prefect event it emits
+EVENT_NAMES = {
+    "started": "genopt.rollout.started",
+    "advance": "genopt.rollout.advanced",
+    "promote": "genopt.rollout.promoted",
+    "abort": "genopt.rollout.aborted",
+    "pause": "genopt.rollout.paused",
+    "resume": "genopt.rollout.resumed",
+    "pin": "genopt.rollout.pinned",
+    "unpin": "genopt.rollout.unpinned",
+}
+CHECKED_EVENT = "genopt.rollout.checked"
+_PROPOSAL_STATUS = {"started": "canary", "promote": "promoted", "abort": "rolled_back"}
+
+
+class RolloutError(ValueError):
+    """A rollout command that cannot be carried out as asked (the message says why)."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One analysis: the assessment, the decision and whether it was applied."""
+
+    pipeline: str
+    state: sm.RoutingState
+    decision: sm.Decision
+    assessment: Assessment | None = None
+    analysis_id: str | None = None
+    applied: bool = False
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        return f"{self.pipeline}: {self.decision.kind}: {self.decision.reason}"
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def _now() -> datetime:
+    return utcnow()
+
+
+def get_state(pipeline: str) -> sm.RoutingState:
+    """The pipeline's pointer as the Prefect API holds it now.
+
+    Raises:
+        RolloutError: The API cannot be reached, or holds a malformed pointer.
+    """
+    try:
+        return store.read_state(pipeline)
+    except store.RoutingUnavailable as exc:
+        raise RolloutError(str(exc)) from exc
+
+
+def _emit(kind: str, state: sm.RoutingState, reason: str, extra: Mapping[str, Any]) -> None:
+    try:
+        from prefect.events import emit_event
+
+        related = []
+        rollout_id = state.rollout_id or state.last_rollout_id
+        if rollout_id:
+            related.append(
+                {
+                    "prefect.resource.id": f"genopt.rollout.{rollout_id}",
+                    "prefect.resource.role": "rollout",
+                }
+            )
+        emit_event(
+            event=EVENT_NAMES.get(
+                kind, CHECKED_EVENT if kind == "checked" else f"genopt.rollout.{kind}"
+            ),
+            resource={
+                "prefect.resource.id": f"genopt.pipeline.{state.pipeline}",
+                "prefect.resource.name": state.pipeline,
+            },
+            related=related,
+            payload={
+                "reason": reason,
+                "status": state.status,
+                "weight": state.weight,
+                "step": state.step,
+                "stable": state.stable,
+                "canary": state.canary,
+                "pinned": state.pinned,
+                "revision": state.revision,
+                **extra,
+            },
+        )
+    except Exception as exc:  # noqa: BLE001 - events are best effort; the record is the warehouse
+        logger.warning("could not emit the %s event: %s", kind, exc)
+
+
+def _flush_events() -> None:
+    try:
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.drain_all(timeout=10)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("events not flushed: %s", exc)
+
+
+def _event_row(
+    state: sm.RoutingState,
+    decision: sm.Decision,
+    actor: str,
+    rollout_id: str | None,
+    now: datetime,
+    analysis_id: str | None = None,
+) -> dict[str, Any]:
+    if decision.kind == "promote":
+        status = "promoted"
+    elif decision.kind == "abort":
+        status = "aborted"
+    else:
+        status = state.status
+    return row_record(
+        "rollout_events",
+        {
+            "event_id": uuid.uuid4().hex,
+            "rollout_id": rollout_id,
+            "pipeline": state.pipeline,
+            "created_at": now.isoformat(),
+            "kind": decision.kind,
+            "status": status,
+            "actor": actor,
+            "reason": clean(decision.reason, 4000),
+            "revision": state.revision,
+            "step": state.step,
+            "weight": state.weight,
+            "stable_param_set_id": state.stable,
+            "canary_param_set_id": state.canary,
+            "pinned_param_set_id": state.pinned,
+            "analysis_id": analysis_id,
+        },
+    )
+
+
+def _ingest(wh: Warehouse) -> None:
+    try:
+        wh.ingest()
+    except WarehouseBusyError:
+        pass  # the rows wait in the spool; the next reader or `genopt ingest` loads them
+
+
+def _proposal_status(
+    wh: Warehouse, proposal_id: str | None, kind: str, reason: str, actor: str
+) -> None:
+    status = _PROPOSAL_STATUS.get(kind)
+    if not proposal_id or not status:
+        return
+    from prefect_genopt.optimize.proposals import ProposalError, set_status
+
+    try:
+        set_status(wh, proposal_id, status, reason=reason, actor=actor)
+    except ProposalError as exc:
+        logger.warning("proposal %s not moved to %s: %s", proposal_id, status, exc)
+
+
+def _apply(
+    wh: Warehouse,
+    before: sm.RoutingState,
+    after: sm.RoutingState,
+    decision: sm.Decision,
+    actor: str,
+    rows: list[dict[str, Any]] | None = None,
+    analysis_id: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write the pointer (revision-checked), then the history rows and the events."""
+    if decision.changed:
+        store.write_state(after, expected_revision=before.revision)
+    now = _now()
+    rollout_id = before.rollout_id or after.rollout_id
+    out = list(rows or [])
+    if decision.changed:
+        out.append(_event_row(after, decision, actor, rollout_id, now, analysis_id))
+    if out:
+        spool.append(out, wh.spool_dir)
+    _proposal_status(
+        wh, before.proposal_id or after.proposal_id, decision.kind, decision.reason, actor
+    )
+    _ingest(wh)
+    if decision.changed:
+        _emit(decision.kind, after, decision.reason, {"actor": actor, **(extra or {})})
+    _flush_events()
+
+
+def _warehouse(warehouse: Warehouse | str | Path | None) -> Warehouse:
+    if isinstance(warehouse, Warehouse):
+        return warehouse
+    return Warehouse(warehouse)
+
+
+def _values_of(wh: Warehouse, pipeline: str, ps_id: str) -> dict[str, Any]:
+    rows = wh.sql(
+        'SELECT "values" FROM param_sets WHERE pipeline = ? AND param_set_id = ?', [pipeline, ps_id]
+    )
+    if not rows:
+        raise RolloutError(f"param set {ps_id} of {pipeline!r} is not in the warehouse")
+    return dict(orjson.loads(rows[0]["values"]))
+
+
+def _check_values(wh: Warehouse, pipeline: str, values: Any) -> dict[str, Any]:
+    """A hand-written param set, checked against the pipeline's latest Tunables schema."""
+    if not isinstance(values, dict) or not values:
+        raise RolloutError("a param set must be a non-empty JSON object of Tunables values")
+    rows = wh.sql(
+        "SELECT schema FROM pipelines WHERE pipeline = ? ORDER BY version DESC LIMIT 1", [pipeline]
+    )
+    if not rows:
+        raise RolloutError(f"no pipeline {pipeline!r} in the warehouse; run it once first")
+    schema = orjson.loads(rows[0]["schema"])
+    props = schema.get("properties", {})
+    unknown = sorted(set(values) - set(props))
+    if unknown:
+        raise RolloutError(
+            f"unknown param(s) {', '.join(unknown)} for {pipeline!r}; its params are "
+            f"{', '.join(sorted(props))}"
+        )
+    import jsonschema
+
+    merged = {k: p.get("default") for k, p in props.items() if "default" in p}
+    merged.update(values)
+    try:
+        jsonschema.validate(merged, schema)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "values"
+        raise RolloutError(f"param set does not fit {pipeline!r}: {where}: {exc.message}") from None
+    return merged
+
+
+def _stable_of(wh: Warehouse, state: sm.RoutingState) -> str:
+    if state.stable:
+        return state.stable
+    rows = wh.sql(
+        "SELECT param_set_id FROM runs WHERE pipeline = ? AND param_set_id IS NOT NULL "
+        "AND arm = 'stable' ORDER BY start_time DESC LIMIT 1",
+        [state.pipeline],
+    )
+    if not rows:
+        raise RolloutError(
+            f"no stable run of {state.pipeline!r} in the warehouse: run the pipeline at least "
+            "once so its stable param set is known"
+        )
+    return str(rows[0]["param_set_id"])
+
+
+def _plan(plan: RolloutPlan | Mapping[str, Any] | None, kpi: str | None) -> RolloutPlan:
+    if isinstance(plan, RolloutPlan):
+        return plan
+    fields = dict(plan or {})
+    if kpi and "kpi" not in fields:
+        fields["kpi"] = kpi
+    if "kpi" not in fields:
+        raise RolloutError("the rollout needs a KPI to judge (--kpi NAME)")
+    try:
+        return RolloutPlan(**fields)
+    except ValueError as exc:
+        raise RolloutError(f"invalid rollout plan: {exc}") from None
+
+
+def start_rollout(
+    pipeline: str,
+    *,
+    proposal_id: str | None = None,
+    values: Mapping[str, Any] | None = None,
+    plan: RolloutPlan | Mapping[str, Any] | None = None,
+    actor: str | None = None,
+    reason: str | None = None,
+    warehouse: Warehouse | str | Path | None = None,
+) -> sm.RoutingState:
+    """Start a canary of a proposal's candidate, or of a hand-written param set.
+
+    Args:
+        pipeline: The pipeline.
+        proposal_id: A ``proposed`` proposal (a unique prefix is enough).
+        values: Or: param values written by a person (merged over the defaults,
+            checked against the pipeline's Tunables schema).
+        plan: A :class:`RolloutPlan` or its fields; the KPI defaults to the
+            proposal's KPI.
+        actor: Who starts it (default: the login name).
+        reason: Why (recorded).
+        warehouse: The warehouse (default: GENOPT_WAREHOUSE).
+
+    Raises:
+        RolloutError: Unknown or unusable proposal, values that do not fit, a
+            rollout already active, no stable run yet.
+    """
+    if (proposal_id is None) == (values is None):
+        raise RolloutError("give exactly one of a proposal id (--proposal) or values (--params)")
+    wh = _warehouse(warehouse)
+    actor = actor or _user()
+    with pipeline_lock("rollout", pipeline, get_settings().canary_wait):
+        before = get_state(pipeline)
+        if before.active:
+            raise RolloutError(
+                f"rollout {before.rollout_id} of {pipeline!r} is already {before.status}; "
+                f"promote or abort it first (`genopt rollout status {pipeline}`)"
+            )
+        source = "manual"
+        kpi = None
+        if proposal_id is not None:
+            from prefect_genopt.optimize.proposals import ProposalError, get_proposal
+
+            try:
+                prop = get_proposal(wh, proposal_id)
+            except ProposalError as exc:
+                raise RolloutError(str(exc)) from None
+            if prop["pipeline"] != pipeline:
+                raise RolloutError(f"proposal {prop['proposal_id']} is for {prop['pipeline']!r}")
+            if prop["status"] != "proposed":
+                raise RolloutError(
+                    f"proposal {prop['proposal_id']} is {prop['status']!r}; only a 'proposed' "
+                    "one can enter a canary"
+                )
+            proposal_id = str(prop["proposal_id"])
+            canary = str(prop["candidate_param_set_id"])
+            canary_values = _values_of(wh, pipeline, canary)
+            kpi = prop.get("kpi")
+            source = "proposal"
+        else:
+            canary_values = _check_values(wh, pipeline, dict(values or {}))
+            canary = compute_param_set_id(canary_values)
+        the_plan = _plan(plan, kpi)
+        stable = _stable_of(wh, before)
+        if canary == stable:
+            raise RolloutError(f"the candidate {canary} is the stable param set already")
+        stable_values = _values_of(wh, pipeline, stable)
+        store.save_param_set(pipeline, stable, stable_values)
+        store.save_param_set(pipeline, canary, canary_values)
+        rollout_id = f"ro_{utcnow():%Y%m%d%H%M%S}_{uuid.uuid4().hex[:6]}"
+        now = _now()
+        try:
+            after, decision = sm.start(
+                before.model_copy(update={"stable": stable}),
+                rollout_id,
+                canary,
+                the_plan,
+                now.isoformat(),
+                proposal_id=proposal_id,
+            )
+        except sm.RolloutStateError as exc:
+            raise RolloutError(str(exc)) from None
+        if reason:
+            decision = decision.model_copy(update={"reason": f"{decision.reason}; {reason}"})
+        rows = [
+            row_record(
+                "param_sets",
+                {
+                    "pipeline": pipeline,
+                    "param_set_id": canary,
+                    "values": canary_values,
+                    "source": source,
+                    "created_at": now.isoformat(),
+                },
+            ),
+            row_record(
+                "rollouts",
+                {
+                    "rollout_id": rollout_id,
+                    "pipeline": pipeline,
+                    "created_at": now.isoformat(),
+                    "proposal_id": proposal_id,
+                    "stable_param_set_id": stable,
+                    "canary_param_set_id": canary,
+                    "plan": the_plan.model_dump(mode="json"),
+                    "actor": actor,
+                    "reason": clean(reason, 4000) if reason else None,
+                    "status": "running",
+                    "status_at": now.isoformat(),
+                },
+            ),
+        ]
+        _apply(wh, before, after, decision, actor, rows, extra={"plan": the_plan.describe()})
+        logger.info("rollout %s of %s started: %s", rollout_id, pipeline, the_plan.describe())
+        return after
+
+
+def measure(
+    wh: Warehouse, state: sm.RoutingState
+) -> tuple[list[float], list[float], datetime | None, datetime | None]:
+    """The rollout's KPI values per arm since it started: ``(stable, canary, first, last)``.
+
+    A value counts for an arm when its feedback row carries that arm and the
+    arm's param set id (so values from before the rollout, from offline runs or
+    from a pinned period never mix in).
+    """
+    plan = state.get_plan()
+    rows = wh.sql(
+        """
+        SELECT arm, value, created_at FROM feedback
+        WHERE pipeline = ? AND kpi = ? AND value IS NOT NULL AND created_at >= ?
+          AND ((arm = 'stable' AND param_set_id = ?) OR (arm = 'canary' AND param_set_id = ?))
+        ORDER BY created_at
+        """,
+        [state.pipeline, plan.kpi, state.started_at, state.stable, state.canary],
+    )
+    stable = [float(r["value"]) for r in rows if r["arm"] == "stable"]
+    canary = [float(r["value"]) for r in rows if r["arm"] == "canary"]
+    first = rows[0]["created_at"] if rows else None
+    last = rows[-1]["created_at"] if rows else None
+    return stable, canary, first, last
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _analysis_row(
+    analysis_id: str,
+    before: sm.RoutingState,
+    after: sm.RoutingState,
+    a: Assessment,
+    decision: sm.Decision,
+    plan: RolloutPlan,
+    window: tuple[datetime | None, datetime | None],
+    now: datetime,
+) -> dict[str, Any]:
+    mw = a.mann_whitney
+    return row_record(
+        "rollout_analyses",
+        {
+            "analysis_id": analysis_id,
+            "rollout_id": before.rollout_id,
+            "pipeline": before.pipeline,
+            "created_at": now.isoformat(),
+            "revision": before.revision,
+            "step": before.step,
+            "weight": before.weight,
+            "kpi": plan.kpi,
+            "direction": plan.direction,
+            "verdict": a.verdict,
+            "decision": decision.kind,
+            "reason": clean(decision.reason, 4000),
+            "applied": decision.changed,
+            "n_stable": a.stable.n,
+            "n_canary": a.canary.n,
+            "mean_stable": _finite(a.stable.mean),
+            "mean_canary": _finite(a.canary.mean),
+            "ci_stable": [_finite(x) for x in a.stable.interval()],
+            "ci_canary": [_finite(x) for x in a.canary.interval()],
+            "effect": _finite(a.effect),
+            "relative_effect": _finite(a.relative_effect),
+            "margin": _finite(a.margin),
+            "se": _finite(a.se),
+            "log_lr_harm": _finite(a.log_lr_harm),
+            "log_lr_safe": _finite(a.log_lr_safe),
+            "harm_threshold": _finite(a.harm_threshold),
+            "safe_threshold": _finite(a.safe_threshold),
+            "p_one_look": _finite(a.p_one_look),
+            "mw_superiority": _finite(mw.superiority) if mw else None,
+            "mw_p_worse": _finite(mw.p_worse) if mw else None,
+            "failed_checks": after.failed_checks,
+            "inconclusive_checks": after.inconclusive_checks,
+            "window_start": window[0].isoformat() if window[0] else None,
+            "window_end": window[1].isoformat() if window[1] else None,
+        },
+    )
+
+
+def analyze(
+    pipeline: str,
+    *,
+    warehouse: Warehouse | str | Path | None = None,
+    actor: str = "controller",
+) -> CheckResult:
+    """Run one check of the pipeline's rollout now and apply its decision.
+
+    Returns a result with decision ``none`` when no rollout is running (paused
+    rollouts are measured but not acted on). Two overlapping calls are
+    serialized by the pipeline's lock; a decision computed from a pointer that
+    changed meanwhile is dropped (``applied=False``).
+    """
+    with pipeline_lock("rollout", pipeline, get_settings().canary_wait):
+        before = get_state(pipeline)
+        if not before.active:
+            why = f"no rollout is active for {pipeline!r}"
+            if before.last_rollout_id:
+                why += f" (the last, {before.last_rollout_id}, was {before.last_outcome})"
+            return CheckResult(
+                pipeline, before, sm.Decision(kind="none", reason=why, changed=False)
+            )
+        plan = before.get_plan()
+        wh = Warehouse(warehouse) if not isinstance(warehouse, Warehouse) else warehouse
+        stable_v, canary_v, first, last = measure(wh, before)
+        mw = mann_whitney(stable_v, canary_v, plan.direction)
+        assessment = assess(
+            ArmStats.from_values(stable_v), ArmStats.from_values(canary_v), plan, mw
+        )
+        now = _now()
+        after, decision = sm.decide(before, assessment, now.isoformat())
+        if decision.kind == "wait":
+            return CheckResult(pipeline, before, decision, assessment)
+        analysis_id = uuid.uuid4().hex
+        row = _analysis_row(
+            analysis_id, before, after, assessment, decision, plan, (first, last), now
+        )
+        try:
+            _apply(
+                wh,
+                before,
+                after,
+                decision,
+                actor,
+                [row],
+                analysis_id=analysis_id,
+                extra={"verdict": assessment.verdict, "kpi": plan.kpi},
+            )
+        except store.StaleStateError as exc:
+            logger.warning("check of %s dropped: %s", pipeline, exc)
+            return CheckResult(pipeline, before, decision, assessment, analysis_id, applied=False)
+        if decision.kind in ("continue",):
+            _emit("checked", after, decision.reason, {"verdict": assessment.verdict})
+            _flush_events()
+        logger.info("%s: %s", pipeline, decision.reason)
+        return CheckResult(
+            pipeline, after, decision, assessment, analysis_id, applied=decision.changed
+        )
+
+
+def _manual(
+    pipeline: str,
+    verb: str,
+    reason: str,
+    actor: str | None,
+    warehouse: Warehouse | str | Path | None,
+    **kwargs: Any,
+) -> sm.RoutingState:
+    if not reason or not reason.strip():
+        raise RolloutError(f"give a reason to {verb} (--reason TEXT); it is recorded")
+    fn = getattr(sm, verb)
+    actor = actor or _user()
+    with pipeline_lock("rollout", pipeline, get_settings().canary_wait):
+        before = get_state(pipeline)
+        wh = _warehouse(warehouse)
+        if verb == "pin":
+            ps_id = kwargs["param_set_id"]
+            values = _values_of(wh, pipeline, ps_id)
+            store.save_param_set(pipeline, ps_id, values)
+        try:
+            after, decision = fn(before, *kwargs.values(), reason.strip(), _now().isoformat())
+        except sm.RolloutStateError as exc:
+            raise RolloutError(str(exc)) from None
+        _apply(wh, before, after, decision, actor)
+        logger.info("%s: %s", pipeline, decision.reason)
+        return after
+
+
+def promote(
+    pipeline: str, reason: str, *, actor: str | None = None, warehouse: Any = None
+) -> sm.RoutingState:
+    """Promote the canary now (it becomes stable)."""
+    return _manual(pipeline, "promote", reason, actor, warehouse)
+
+
+def abort(
+    pipeline: str, reason: str, *, actor: str | None = None, warehouse: Any = None
+) -> sm.RoutingState:
+    """Roll back now: every item goes to stable."""
+    return _manual(pipeline, "abort", reason, actor, warehouse)
+
+
+def pause(
+    pipeline: str, reason: str, *, actor: str | None = None, warehouse: Any = None
+) -> sm.RoutingState:
+    """Stop automatic decisions; traffic stays as it is."""
+    return _manual(pipeline, "pause", reason, actor, warehouse)
+
+
+def resume(
+    pipeline: str, reason: str, *, actor: str | None = None, warehouse: Any = None
+) -> sm.RoutingState:
+    """Let checks decide again."""
+    return _manual(pipeline, "resume", reason, actor, warehouse)
+
+
+def pin(
+    pipeline: str,
+    param_set_id: str,
+    reason: str,
+    *,
+    actor: str | None = None,
+    warehouse: Any = None,
+) -> sm.RoutingState:
+    """The kill switch: every item of every run uses ``param_set_id`` until unpinned."""
+    return _manual(pipeline, "pin", reason, actor, warehouse, param_set_id=param_set_id)
+
+
+def unpin(
+    pipeline: str, reason: str, *, actor: str | None = None, warehouse: Any = None
+) -> sm.RoutingState:
+    """Route normally again."""
+    return _manual(pipeline, "unpin", reason, actor, warehouse)
