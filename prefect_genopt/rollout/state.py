@@ -73,6 +73,10 @@ DECISIONS = (
 )
 
 
+#: reasons kept in the pointer are cut here (the full text is in the warehouse)
+MAX_REASON_CHARS = 1500
+
+
 class RolloutStateError(ValueError):
     """A transition the current state does not allow (e.g. a second start)."""
 
@@ -127,6 +131,8 @@ class RoutingState(BaseModel):
 
     def bump(self, now: str, **changes: Any) -> RoutingState:
         """A copy with ``changes``, the next revision and ``updated_at = now``."""
+        if changes.get("last_reason") and len(changes["last_reason"]) > MAX_REASON_CHARS:
+            changes["last_reason"] = changes["last_reason"][: MAX_REASON_CHARS - 1] + "…"
         return self.model_copy(update={**changes, "revision": self.revision + 1, "updated_at": now})
 
 
