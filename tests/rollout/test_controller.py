@@ -140,7 +140,8 @@ def test_manual_verbs_one_rollout_at_a_time_and_pin(
     knob(n=20, batch=2)
     wh = genopt.Warehouse()
     assert wh.sql(
-        "SELECT DISTINCT arm, param_set_id FROM feedback WHERE kpi='ok' AND item_key LIKE 'item-2-%'"
+        "SELECT DISTINCT arm, param_set_id FROM feedback "
+        "WHERE kpi = 'ok' AND item_key LIKE 'item-2-%'"
     ) == [{"arm": "pinned", "param_set_id": stable_id}]
     assert controller.unpin(pipeline_name, "resolved").pinned is None
     state = controller.abort(pipeline_name, "changed our mind", actor="bo")
