@@ -157,6 +157,17 @@ class OptimizerSettings(BaseModel):
         "run of the parent param set in the window.",
     )
 
+    rollout: Literal["manual", "auto"] = Field(
+        default="manual",
+        description="'manual': proposals wait for `genopt rollout start`; 'auto': the optimizer "
+        "flow starts a canary of its latest proposal at once (when no rollout is active).",
+    )
+    rollout_plan: dict[str, Any] | None = Field(
+        default=None,
+        description="Rollout plan fields for 'auto' (see prefect_genopt.rollout.RolloutPlan; the "
+        "KPI defaults to the optimizer's).",
+    )
+
     def recorded(self) -> dict[str, Any]:
         """The settings as stored with a proposal (JSON-compatible)."""
         return self.model_dump(mode="json")

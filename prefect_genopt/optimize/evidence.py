@@ -127,7 +127,16 @@ class Evidence:
 
 
 def stable_param_set(wh: Warehouse, pipeline: str) -> str | None:
-    """The param set the pipeline runs on now: that of its latest run on the stable arm."""
+    """The param set the pipeline runs on now: the routing state's stable one (Prefect
+    API), else that of its latest run on the stable arm."""
+    from prefect_genopt.rollout import store
+
+    try:
+        stable = store.read_state(pipeline).stable
+    except store.RoutingUnavailable:
+        stable = None
+    if stable:
+        return stable
     rows = wh.sql(
         "SELECT param_set_id FROM runs WHERE pipeline = ? AND param_set_id IS NOT NULL "
         "ORDER BY (arm = 'stable') DESC, start_time DESC LIMIT 1",

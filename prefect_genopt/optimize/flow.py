@@ -69,6 +69,7 @@ def optimize_flow(
         msg = f"skipped: another optimizer run for {pipeline!r} held {name!r} for {wait_seconds:g}s"
         logger.warning(msg)
         return {"pipeline": pipeline, "skipped": True, "reason": msg}
+    rollout = _auto_rollout(config, result, warehouse, logger) if config.rollout == "auto" else None
     ids = [u.proposal_id for u in result.updates]
     rows = (
         Warehouse(warehouse).sql(
@@ -100,4 +101,40 @@ def optimize_flow(
         "seconds": round(result.seconds, 3),
         "llm_seconds": round(result.llm_seconds, 3),
         "model": result.model,
+        "rollout": rollout,
     }
+
+
+def _auto_rollout(
+    config: OptimizerSettings, result: Any, warehouse: str | None, logger: Any
+) -> dict[str, Any] | None:
+    """Start a canary of the run's latest proposal (policy ``rollout='auto'``)."""
+    from prefect_genopt.locks import LockTimeout
+    from prefect_genopt.rollout.controller import RolloutError, start_rollout
+
+    if not result.proposals:
+        return None
+    proposal = result.proposals[-1]
+    plan = dict(config.rollout_plan or {})
+    if config.kpi:
+        plan.setdefault("kpi", config.kpi)  # else the proposal's KPI
+    plan.setdefault("direction", config.direction)
+    try:
+        state = start_rollout(
+            config.pipeline,
+            proposal_id=proposal.proposal_id,
+            plan=plan,
+            actor="genopt-optimize",
+            reason="the optimizer's rollout policy is 'auto'",
+            warehouse=warehouse,
+        )
+    except (RolloutError, LockTimeout) as exc:
+        logger.warning("no canary started for %s: %s", proposal.proposal_id, exc)
+        return {"started": False, "reason": str(exc)}
+    logger.info(
+        "canary %s started for %s at %.0f%%",
+        state.rollout_id,
+        proposal.proposal_id,
+        100 * state.weight,
+    )
+    return {"started": True, "rollout_id": state.rollout_id, "weight": state.weight}

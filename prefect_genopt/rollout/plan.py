@@ -2,8 +2,10 @@
 
 The defaults are the safe plan: 10% -> 25% -> 50% of the items on the candidate,
 then promotion (100%), judged on a KPI where higher is better, catching a 5%
-relative regression, with at most a 1% chance of rolling back a candidate that
-is as good as stable (measured by A/A simulation in ``bench/bench_canary.py``).
+relative regression: such a candidate is promoted with probability at most
+``beta`` (5%) and otherwise rolled back, or paused when the evidence stays thin; a
+candidate as good as stable is rolled back with probability at most ``alpha`` (1%).
+Measured by simulation in ``bench/bench_canary.py``.
 
 Example:
     >>> plan = RolloutPlan(kpi="correct")
@@ -91,10 +93,12 @@ class RolloutPlan(BaseModel):
         "only warn).",
     )
     inconclusive_limit: int = Field(
-        default=100,
+        default=50,
         ge=1,
-        description="Pause after this many consecutive checks (each with new data) without a "
-        "verdict that moves the rollout.",
+        description="Pause after this many checks in a row without a verdict that moves the "
+        "rollout. A check counts only when a batch of `step_min_samples` new canary values "
+        "arrived since the last counted one (or stable got twice its share while the canary "
+        "got none), so the limit does not depend on how often checks run.",
     )
 
     @field_validator("steps", mode="before")

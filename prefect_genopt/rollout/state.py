@@ -12,7 +12,7 @@ States and transitions::
     running  --check: advance-->   running   (next weight; step counters reset)
     running  --check: promote-->   idle      (stable := canary; the old stable is kept as is)
     running  --check: abort-->     idle      (canary dropped, weight 0; stable untouched)
-    running  --check: pause-->     paused    (inconclusive for too long; the weight stays)
+    running  --check: pause-->     paused    (no verdict for too long; the weight stays)
     running  --check: continue-->  running   (counters updated, nothing else)
     running  --check: wait-->      running   (no new data since the last check: no change at all)
     running|paused --promote|abort (a person)-->  idle
@@ -112,6 +112,11 @@ class RoutingState(BaseModel):
     checks: int = 0
     failed_checks: int = 0
     inconclusive_checks: int = 0
+    inconclusive_base: tuple[int, int] = Field(
+        default=(0, 0),
+        description="(stable, canary) counts when the last inconclusive check "
+        "was counted (or the step began).",
+    )
     last_decision: str | None = None
     last_reason: str | None = None
     last_rollout_id: str | None = None
@@ -188,6 +193,7 @@ def start(
         checks=0,
         failed_checks=0,
         inconclusive_checks=0,
+        inconclusive_base=(0, 0),
         last_decision="started",
         last_reason=f"started: {plan.describe()}",
     )
@@ -250,6 +256,7 @@ def decide(state: RoutingState, assessment: Assessment, now: str) -> tuple[Routi
             now,
             failed_checks=failed,
             inconclusive_checks=0,
+            inconclusive_base=counts,
             last_decision="continue",
             last_reason=reason,
             **common,
@@ -268,6 +275,7 @@ def decide(state: RoutingState, assessment: Assessment, now: str) -> tuple[Routi
             step_started_at=now,
             step_base=counts,
             inconclusive_checks=0,
+            inconclusive_base=counts,
             last_decision="advance",
             last_reason=reason,
             **common,
@@ -279,7 +287,17 @@ def decide(state: RoutingState, assessment: Assessment, now: str) -> tuple[Routi
             kind="promote", reason=reason
         )
 
-    inconclusive = state.inconclusive_checks + 1
+    # A check without a verdict counts toward the pause only once a batch of new values
+    # arrived since the last counted one (step_min_samples canary values, or, when the
+    # canary is starved, twice what stable should collect meanwhile), so the limit does
+    # not depend on how often checks run.
+    gain_s = counts[0] - state.inconclusive_base[0]
+    gain_c = counts[1] - state.inconclusive_base[1]
+    starved = gain_c < plan.step_min_samples and gain_s >= 2 * plan.step_min_samples * (
+        (1 - state.weight) / max(state.weight, 1e-9)
+    )
+    counted = gain_c >= plan.step_min_samples or starved
+    inconclusive = state.inconclusive_checks + (1 if counted else 0)
     if assessment.verdict == "insufficient":
         waiting = why
     elif not step_ready:
@@ -289,12 +307,16 @@ def decide(state: RoutingState, assessment: Assessment, now: str) -> tuple[Routi
         )
     else:
         waiting = why
+    if starved:
+        waiting = f"the canary got {gain_c} values while stable got {gain_s}; {waiting}"
+    base = counts if counted else state.inconclusive_base
     if inconclusive >= plan.inconclusive_limit:
         reason = f"pause: {inconclusive} checks in a row without a verdict; {waiting}"
         new = state.bump(
             now,
             status="paused",
             inconclusive_checks=inconclusive,
+            inconclusive_base=base,
             last_decision="pause",
             last_reason=reason,
             **common,
@@ -304,6 +326,7 @@ def decide(state: RoutingState, assessment: Assessment, now: str) -> tuple[Routi
     new = state.bump(
         now,
         inconclusive_checks=inconclusive,
+        inconclusive_base=base,
         last_decision="continue",
         last_reason=reason,
         **common,
@@ -340,7 +363,12 @@ def resume(state: RoutingState, reason: str, now: str) -> tuple[RoutingState, De
     _need(state, ("paused",), "resume")
     why = f"resumed: {reason}"
     new = state.bump(
-        now, status="running", inconclusive_checks=0, last_decision="resume", last_reason=why
+        now,
+        status="running",
+        inconclusive_checks=0,
+        inconclusive_base=state.last_counts if state.last_counts[0] >= 0 else (0, 0),
+        last_decision="resume",
+        last_reason=why,
     )
     return new, Decision(kind="resume", reason=why)
 

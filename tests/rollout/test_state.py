@@ -86,18 +86,45 @@ def test_failures_are_counted_over_the_rollout_not_consecutively() -> None:
 
 
 def test_inconclusive_pauses_and_resume_starts_the_count_over() -> None:
+    """inconclusive_limit = 3: the third batch of 10 new canary values without a verdict
+    pauses; checks that bring fewer new values wait without counting."""
     s = started()
-    s, d1 = tick(s, "insufficient", (5, 1))
-    s, d2 = tick(s, "insufficient", (8, 2))
-    s, d3 = tick(s, "insufficient", (9, 3))
-    assert (d1, d2, d3) == ("continue", "continue", "pause")
-    assert s.status == "paused" and "3 checks in a row" in (s.last_reason or "")
-    same, d = tick(s, "fail", (100, 100))
+    s, d = tick(s, "unproven", (100, 10))
+    assert d == "advance"  # now at the last step: no verdict until proven
+    s, d1 = tick(s, "unproven", (110, 20))
+    s, d_small = tick(s, "unproven", (112, 22))  # 2 new canary values: not a batch
+    s, d2 = tick(s, "unproven", (121, 31))
+    assert (d1, d_small, d2, s.inconclusive_checks) == ("continue", "continue", "continue", 2)
+    s, d3 = tick(s, "unproven", (131, 41))
+    assert (d3, s.status) == ("pause", "paused")
+    assert "3 checks in a row" in (s.last_reason or "")
+    same, d = tick(s, "fail", (200, 100))
     assert (d, same) == ("none", s)  # a paused rollout is not acted on
     s, decision = sm.resume(s, "more traffic now", "t")
     assert (decision.kind, s.status, s.inconclusive_checks) == ("resume", "running", 0)
-    s, d = tick(s, "insufficient", (12, 4))
+    s, d = tick(s, "unproven", (141, 51))
     assert (d, s.inconclusive_checks) == ("continue", 1)
+
+
+def test_how_often_checks_run_does_not_change_when_a_rollout_pauses() -> None:
+    def pause_point(every: int) -> int:
+        s = started()
+        s, _ = tick(s, "unproven", (100, 10))
+        n = 10
+        while s.status == "running":
+            n += every
+            s, _ = tick(s, "unproven", (100 + n, n))
+        return n
+
+    assert pause_point(1) == pause_point(2) == pause_point(5) == 40
+
+
+def test_a_starved_canary_pauses() -> None:
+    s = started()  # weight 0.1: stable should get 9 values per canary value
+    for i in range(1, 4):
+        s, d = tick(s, "insufficient", (180 * i, 1))
+    assert (d, s.status) == ("pause", "paused")
+    assert "the canary got 0 values while stable got 180" in (s.last_reason or "")
 
 
 def test_the_same_counts_twice_change_nothing() -> None:
