@@ -22,6 +22,7 @@ from prefect_genopt import llm_spans as _llm_spans  # noqa: E402
 from prefect_genopt.feedback import FeedbackError, UnknownRunError, feedback  # noqa: E402
 from prefect_genopt.optimize import Optimizer, OptimizerSettings, OptoPrime  # noqa: E402
 from prefect_genopt.pipeline import current_params, pinned_params, pipeline, task  # noqa: E402
+from prefect_genopt.rollout import RolloutPlan  # noqa: E402
 from prefect_genopt.settings import GenoptSettings, get_settings  # noqa: E402
 from prefect_genopt.tracing import setup_tracing  # noqa: E402
 from prefect_genopt.tunables import Tunables, choice, demos, numeric, prompt  # noqa: E402
@@ -50,6 +51,7 @@ __all__ = [
     "OptimizerSettings",
     "Optimizer",
     "OptoPrime",
+    "RolloutPlan",
     "Warehouse",
     "IngestResult",
     "setup_tracing",

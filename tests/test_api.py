@@ -18,6 +18,7 @@ PUBLIC = {
     "OptimizerSettings",
     "Optimizer",
     "OptoPrime",
+    "RolloutPlan",
     "Warehouse",
     "IngestResult",
     "setup_tracing",

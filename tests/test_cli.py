@@ -206,3 +206,67 @@ def test_optimize_without_evidence_is_a_clear_error(
 ) -> None:
     assert main(["optimize", "nothing-here", "--model", "scripted-opt/follow"]) == 2
     assert "pipeline 'nothing-here' has no runs" in capsys.readouterr().err
+
+
+def test_rollout_help_documents_the_verbs_and_defaults() -> None:
+    out = genopt("rollout", "--help")
+    assert out.returncode == 0
+    for word in ("start", "status", "analyze", "promote", "abort", "pause", "resume", "pin"):
+        assert word in out.stdout
+    assert "alpha 0.01" in out.stdout and "--fast" in out.stdout
+
+
+def test_rollout_verbs_from_the_command_line(
+    pipeline_name: str, warehouse_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.rollout.pipelines import KnobParams, make_pipeline
+
+    knob = make_pipeline(pipeline_name)
+    knob(n=20, batch=0)
+    candidate = tmp_path / "candidate.json"
+    candidate.write_text('{"quality": 0.9}')
+    start = ["rollout", "start", pipeline_name, "--params", str(candidate), "--kpi", "ok"]
+    assert main([*start, "--fast", "--reason", "hand-tuned"]) == 0
+    out = capsys.readouterr().out
+    assert f"pipeline {pipeline_name}: running" in out and "weight 30%" in out
+    assert main(start) == 2
+    assert "already running" in capsys.readouterr().err
+
+    knob(n=20, batch=1)
+    assert main(["rollout", "analyze", pipeline_name, "--json"]) == 0
+    check = json.loads(capsys.readouterr().out)
+    assert check["decision"] in ("continue", "advance") and check["applied"]
+    # the 20 items of the run since the start (the run before it is not measured)
+    assert check["assessment"]["stable"]["n"] + check["assessment"]["canary"]["n"] == 20
+
+    assert main(["rollout", "pause", pipeline_name]) == 2
+    assert "give a reason" in capsys.readouterr().err
+    assert main(["rollout", "pin", pipeline_name, "--reason", "x"]) == 2
+    assert "usage: genopt rollout pin" in capsys.readouterr().err
+    stable_id = KnobParams().param_set_id
+    assert main(["rollout", "pin", pipeline_name, stable_id, "--reason", "incident 7"]) == 0
+    assert f"PINNED  every item uses {stable_id}" in capsys.readouterr().out
+    assert main(["rollout", "unpin", pipeline_name, "--reason", "ok"]) == 0
+    capsys.readouterr()
+    assert main(["rollout", "abort", pipeline_name, "--reason", "enough", "--actor", "ci"]) == 0
+    capsys.readouterr()
+    assert main(["rollout", "status", pipeline_name, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["state"]["status"] == "idle" and status["state"]["last_outcome"] == "aborted"
+    kinds = [e["kind"] for e in status["events"]]
+    assert kinds[:3] == ["abort", "unpin", "pin"] and kinds[-1] == "started"
+
+
+def test_rollout_start_refuses_a_bad_params_file(
+    pipeline_name: str, warehouse_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.rollout.pipelines import make_pipeline
+
+    make_pipeline(pipeline_name)(n=2, batch=0)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["rollout", "start", pipeline_name, "--params", str(bad), "--kpi", "ok"]) == 2
+    assert "neither a JSON object nor a readable JSON file" in capsys.readouterr().err
+    args = ["rollout", "start", pipeline_name, "--params", '{"quality": 0.9}', "--kpi", "ok"]
+    assert main([*args, "--steps", "50,10"]) == 2
+    assert "steps must increase" in capsys.readouterr().err

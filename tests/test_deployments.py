@@ -70,18 +70,32 @@ def test_deploy_and_run_the_nightly_optimizer(
         "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all", env=env
     )
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-    for name in ("triage/triage-example", "genopt-optimize/optimize-triage-nightly"):
+    names = (
+        "triage/triage-example",
+        "genopt-optimize/optimize-triage-nightly",
+        "genopt-canary/canary-triage",
+    )
+    for name in names:
         run = _prefect("deployment", "run", name, env=env)
         assert run.returncode == 0, run.stderr
         worker = _prefect("worker", "start", "--pool", "genopt", "--run-once", env=env)
         assert worker.returncode == 0, worker.stderr[-3000:]
 
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     with get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name("genopt-optimize/optimize-triage-nightly")
+        canary = client.read_deployment_by_name("genopt-canary/canary-triage")
+        canary_runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[canary.id]))
+        )
     assert [s.schedule.cron for s in dep.schedules] == ["0 2 * * *"]
     assert all(s.active for s in dep.schedules)
+    # the canary check ran through the worker: no rollout is active, so it changed nothing
+    assert [s.schedule.cron for s in canary.schedules] == ["*/10 * * * *"]
+    ran = [r.state.type.value for r in canary_runs if r.state.type.value != "SCHEDULED"]
+    assert ran == ["COMPLETED"]  # (the scheduler may have queued later ones)
 
     rows = genopt.Warehouse().sql("SELECT pipeline, status, model, settings FROM proposals")
     # the scripted model finds no `level` in triage's problem and asks for no change, so
