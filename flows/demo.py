@@ -7,7 +7,11 @@
 3. the warehouse answers SQL;
 4. the optimizer flow runs now (as its nightly deployment would) with GENOPT_MODEL, else
    the embedded local model, and proposes a new prompt;
-5. the candidate is run offline on the same tickets next to the stable prompt.
+5. the proposal goes out behind a canary: each ticket of later runs goes to the stable or
+   the candidate prompt by a stable hash, and a check after each run advances, promotes,
+   rolls back or pauses it (a fast demo plan: few tickets, big effects only);
+6. a deliberately bad hand-written prompt is rolled back, and (if the proposal was not
+   promoted) a good hand-written one is promoted; then the record and the kill switch.
 
 ``GENOPT_DEMO_SEED`` (default 0) picks the tickets and the optimizer's minibatches.
 
@@ -25,6 +29,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = Path(os.environ.get("GENOPT_DEMO_HOME") or ROOT / ".demo").resolve()
@@ -40,6 +47,7 @@ def _setup_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ["GENOPT_ROUTING_TTL"] = "0"  # see rollout changes made by the CLI at once
 
 
 def step(title: str) -> None:
@@ -63,6 +71,58 @@ def genopt_cli(
     if check and proc.returncode != 0:
         raise SystemExit(f"genopt {args[0]} failed with exit code {proc.returncode}")
     return proc
+
+
+#: a hand-written prompt with the labels' cue words swapped (a deliberately bad candidate)
+BAD_PROMPT = (
+    "Route tickets. other: invoice, refund, charged, payment, bill; billing: crash, error, "
+    "broken, freezes, login; bug: dark mode, invite, thanks, student, roadmap"
+)
+#: a hand-written prompt with good rules (what a support lead might write)
+GOOD_PROMPT = (
+    "Classify the ticket as billing, bug or other. Answer with the label only. "
+    "billing: invoice, refund, charged, payment, bill, declined; "
+    "bug: crash, error, broken, freezes, login"
+)
+
+
+def wh_now() -> Any:
+    """A fresh warehouse reader (it loads what arrived since the last one)."""
+    import prefect_genopt as genopt
+
+    return genopt.Warehouse()
+
+
+def canary_loop(first_seed: int, max_runs: int = 40) -> str:
+    """Pipeline runs with a canary check after each (what the genopt-canary deployment
+    does every 10 minutes), until the rollout is promoted, rolled back or paused."""
+    import prefect.settings as ps
+
+    from flows.examples.triage import triage
+    from prefect_genopt.rollout.controller import analyze
+
+    decision = "none"
+    with ps.temporary_settings({ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        for i in range(max_runs):
+            acc = triage(n=16, seed=first_seed + i)
+            result = analyze("triage", actor="demo canary check")
+            decision = result.decision.kind
+            a = result.assessment
+            arms = (
+                f"stable {a.stable.mean:.2f} (n={a.stable.n}), canary {a.canary.mean:.2f} "
+                f"(n={a.canary.n})"
+                if a and a.stable.n and a.canary.n
+                else "waiting for values"
+            )
+            print(
+                f"  run {i + 1}: accuracy {acc:.2f}; weight {result.state.weight:.0%} -> "
+                f"{decision}; correct: {arms}",
+                flush=True,
+            )
+            if decision in ("promote", "abort", "pause"):
+                print(f"  => {decision}: {result.decision.reason}")
+                break
+    return decision
 
 
 def main() -> None:
@@ -162,40 +222,85 @@ def main() -> None:
         "SELECT proposal_id, candidate_param_set_id FROM proposals "
         "WHERE pipeline = 'triage' AND status = 'proposed' ORDER BY created_at DESC LIMIT 1"
     )
+    promoted = False
     if not rows:
-        print("no valid proposal this time (see the reasons above); nothing to check")
+        print("no valid proposal this time (see the reasons above); no canary for it")
     else:
         genopt_cli("proposals", "show", rows[0]["proposal_id"])
-        step("7. The candidate, checked offline on the same tickets (a canary comes next)")
-        import orjson
-
-        from prefect_genopt.pipeline import pinned_params
-
-        values = orjson.loads(
-            wh.sql(
-                'SELECT "values" FROM param_sets WHERE param_set_id = ?',
-                [rows[0]["candidate_param_set_id"]],
-            )[0]["values"]
-        )
-        after = []
-        with ps.temporary_settings({ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            with pinned_params(values, arm="offline"):
-                for seed in seeds:
-                    after.append(triage(n=8, seed=seed))
-        mean_b, mean_a = sum(before) / len(before), sum(after) / len(after)
-        print(
-            f"accuracy, stable prompt:    {' '.join(f'{a:.2f}' for a in before)}  mean {mean_b:.3f}"
-        )
-        print(
-            f"accuracy, candidate prompt: {' '.join(f'{a:.2f}' for a in after)}  mean {mean_a:.3f}"
-        )
-        verdict = "better" if mean_a > mean_b else ("no better" if mean_a == mean_b else "worse")
-        print(f"the candidate is {verdict} on these tickets ({mean_a - mean_b:+.3f})")
+        step("7. The proposal goes out behind a canary (fast demo plan: 30% -> 50% -> 100%)")
         genopt_cli(
-            "sql",
-            "SELECT arm, param_set_id, round(avg(value), 3) AS accuracy, count(*) AS runs "
-            "FROM feedback WHERE kpi = 'accuracy' GROUP BY ALL ORDER BY arm DESC",
+            "rollout",
+            "start",
+            "triage",
+            "--proposal",
+            rows[0]["proposal_id"],
+            "--fast",
+            "--kpi",
+            "correct",
+            "--reason",
+            "tonight's proposal",
         )
+        promoted = canary_loop(first_seed=1000 + demo_seed * 100) == "promote"
+
+    step("8. A person's hand-written prompt with the cue words swapped: it is rolled back")
+    bad = HOME / "bad-candidate.json"
+    bad.write_text(orjson.dumps({"prompt": BAD_PROMPT}).decode())
+    print(f"{bad.name}: {bad.read_text()}")
+    genopt_cli(
+        "rollout",
+        "start",
+        "triage",
+        "--params",
+        str(bad),
+        "--fast",
+        "--kpi",
+        "correct",
+        "--reason",
+        "a person's idea",
+    )
+    canary_loop(first_seed=2000 + demo_seed * 100)
+
+    if not promoted:
+        step("9. A good hand-written prompt instead: it is promoted")
+        good = HOME / "good-candidate.json"
+        good.write_text(orjson.dumps({"prompt": GOOD_PROMPT}).decode())
+        print(f"{good.name}: {good.read_text()}")
+        genopt_cli(
+            "rollout",
+            "start",
+            "triage",
+            "--params",
+            str(good),
+            "--fast",
+            "--kpi",
+            "correct",
+            "--reason",
+            "rules from the support lead",
+        )
+        canary_loop(first_seed=3000 + demo_seed * 100)
+
+    step("10. The record: every check and decision, and the kill switch")
+    genopt_cli("rollout", "status", "triage")
+    genopt_cli(
+        "sql",
+        "SELECT rollout_id, status, canary_param_set_id AS canary, proposal_id, reason "
+        "FROM rollouts ORDER BY created_at",
+    )
+    genopt_cli(
+        "sql",
+        "SELECT created_at, kind, round(weight, 2) AS weight, actor, reason FROM rollout_events "
+        "WHERE kind NOT IN ('continue') ORDER BY created_at",
+    )
+    genopt_cli(
+        "sql",
+        "SELECT step, verdict, decision, n_stable, n_canary, round(mean_stable, 3) AS stable, "
+        "round(mean_canary, 3) AS canary FROM rollout_analyses ORDER BY created_at DESC LIMIT 6",
+    )
+    stable = wh_now().sql("SELECT stable_param_set_id FROM rollouts ORDER BY created_at LIMIT 1")[
+        0
+    ]["stable_param_set_id"]
+    genopt_cli("rollout", "pin", "triage", stable, "--reason", "demo: the kill switch")
+    genopt_cli("rollout", "unpin", "triage", "--reason", "demo over")
     print(f"\nwarehouse file: {os.environ['GENOPT_WAREHOUSE']}  (open it with `duckdb` too)")
     print(f"demo finished in {time.monotonic() - t0:.0f}s")
 

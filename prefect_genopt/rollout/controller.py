@@ -145,7 +145,7 @@ def _emit(kind: str, state: sm.RoutingState, reason: str, extra: Mapping[str, An
                 "reason": reason,
                 "status": state.status,
                 "weight": state.weight,
-                "step": state.step,
+                "step": state.step + 1,
                 "stable": state.stable,
                 "canary": state.canary,
                 "pinned": state.pinned,
@@ -155,15 +155,6 @@ def _emit(kind: str, state: sm.RoutingState, reason: str, extra: Mapping[str, An
         )
     except Exception as exc:  # noqa: BLE001 - events are best effort; the record is the warehouse
         logger.warning("could not emit the %s event: %s", kind, exc)
-
-
-def _flush_events() -> None:
-    try:
-        from prefect.events.worker import EventsWorker
-
-        EventsWorker.drain_all(timeout=10)
-    except Exception as exc:  # noqa: BLE001
-        logger.warning("events not flushed: %s", exc)
 
 
 def _event_row(
@@ -192,7 +183,7 @@ def _event_row(
             "actor": actor,
             "reason": clean(decision.reason, 4000),
             "revision": state.revision,
-            "step": state.step,
+            "step": state.step + 1,
             "weight": state.weight,
             "stable_param_set_id": state.stable,
             "canary_param_set_id": state.canary,
@@ -248,8 +239,8 @@ def _apply(
     )
     _ingest(wh)
     if decision.changed:
+        # sent by Prefect's events worker thread (drained at process exit)
         _emit(decision.kind, after, decision.reason, {"actor": actor, **(extra or {})})
-    _flush_events()
 
 
 def _warehouse(warehouse: Warehouse | str | Path | None) -> Warehouse:
@@ -492,7 +483,7 @@ def _analysis_row(
             "pipeline": before.pipeline,
             "created_at": now.isoformat(),
             "revision": before.revision,
-            "step": before.step,
+            "step": before.step + 1,
             "weight": before.weight,
             "kpi": plan.kpi,
             "direction": plan.direction,
@@ -578,7 +569,6 @@ def analyze(
             return CheckResult(pipeline, before, decision, assessment, analysis_id, applied=False)
         if decision.kind in ("continue",):
             _emit("checked", after, decision.reason, {"verdict": assessment.verdict})
-            _flush_events()
         logger.info("%s: %s", pipeline, decision.reason)
         return CheckResult(
             pipeline, after, decision, assessment, analysis_id, applied=decision.changed

@@ -195,9 +195,9 @@ def start(
         inconclusive_checks=0,
         inconclusive_base=(0, 0),
         last_decision="started",
-        last_reason=f"started: {plan.describe()}",
+        last_reason=plan.describe(),
     )
-    return new, Decision(kind="started", reason=new.last_reason or "")
+    return new, Decision(kind="started", reason=f"started: {plan.describe()}")
 
 
 def _ended(
