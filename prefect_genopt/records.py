@@ -116,6 +116,16 @@ def field_type_error(record: Mapping[str, Any]) -> str | None:
     return None
 
 
+def current_user() -> str:
+    """Who is acting, for ``actor`` columns: the login name, else ``"unknown"``."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return "unknown"
+
+
 def row_record(table: str, body: Mapping[str, Any]) -> dict[str, Any]:
     """A spool record that becomes one row of ``table`` when ingested.
 

@@ -13,7 +13,6 @@ are in SQL after the next ingest (done at once by the functions here).
 
 from __future__ import annotations
 
-import getpass
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
@@ -23,9 +22,9 @@ import orjson
 
 from prefect_genopt import spool
 from prefect_genopt.optimize.optoprime import MemoryEntry
-from prefect_genopt.records import row_record
+from prefect_genopt.records import current_user, row_record
 from prefect_genopt.redaction import clean
-from prefect_genopt.warehouse import Warehouse, WarehouseBusyError
+from prefect_genopt.warehouse import Warehouse
 from prefect_genopt.warehouse.schema import utcnow
 
 __all__ = [
@@ -123,13 +122,6 @@ def record_proposal(
     spool.append(records, wh.spool_dir)
 
 
-def _ingest(wh: Warehouse) -> None:
-    try:
-        wh.ingest()
-    except WarehouseBusyError:
-        pass  # the rows wait in the spool; the next reader or `genopt ingest` loads them
-
-
 def get_proposal(wh: Warehouse, proposal_id: str) -> dict[str, Any]:
     """One proposal by id (a unique prefix is enough).
 
@@ -169,16 +161,10 @@ def set_status(
         raise ProposalError(
             f"proposal {row['proposal_id']} is {current!r}: it cannot become {status!r}"
         )
-    spool.append([_event(row["proposal_id"], status, actor or _user(), reason)], wh.spool_dir)
-    _ingest(wh)
+    event = _event(row["proposal_id"], status, actor or current_user(), reason)
+    spool.append([event], wh.spool_dir)
+    wh.ingest_if_free()
     return get_proposal(wh, row["proposal_id"])
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no login name in some containers
-        return "unknown"
 
 
 def reject_proposal(

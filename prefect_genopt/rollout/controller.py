@@ -18,7 +18,6 @@ data changes nothing, so running it twice never advances twice.
 
 from __future__ import annotations
 
-import getpass
 import logging
 import math
 import uuid
@@ -32,7 +31,7 @@ import orjson
 
 from prefect_genopt import spool
 from prefect_genopt.locks import pipeline_lock
-from prefect_genopt.records import row_record
+from prefect_genopt.records import current_user, row_record
 from prefect_genopt.redaction import clean
 from prefect_genopt.rollout import state as sm
 from prefect_genopt.rollout import store
@@ -40,7 +39,7 @@ from prefect_genopt.rollout.analysis import ArmStats, Assessment, assess, mann_w
 from prefect_genopt.rollout.plan import RolloutPlan
 from prefect_genopt.settings import get_settings
 from prefect_genopt.tunables import param_set_id as compute_param_set_id
-from prefect_genopt.warehouse import Warehouse, WarehouseBusyError
+from prefect_genopt.warehouse import Warehouse
 from prefect_genopt.warehouse.schema import utcnow
 
 __all__ = [
@@ -94,13 +93,6 @@ class CheckResult:
     def summary(self) -> str:
         """One line for logs and the CLI."""
         return f"{self.pipeline}: {self.decision.kind}: {self.decision.reason}"
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001
-        return "unknown"
 
 
 def _now() -> datetime:
@@ -193,13 +185,6 @@ def _event_row(
     )
 
 
-def _ingest(wh: Warehouse) -> None:
-    try:
-        wh.ingest()
-    except WarehouseBusyError:
-        pass  # the rows wait in the spool; the next reader or `genopt ingest` loads them
-
-
 def _proposal_status(
     wh: Warehouse, proposal_id: str | None, kind: str, reason: str, actor: str
 ) -> None:
@@ -237,7 +222,7 @@ def _apply(
     _proposal_status(
         wh, before.proposal_id or after.proposal_id, decision.kind, decision.reason, actor
     )
-    _ingest(wh)
+    wh.ingest_if_free()
     if decision.changed:
         # sent by Prefect's events worker thread (drained at process exit)
         _emit(decision.kind, after, decision.reason, {"actor": actor, **(extra or {})})
@@ -347,7 +332,7 @@ def start_rollout(
     if (proposal_id is None) == (values is None):
         raise RolloutError("give exactly one of a proposal id (--proposal) or values (--params)")
     wh = _warehouse(warehouse)
-    actor = actor or _user()
+    actor = actor or current_user()
     with pipeline_lock("rollout", pipeline, get_settings().canary_wait):
         before = get_state(pipeline)
         if before.active:
@@ -586,7 +571,7 @@ def _manual(
     if not reason or not reason.strip():
         raise RolloutError(f"give a reason to {verb} (--reason TEXT); it is recorded")
     fn = getattr(sm, verb)
-    actor = actor or _user()
+    actor = actor or current_user()
     with pipeline_lock("rollout", pipeline, get_settings().canary_wait):
         before = get_state(pipeline)
         wh = _warehouse(warehouse)

@@ -143,6 +143,14 @@ def _check_line(line: bytes) -> str | None:
     return None
 
 
+#: tables whose ``status`` is the latest of their append-only events:
+#: (table, key, events table, extra condition on the events)
+_STATUS_FROM_EVENTS = (
+    ("proposals", "proposal_id", "proposal_events", ""),
+    ("rollouts", "rollout_id", "rollout_events", "AND kind NOT IN ('pin', 'unpin')"),
+)
+
+
 class Ingester:
     """Loads the spool into the warehouse.
 
@@ -503,35 +511,20 @@ class Ingester:
                 """,
                 [now] if has_ingested else [],
             )
-        if "proposal_events" in tables or "proposals" in tables:
-            con.execute(
-                """
-                UPDATE proposals SET status = e.status, status_reason = e.reason,
-                       status_at = e.created_at
-                FROM (SELECT proposal_id, arg_max(status, created_at) AS status,
-                             arg_max(reason, created_at) AS reason,
-                             max(created_at) AS created_at
-                      FROM proposal_events GROUP BY proposal_id) e
-                WHERE proposals.proposal_id = e.proposal_id
-                  AND (proposals.status_at IS NULL OR e.created_at > proposals.status_at)
-                """
-            )
-
-        if "rollout_events" in tables or "rollouts" in tables:
-            con.execute(
-                """
-                UPDATE rollouts SET status = e.status, status_reason = e.reason,
-                       status_at = e.created_at
-                FROM (SELECT rollout_id, arg_max(status, created_at) AS status,
-                             arg_max(reason, created_at) AS reason,
-                             max(created_at) AS created_at
-                      FROM rollout_events WHERE rollout_id IS NOT NULL
-                        AND kind NOT IN ('pin', 'unpin')
-                      GROUP BY rollout_id) e
-                WHERE rollouts.rollout_id = e.rollout_id
-                  AND (rollouts.status_at IS NULL OR e.created_at >= rollouts.status_at)
-                """
-            )
+        for table, key, events, where in _STATUS_FROM_EVENTS:
+            if table in tables or events in tables:
+                con.execute(
+                    f"""
+                    UPDATE {table} SET status = e.status, status_reason = e.reason,
+                           status_at = e.created_at
+                    FROM (SELECT {key}, arg_max(status, created_at) AS status,
+                                 arg_max(reason, created_at) AS reason,
+                                 max(created_at) AS created_at
+                          FROM {events} WHERE {key} IS NOT NULL {where} GROUP BY {key}) e
+                    WHERE {table}.{key} = e.{key}
+                      AND ({table}.status_at IS NULL OR e.created_at >= {table}.status_at)
+                    """
+                )
 
     def _mark_dead_runs(self, con: duckdb.DuckDBPyConnection, result: IngestResult) -> None:
         rows = con.execute(

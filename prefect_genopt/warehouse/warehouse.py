@@ -64,6 +64,14 @@ class Warehouse:
         self._pending_ingest = False  # the first query need not ingest again
         return Ingester(self.path, self.spool_dir).ingest()
 
+    def ingest_if_free(self) -> IngestResult | None:
+        """:meth:`ingest` unless the warehouse is busy (then the spool keeps the data for
+        the next reader or ``genopt ingest``, and None is returned)."""
+        try:
+            return self.ingest()
+        except WarehouseBusyError:
+            return None
+
     @contextlib.contextmanager
     def reading(self) -> Iterator[Warehouse]:
         """Keep one read-only connection open for the queries inside the block.
