@@ -393,9 +393,8 @@ def summarize(outs: Sequence[Outcome]) -> dict[str, Any]:
         "items_to_rollback_median": statistics.median(aborted) if aborted else None,
         # for genopt's A/A this is what the plan's alpha bounds (any check ever failing)
         "any_failed_check_rate": sum(o.failed_checks > 0 for o in outs) / n,
+        # one letter per rollout (R rollback, P promote, S pause, C capped), in seed order
         "outcomes": _codes(outs),
-        "items": [o.items for o in outs],
-        "canary_items": [o.canary_items for o in outs],
     }
 
 
