@@ -95,6 +95,16 @@ class CheckResult:
         return f"{self.pipeline}: {self.decision.kind}: {self.decision.reason}"
 
 
+#: seconds a rollout command's lock lease lasts if its holder dies (its work takes seconds)
+LOCK_LEASE_SECONDS = 120.0
+
+
+def _lock(pipeline: str) -> Any:
+    return pipeline_lock(
+        "rollout", pipeline, get_settings().canary_wait, lease_seconds=LOCK_LEASE_SECONDS
+    )
+
+
 def _now() -> datetime:
     return utcnow()
 
@@ -333,7 +343,7 @@ def start_rollout(
         raise RolloutError("give exactly one of a proposal id (--proposal) or values (--params)")
     wh = _warehouse(warehouse)
     actor = actor or current_user()
-    with pipeline_lock("rollout", pipeline, get_settings().canary_wait):
+    with _lock(pipeline):
         before = get_state(pipeline)
         if before.active:
             raise RolloutError(
@@ -514,7 +524,7 @@ def analyze(
     serialized by the pipeline's lock; a decision computed from a pointer that
     changed meanwhile is dropped (``applied=False``).
     """
-    with pipeline_lock("rollout", pipeline, get_settings().canary_wait):
+    with _lock(pipeline):
         before = get_state(pipeline)
         if not before.active:
             why = f"no rollout is active for {pipeline!r}"
@@ -572,7 +582,7 @@ def _manual(
         raise RolloutError(f"give a reason to {verb} (--reason TEXT); it is recorded")
     fn = getattr(sm, verb)
     actor = actor or current_user()
-    with pipeline_lock("rollout", pipeline, get_settings().canary_wait):
+    with _lock(pipeline):
         before = get_state(pipeline)
         wh = _warehouse(warehouse)
         if verb == "pin":
