@@ -59,7 +59,7 @@ import statistics
 import sys
 import time
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from random import Random
@@ -246,23 +246,37 @@ def _stats(s: Sums) -> ArmStats:
 
 
 def run_genopt(
-    stream: Stream, cand: float, plan: RolloutPlan, every: int, max_items: int
+    stream: Stream,
+    cand: float,
+    plan: RolloutPlan,
+    every: int,
+    max_items: int,
+    stratified: bool = True,
 ) -> Outcome:
-    """genopt's controller: one assess + decide every ``every`` blocks, sums since start."""
+    """genopt's controller: one assess + decide every ``every`` blocks, on sums since the
+    start and per step (the arms are compared within steps, as the controller does)."""
     state = RoutingState(pipeline="bench", stable="ps_stable")
     state, _ = start(state, "ro_bench", "ps_candidate", plan, NOW)
     stable: Sums = (0.0, 0.0, 0.0)
     canary: Sums = (0.0, 0.0, 0.0)
+    zero: Sums = (0.0, 0.0, 0.0)
+    per_step: list[tuple[Sums, Sums]] = [(zero, zero)]  # sums of each step, for strata
     j = 0
     items = 0
     while items + every * stream.block <= max_items:
         wi = stream.edges.index(state.weight)
+        while len(per_step) <= state.step:
+            per_step.append((zero, zero))
         for _ in range(every):
             s, c = stream.arms(j, wi, cand)
             stable, canary = _add(stable, s), _add(canary, c)
+            ps, pc = per_step[state.step]
+            per_step[state.step] = (_add(ps, s), _add(pc, c))
             j += 1
         items += every * stream.block
-        state, d = decide(state, assess(_stats(stable), _stats(canary), plan), NOW)
+        strata = [(_stats(a), _stats(b)) for a, b in per_step] if stratified else None
+        a = assess(_stats(stable), _stats(canary), plan, strata=strata)
+        state, d = decide(state, a, NOW)
         if d.kind in TERMINAL:
             return Outcome(TERMINAL[d.kind], items, int(canary[0]), state.failed_checks)
     return Outcome("capped", items, int(canary[0]), state.failed_checks)
@@ -491,13 +505,15 @@ def run_kpi(kpi: Kpi, p: Params, log: Callable[[str], None]) -> dict[str, Any]:
 
     # 1. genopt (the default plan, and extra check intervals) on the benchmark seeds
     t0 = time.perf_counter()
-    genopt_keys = ["genopt", *(f"genopt_every{e}" for e in p.extra_every)]
+    genopt_keys = ["genopt", "genopt_pooled", *(f"genopt_every{e}" for e in p.extra_every)]
     for key in genopt_keys:
         results[key] = {label: [] for label, _ in cands}
     for i in range(p.rollouts):
         stream = Stream(kpi, BENCH_SEED_BASE + i, p.interval, edges, keep_raw=False)
         for label, cand in cands:
             results["genopt"][label].append(run_genopt(stream, cand, plan, 1, p.max_items))
+            pooled = run_genopt(stream, cand, plan, 1, p.max_items, stratified=False)
+            results["genopt_pooled"][label].append(pooled)
             for e in p.extra_every:
                 out = run_genopt(stream, cand, plan, e, p.max_items)
                 results[f"genopt_every{e}"][label].append(out)
@@ -556,6 +572,7 @@ def run_kpi(kpi: Kpi, p: Params, log: Callable[[str], None]) -> dict[str, Any]:
         best = max(variants, key=lambda c: calib[c.key]["calib_minus5_rollback"])
     labels = {
         "genopt": "genopt (default plan)",
+        "genopt_pooled": "extra: genopt, arms pooled over steps (no strata)",
         **{
             f"genopt_every{e}": f"extra: genopt (default plan), check every {e * p.interval} items"
             for e in p.extra_every
@@ -566,7 +583,7 @@ def run_kpi(kpi: Kpi, p: Params, log: Callable[[str], None]) -> dict[str, Any]:
     summaries = {
         key: {label: summarize(outs) for label, outs in per.items()} for key, per in results.items()
     }
-    shown = ["genopt", *(f"genopt_every{e}" for e in p.extra_every), primary.key]
+    shown = ["genopt", "genopt_pooled", *(f"genopt_every{e}" for e in p.extra_every), primary.key]
     if best.key not in shown:
         shown.append(best.key)
     shown.append("fixed_horizon")
@@ -621,6 +638,54 @@ def targets(res: dict[str, Any]) -> list[tuple[str, bool, str]]:
                 f"{pct(s[key]['A/A']['rollback_rate'])}",
             )
         )
+    return out
+
+
+DRIFT_DROP = 0.10  # the KPI of both arms falls by this much (absolute) over DRIFT_ITEMS
+DRIFT_ITEMS = 4000
+
+
+def run_drift(seed: int, plan: RolloutPlan, stratified: bool, max_items: int, every: int) -> str:
+    """An A/A rollout of a normal KPI whose mean drifts down for both arms alike (the
+    same items, a worse day): item by item, a check every ``every`` items."""
+    rng = Random(f"drift:{seed}")
+    state, _ = start(RoutingState(pipeline="bench", stable="a"), "r", "b", plan, NOW)
+    zero: Sums = (0.0, 0.0, 0.0)
+    per_step: list[list[Sums]] = [[zero, zero]]
+    items = 0
+    while items < max_items:
+        for _ in range(every):
+            mean = STABLE_MEAN - DRIFT_DROP * min(items / DRIFT_ITEMS, 1.0)
+            x = rng.gauss(mean, NORMAL_SD)
+            arm = 1 if rng.random() < state.weight else 0
+            while len(per_step) <= state.step:
+                per_step.append([zero, zero])
+            per_step[state.step][arm] = _add(per_step[state.step][arm], (1.0, x, x * x))
+            items += 1
+        stable = _stats(_sum_all(ps[0] for ps in per_step))
+        canary = _stats(_sum_all(ps[1] for ps in per_step))
+        strata = [(_stats(a), _stats(b)) for a, b in per_step] if stratified else None
+        state, d = decide(state, assess(stable, canary, plan, strata=strata), NOW)
+        if d.kind in TERMINAL:
+            return TERMINAL[d.kind]
+    return "capped"
+
+
+def _sum_all(parts: Iterable[Sums]) -> Sums:
+    total: Sums = (0.0, 0.0, 0.0)
+    for x in parts:
+        total = _add(total, x)
+    return total
+
+
+def drift_experiment(rollouts: int, p: Params) -> dict[str, Any]:
+    """A/A under drift: the false rollback rate with and without comparing within steps."""
+    out: dict[str, Any] = {"rollouts": rollouts, "drop": DRIFT_DROP, "over_items": DRIFT_ITEMS}
+    for name, stratified in (("within steps (default)", True), ("pooled over steps", False)):
+        outcomes = [
+            run_drift(i, p.plan, stratified, p.max_items, p.interval) for i in range(rollouts)
+        ]
+        out[name] = {k: outcomes.count(k) / rollouts for k in ("rollback", "promote", "pause")}
     return out
 
 
@@ -692,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     per_kpi = {}
     for kpi in KPIS:
         per_kpi[kpi.name] = run_kpi(kpi, p, print)
+    drift = drift_experiment(max(100, rollouts // 2), p)
     wall = time.perf_counter() - wall0
     cpu = time.process_time() - cpu0
 
@@ -725,6 +791,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {pct(s['-10%']['rollback_rate'])} | {pct(s['+5%']['promote_rate'])} "
                 f"| {s['-5%']['items_median']:,.0f} |"
             )
+    print(
+        f"\n### A/A under drift: normal KPI, both arms' mean falls by {DRIFT_DROP:g} over "
+        f"{DRIFT_ITEMS:,} items ({drift['rollouts']} rollouts)\n"
+    )
+    print("| comparison | rollback | promote | pause |\n|---|---:|---:|---:|")
+    for name in ("within steps (default)", "pooled over steps"):
+        r = drift[name]
+        print(f"| {name} | {pct(r['rollback'])} | {pct(r['promote'])} | {pct(r['pause'])} |")
     lines = [t for res in per_kpi.values() for t in targets(res)]
     print("\ntargets:")
     for text, met, detail in lines:
@@ -772,6 +846,7 @@ def main(argv: list[str] | None = None) -> int:
                 "outcome codes": "R rollback, P promote, S pause, C capped",
             },
             "results": per_kpi,
+            "drift_aa": drift,
             "targets": [{"target": t, "met": m, "detail": d} for t, m, d in lines],
             "wall_s": wall,
             "cpu_s": cpu,

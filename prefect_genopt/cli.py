@@ -645,8 +645,9 @@ def build_parser() -> argparse.ArgumentParser:
         "defaults (the safe plan): steps 10,25,50 then 100% = promote; tolerance 5% (relative);\n"
         "alpha 0.01 (false rollbacks); beta 0.05 (promoting a candidate worse by the tolerance);\n"
         "100 values per arm before any verdict and 100 new ones per step; abort on the 2nd\n"
-        "failed check; pause after 100 checks in a row without a verdict. --fast: a small plan\n"
-        "for demos (30%, 50%; 8 values per arm; tolerance 20%): it misses small regressions.",
+        "failed check; pause after 50 checks in a row without a verdict (one counted per 100\n"
+        "new canary values). Arms are compared within steps. --fast: a small plan for demos\n"
+        "(30%, 50%; 8 values per arm; tolerance 20%, alpha 0.05): it misses small regressions.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ro.add_argument(

@@ -3,6 +3,8 @@
 One check compares the canary arm with the stable arm on one KPI. The effect is
 the difference of means in the *better* direction (``canary - stable`` when higher
 is better, the opposite when lower is better), so a negative effect is a regression.
+With the values split by rollout step, it is compared within each step and combined
+(:func:`stratified_effect`): both arms of a step were sampled over the same time.
 The margin is the tolerance in KPI units (``tolerance * |stable mean|`` when relative).
 
 Two one-sided sequential tests run on the effect, each a normal-mixture sequential
@@ -52,6 +54,7 @@ from typing import Any, Literal
 from prefect_genopt.rollout.plan import RolloutPlan
 
 __all__ = [
+    "stratified_effect",
     "ArmStats",
     "Assessment",
     "MannWhitney",
@@ -227,11 +230,42 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+def stratified_effect(
+    strata: Sequence[tuple[ArmStats, ArmStats]], var_s: float, var_c: float, sign: float
+) -> tuple[float, float]:
+    """The difference of means within strata (steps), combined: ``(effect, variance)``.
+
+    Each stratum where both arms have values weighs ``n_s n_c / (n_s + n_c)`` (the
+    Cochran-Mantel-Haenszel weight); its variance uses the arms' overall variances.
+    Comparing within a step, where both arms are sampled over the same time at one
+    weight, keeps a KPI that drifts during the rollout from passing for an effect.
+
+    Example:
+        >>> a, b = ArmStats(90, 0.8, 0.16), ArmStats(10, 0.7, 0.21)
+        >>> c, d = ArmStats(50, 0.6, 0.24), ArmStats(50, 0.5, 0.25)
+        >>> effect, var = stratified_effect([(a, b), (c, d)], 0.2, 0.24, 1.0)
+        >>> round(effect, 3)
+        -0.1
+    """
+    used = [(s, c) for s, c in strata if s.n > 0 and c.n > 0]
+    weights = [s.n * c.n / (s.n + c.n) for s, c in used]
+    total = sum(weights)
+    if total == 0:
+        return math.nan, math.nan
+    effect = sum(w * sign * (c.mean - s.mean) for w, (s, c) in zip(weights, used, strict=True))
+    var = sum(
+        (w / total) ** 2 * (var_s / s.n + var_c / c.n)
+        for w, (s, c) in zip(weights, used, strict=True)
+    )
+    return effect / total, var
+
+
 def assess(
     stable: ArmStats,
     canary: ArmStats,
     plan: RolloutPlan,
     mw: MannWhitney | None = None,
+    strata: Sequence[tuple[ArmStats, ArmStats]] | None = None,
 ) -> Assessment:
     """Judge the canary against stable with ``plan``'s KPI rules (see the module doc).
 
@@ -240,6 +274,8 @@ def assess(
         canary: The canary arm's, over the same period.
         plan: Direction, tolerance, alpha, beta and the minimum sample.
         mw: An optional Mann-Whitney summary to carry along for the record.
+        strata: The same two arms split by step, ``[(stable, canary), ...]``: the
+            effect is then compared within steps (:func:`stratified_effect`).
     """
     need = plan.min_sample_per_arm
     if stable.n < need or canary.n < need:
@@ -255,13 +291,15 @@ def assess(
         )
     sign = 1.0 if plan.direction == "higher" else -1.0
     effect = sign * (canary.mean - stable.mean)
+    var = stable.var / stable.n + canary.var / canary.n
+    if strata is not None and sum(1 for s, c in strata if s.n and c.n) > 1:
+        effect, var = stratified_effect(strata, stable.var, canary.var, sign)
     scale = abs(stable.mean)
     relative = effect / scale if scale > 0 else math.nan
     if plan.tolerance_mode == "relative" and scale > 0:
         margin = plan.tolerance * scale
     else:
         margin = plan.tolerance
-    var = stable.var / stable.n + canary.var / canary.n
     pooled_sd = math.sqrt(max(stable.var, canary.var, 0.0))
     base = margin if margin > 0 else max(0.1 * pooled_sd, 1e-9)
     tau2 = tuple((k * base) ** 2 for k in MIXTURE_SCALES)

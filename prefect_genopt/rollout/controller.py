@@ -18,6 +18,7 @@ data changes nothing, so running it twice never advances twice.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import uuid
@@ -55,6 +56,7 @@ __all__ = [
     "unpin",
     "get_state",
     "measure",
+    "Measurement",
     "EVENT_NAMES",
 ]
 
@@ -429,14 +431,29 @@ def start_rollout(
         return after
 
 
-def measure(
-    wh: Warehouse, state: sm.RoutingState
-) -> tuple[list[float], list[float], datetime | None, datetime | None]:
-    """The rollout's KPI values per arm since it started: ``(stable, canary, first, last)``.
+@dataclass(frozen=True)
+class Measurement:
+    """A rollout's KPI values per arm since it started, and per step."""
+
+    stable: list[float]
+    canary: list[float]
+    #: (stable values, canary values) of each step, in order
+    steps: list[tuple[list[float], list[float]]]
+    first: datetime | None
+    last: datetime | None
+
+    def strata(self) -> list[tuple[ArmStats, ArmStats]]:
+        """Per-step arm stats, for :func:`~prefect_genopt.rollout.analysis.assess`."""
+        return [(ArmStats.from_values(s), ArmStats.from_values(c)) for s, c in self.steps]
+
+
+def measure(wh: Warehouse, state: sm.RoutingState) -> Measurement:
+    """The rollout's KPI values since it started, per arm and per step.
 
     A value counts for an arm when its feedback row carries that arm and the
     arm's param set id (so values from before the rollout, from offline runs or
-    from a pinned period never mix in).
+    from a pinned period never mix in); it belongs to the step during which its
+    feedback was given.
     """
     plan = state.get_plan()
     rows = wh.sql(
@@ -448,11 +465,18 @@ def measure(
         """,
         [state.pipeline, plan.kpi, state.started_at, state.stable, state.canary],
     )
-    stable = [float(r["value"]) for r in rows if r["arm"] == "stable"]
-    canary = [float(r["value"]) for r in rows if r["arm"] == "canary"]
-    first = rows[0]["created_at"] if rows else None
-    last = rows[-1]["created_at"] if rows else None
-    return stable, canary, first, last
+    starts = [datetime.fromisoformat(t) for t in (state.step_starts or (state.started_at or "",))]
+    steps: list[tuple[list[float], list[float]]] = [([], []) for _ in starts]
+    for r in rows:
+        k = max(bisect.bisect_right(starts, r["created_at"]) - 1, 0)
+        steps[k][1 if r["arm"] == "canary" else 0].append(float(r["value"]))
+    return Measurement(
+        stable=[v for s, _ in steps for v in s],
+        canary=[v for _, c in steps for v in c],
+        steps=steps,
+        first=rows[0]["created_at"] if rows else None,
+        last=rows[-1]["created_at"] if rows else None,
+    )
 
 
 def _finite(x: float | None) -> float | None:
@@ -535,11 +559,12 @@ def analyze(
             )
         plan = before.get_plan()
         wh = Warehouse(warehouse) if not isinstance(warehouse, Warehouse) else warehouse
-        stable_v, canary_v, first, last = measure(wh, before)
-        mw = mann_whitney(stable_v, canary_v, plan.direction)
+        m = measure(wh, before)
+        mw = mann_whitney(m.stable, m.canary, plan.direction)
         assessment = assess(
-            ArmStats.from_values(stable_v), ArmStats.from_values(canary_v), plan, mw
+            ArmStats.from_values(m.stable), ArmStats.from_values(m.canary), plan, mw, m.strata()
         )
+        first, last = m.first, m.last
         now = _now()
         after, decision = sm.decide(before, assessment, now.isoformat())
         if decision.kind == "wait":

@@ -150,5 +150,5 @@ FAST_PLAN: dict[str, Any] = {
     "alpha": 0.05,
     "beta": 0.2,
     "failure_limit": 1,
-    "inconclusive_limit": 6,
+    "inconclusive_limit": 12,
 }

@@ -37,12 +37,13 @@ def rollout_status(
     out: dict[str, Any] = {"pipeline": pipeline, "state": state.model_dump(mode="json")}
     if state.active:
         plan = state.get_plan()
-        stable_v, canary_v, _, _ = measure(wh, state)
+        m = measure(wh, state)
         a = assess(
-            ArmStats.from_values(stable_v),
-            ArmStats.from_values(canary_v),
+            ArmStats.from_values(m.stable),
+            ArmStats.from_values(m.canary),
             plan,
-            mann_whitney(stable_v, canary_v, plan.direction),
+            mann_whitney(m.stable, m.canary, plan.direction),
+            m.strata(),
         )
         out["plan"] = plan.describe()
         out["kpi"] = plan.kpi

@@ -103,6 +103,9 @@ class RoutingState(BaseModel):
     proposal_id: str | None = None
     started_at: str | None = None
     step_started_at: str | None = None
+    step_starts: tuple[str, ...] = Field(
+        default=(), description="When each step began (the analysis compares arms within steps)."
+    )
     step_base: tuple[int, int] = Field(
         default=(0, 0), description="(stable, canary) sample counts when the step began."
     )
@@ -188,6 +191,7 @@ def start(
         proposal_id=proposal_id,
         started_at=now,
         step_started_at=now,
+        step_starts=(now,),
         step_base=(0, 0),
         last_counts=(-1, -1),
         checks=0,
@@ -273,6 +277,7 @@ def decide(state: RoutingState, assessment: Assessment, now: str) -> tuple[Routi
             step=state.step + 1,
             weight=weight,
             step_started_at=now,
+            step_starts=(*state.step_starts, now),
             step_base=counts,
             inconclusive_checks=0,
             inconclusive_base=counts,

@@ -138,3 +138,19 @@ def test_repeated_looks_keep_the_aa_false_rollback_rate_under_alpha() -> None:
                 naive += 1
                 break
     assert naive / runs > 2 * plan.alpha, naive
+
+
+def test_arms_are_compared_within_steps() -> None:
+    """The KPI fell between steps for both arms alike; the canary got most of its values in
+    the later, worse step. Pooled, it looks worse; compared within steps, it is not."""
+    early = (bern(0.9, 900), bern(0.9, 100))  # step 1: 10% on the canary
+    late = (bern(0.6, 500), bern(0.6, 500))  # step 2: 50%, a worse period for everyone
+    stable = ArmStats.from_values([1.0] * (810 + 300) + [0.0] * (90 + 200))
+    canary = ArmStats.from_values([1.0] * (90 + 300) + [0.0] * (10 + 200))
+    pooled = assess(stable, canary, PLAN)
+    within = assess(stable, canary, PLAN, strata=[early, late])
+    assert pooled.verdict == "fail" and pooled.effect < -0.1
+    assert within.verdict != "fail" and within.effect == pytest.approx(0.0, abs=1e-12)
+    # one stratum (or strata where an arm is empty) is the pooled comparison
+    alone = assess(stable, canary, PLAN, strata=[(stable, canary), (bern(0.5, 10), bern(0, 0))])
+    assert alone.effect == pooled.effect

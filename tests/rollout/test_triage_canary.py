@@ -27,7 +27,7 @@ def _drive(first_seed: int, max_runs: int = 30) -> list[dict[str, Any]]:
     """Run the pipeline, then the canary flow, until the rollout ends."""
     results = []
     for seed in range(first_seed, first_seed + max_runs):
-        triage(n=8, seed=seed)
+        triage(n=16, seed=seed)
         out = canary_flow("triage")
         results.append(out)
         if out["decision"] in ("promote", "abort", "pause"):
