@@ -10,8 +10,10 @@
 5. the proposal goes out behind a canary: each ticket of later runs goes to the stable or
    the candidate prompt by a stable hash, and a check after each run advances, promotes,
    rolls back or pauses it (a fast demo plan: few tickets, big effects only);
-6. a deliberately bad hand-written prompt is rolled back, and (if the proposal was not
-   promoted) a good hand-written one is promoted; then the record and the kill switch.
+6. a deliberately bad hand-written prompt is stopped by the replay gate (the candidate
+   re-run offline on a recorded run, before any real ticket), then, with the gate off,
+   rolled back by the canary; if the proposal was not promoted, a good hand-written one
+   is; then the record and the kill switch.
 
 ``GENOPT_DEMO_SEED`` (default 0) picks the tickets and the optimizer's minibatches.
 
@@ -227,37 +229,35 @@ def main() -> None:
         print("no valid proposal this time (see the reasons above); no canary for it")
     else:
         genopt_cli("proposals", "show", rows[0]["proposal_id"])
-        step("7. The proposal goes out behind a canary (fast demo plan: 30% -> 50% -> 100%)")
-        genopt_cli(
-            "rollout",
-            "start",
-            "triage",
+        step(
+            "7. The proposal: replayed offline on a recorded run (the replay gate), then "
+            "behind a canary (fast demo plan: 30% -> 50% -> 100%)"
+        )
+        start = ["rollout", "start", "triage", "--fast", "--kpi", "correct"]
+        gated = genopt_cli(
+            *start,
             "--proposal",
             rows[0]["proposal_id"],
-            "--fast",
-            "--kpi",
-            "correct",
             "--reason",
             "tonight's proposal",
+            check=False,
         )
-        promoted = canary_loop(first_seed=1000 + demo_seed * 100) == "promote"
+        if gated.returncode == 0:
+            promoted = canary_loop(first_seed=1000 + demo_seed * 100) == "promote"
+        else:
+            print("the replay gate stopped it: no real ticket saw it")
 
-    step("8. A person's hand-written prompt with the cue words swapped: it is rolled back")
+    step("8. A person's hand-written prompt with the cue words swapped")
     bad = HOME / "bad-candidate.json"
     bad.write_text(orjson.dumps({"prompt": BAD_PROMPT}).decode())
     print(f"{bad.name}: {bad.read_text()}")
-    genopt_cli(
-        "rollout",
-        "start",
-        "triage",
-        "--params",
-        str(bad),
-        "--fast",
-        "--kpi",
-        "correct",
-        "--reason",
-        "a person's idea",
-    )
+    start = ["rollout", "start", "triage", "--fast", "--kpi", "correct", "--params", str(bad)]
+    gated = genopt_cli(*start, "--reason", "a person's idea", check=False)
+    if gated.returncode != 0:
+        print(
+            "the replay gate stopped it. With the gate off, the canary catches it on real traffic:"
+        )
+        genopt_cli(*start, "--reason", "a person's idea, gate off", "--no-gate")
     canary_loop(first_seed=2000 + demo_seed * 100)
 
     if not promoted:
@@ -295,6 +295,11 @@ def main() -> None:
         "sql",
         "SELECT step, verdict, decision, n_stable, n_canary, round(mean_stable, 3) AS stable, "
         "round(mean_canary, 3) AS canary FROM rollout_analyses ORDER BY created_at DESC LIMIT 6",
+    )
+    genopt_cli(
+        "sql",
+        "SELECT outcome, n_items, round(stable_mean, 3) AS stable, round(candidate_mean, 3) "
+        "AS candidate, llm_calls, proposal_id FROM replay_gates ORDER BY created_at",
     )
     stable = wh_now().sql("SELECT stable_param_set_id FROM rollouts ORDER BY created_at LIMIT 1")[
         0

@@ -445,6 +445,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
                 plan=_plan_from_args(args),
                 actor=args.actor,
                 reason=args.reason,
+                gate=not args.no_gate,
+                gate_runs=args.gate_runs,
             )
         elif verb == "analyze":
             result = controller.analyze(pipeline, actor=args.actor or "genopt rollout analyze")
@@ -682,6 +684,14 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--inconclusive-limit", type=int, help="(start) pause after N checks")
     ro.add_argument("--plan", help="(start) plan fields as a JSON object or file")
     ro.add_argument("--fast", action="store_true", help="(start) the small demo plan")
+    ro.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="(start) skip the replay gate (replaying recorded runs with the candidate first)",
+    )
+    ro.add_argument(
+        "--gate-runs", type=int, default=1, help="(start) recorded runs the gate replays (1)"
+    )
     ro.add_argument("--reason", help="why (recorded; required by promote/abort/pause/resume/pin)")
     ro.add_argument("--actor", help="who (default: your login name)")
     ro.add_argument("--json", action="store_true", help="print the status as JSON")

@@ -45,6 +45,7 @@ from prefect_genopt.warehouse.schema import utcnow
 
 __all__ = [
     "RolloutError",
+    "GateStopped",
     "CheckResult",
     "start_rollout",
     "analyze",
@@ -79,6 +80,18 @@ _PROPOSAL_STATUS = {"started": "canary", "promote": "promoted", "abort": "rolled
 
 class RolloutError(ValueError):
     """A rollout command that cannot be carried out as asked (the message says why)."""
+
+
+class GateStopped(RolloutError):
+    """The replay gate found the candidate worse than stable: it was not rolled out."""
+
+
+def _not_active(state: sm.RoutingState) -> None:
+    if state.active:
+        raise RolloutError(
+            f"rollout {state.rollout_id} of {state.pipeline!r} is already {state.status}; "
+            f"promote or abort it first (`genopt rollout status {state.pipeline}`)"
+        )
 
 
 @dataclass(frozen=True)
@@ -323,8 +336,15 @@ def start_rollout(
     actor: str | None = None,
     reason: str | None = None,
     warehouse: Warehouse | str | Path | None = None,
+    gate: bool = True,
+    gate_runs: int = 1,
 ) -> sm.RoutingState:
     """Start a canary of a proposal's candidate, or of a hand-written param set.
+
+    First the replay gate (:mod:`prefect_genopt.replay.gate`) replays ``gate_runs``
+    recorded stable runs (not the proposal's evidence) with the candidate, offline; a
+    candidate worse than stable on the same items by more than the plan's tolerance
+    is stopped there (a proposal is rejected) and never sees a real item.
 
     Args:
         pipeline: The pipeline.
@@ -336,8 +356,11 @@ def start_rollout(
         actor: Who starts it (default: the login name).
         reason: Why (recorded).
         warehouse: The warehouse (default: GENOPT_WAREHOUSE).
+        gate: Run the replay gate first (default).
+        gate_runs: Recorded runs the gate replays (each costs one pipeline run).
 
     Raises:
+        GateStopped: The replay gate stopped the candidate.
         RolloutError: Unknown or unusable proposal, values that do not fit, a
             rollout already active, no stable run yet.
     """
@@ -345,41 +368,70 @@ def start_rollout(
         raise RolloutError("give exactly one of a proposal id (--proposal) or values (--params)")
     wh = _warehouse(warehouse)
     actor = actor or current_user()
+    _not_active(get_state(pipeline))  # fail fast, before the gate runs
+    source = "manual"
+    kpi = None
+    evidence: list[str] = []
+    if proposal_id is not None:
+        from prefect_genopt.optimize.proposals import ProposalError, get_proposal
+
+        try:
+            prop = get_proposal(wh, proposal_id)
+        except ProposalError as exc:
+            raise RolloutError(str(exc)) from None
+        if prop["pipeline"] != pipeline:
+            raise RolloutError(f"proposal {prop['proposal_id']} is for {prop['pipeline']!r}")
+        if prop["status"] != "proposed":
+            raise RolloutError(
+                f"proposal {prop['proposal_id']} is {prop['status']!r}; only a 'proposed' "
+                "one can enter a canary"
+            )
+        proposal_id = str(prop["proposal_id"])
+        canary = str(prop["candidate_param_set_id"])
+        canary_values = _values_of(wh, pipeline, canary)
+        kpi = prop.get("kpi")
+        evidence = list(orjson.loads(prop["evidence_run_ids"] or "[]"))
+        source = "proposal"
+    else:
+        canary_values = _check_values(wh, pipeline, dict(values or {}))
+        canary = compute_param_set_id(canary_values)
+    the_plan = _plan(plan, kpi)
+    stable = _stable_of(wh, get_state(pipeline))
+    if canary == stable:
+        raise RolloutError(f"the candidate {canary} is the stable param set already")
+    gate_note = "replay gate off"
+    if gate:
+        from prefect_genopt.replay.gate import replay_gate
+
+        g = replay_gate(
+            pipeline,
+            canary_values,
+            kpi=the_plan.kpi,
+            stable_param_set_id=stable,
+            candidate_param_set_id=canary,
+            direction=the_plan.direction,
+            tolerance=the_plan.tolerance,
+            tolerance_mode=the_plan.tolerance_mode,
+            exclude_run_ids=evidence,
+            runs=gate_runs,
+            proposal_id=proposal_id,
+            warehouse=wh,
+        )
+        gate_note = f"replay gate {g.outcome}: {g.reason}"
+        if g.stopped:
+            if proposal_id is not None:
+                from prefect_genopt.optimize.proposals import set_status
+
+                set_status(wh, proposal_id, "rejected", reason=gate_note, actor=actor)
+            raise GateStopped(f"{canary} was not rolled out: {gate_note}")
     with _lock(pipeline):
         before = get_state(pipeline)
-        if before.active:
+        _not_active(before)
+        if before.stable and before.stable != stable:
             raise RolloutError(
-                f"rollout {before.rollout_id} of {pipeline!r} is already {before.status}; "
-                f"promote or abort it first (`genopt rollout status {pipeline}`)"
+                f"the stable param set of {pipeline!r} changed to {before.stable} while the "
+                "replay gate ran; start again"
             )
-        source = "manual"
-        kpi = None
-        if proposal_id is not None:
-            from prefect_genopt.optimize.proposals import ProposalError, get_proposal
-
-            try:
-                prop = get_proposal(wh, proposal_id)
-            except ProposalError as exc:
-                raise RolloutError(str(exc)) from None
-            if prop["pipeline"] != pipeline:
-                raise RolloutError(f"proposal {prop['proposal_id']} is for {prop['pipeline']!r}")
-            if prop["status"] != "proposed":
-                raise RolloutError(
-                    f"proposal {prop['proposal_id']} is {prop['status']!r}; only a 'proposed' "
-                    "one can enter a canary"
-                )
-            proposal_id = str(prop["proposal_id"])
-            canary = str(prop["candidate_param_set_id"])
-            canary_values = _values_of(wh, pipeline, canary)
-            kpi = prop.get("kpi")
-            source = "proposal"
-        else:
-            canary_values = _check_values(wh, pipeline, dict(values or {}))
-            canary = compute_param_set_id(canary_values)
-        the_plan = _plan(plan, kpi)
-        stable = _stable_of(wh, before)
-        if canary == stable:
-            raise RolloutError(f"the candidate {canary} is the stable param set already")
         stable_values = _values_of(wh, pipeline, stable)
         store.save_param_set(pipeline, stable, stable_values)
         store.save_param_set(pipeline, canary, canary_values)
@@ -396,8 +448,8 @@ def start_rollout(
             )
         except sm.RolloutStateError as exc:
             raise RolloutError(str(exc)) from None
-        if reason:
-            decision = decision.model_copy(update={"reason": f"{decision.reason}; {reason}"})
+        why = f"{decision.reason}; {gate_note}" + (f"; {reason}" if reason else "")
+        decision = decision.model_copy(update={"reason": why})
         rows = [
             row_record(
                 "param_sets",

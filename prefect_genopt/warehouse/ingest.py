@@ -453,10 +453,22 @@ class Ingester:
             f"""
             INSERT INTO feedback ({cols})
             SELECT f.feedback_id, f.run_id, coalesce(f.pipeline, r.pipeline),
-                   coalesce(f.param_set_id, r.param_set_id), coalesce(f.arm, r.arm),
+                   coalesce(f.param_set_id, it.param_set_id, r.param_set_id),
+                   coalesce(f.arm, it.arm, r.arm),
                    f.item_key, f.kpi, f.value, f.comment, f.source, f.idempotency_key,
                    f.created_at, f.verified, f.ingested_at
             FROM fb_in f JOIN runs r ON r.run_id = f.run_id
+            -- feedback given after the run (a person's rating) for one item: the item's
+            -- own arm and param set, as its spans recorded them (items split in a canary)
+            LEFT JOIN (
+                SELECT run_id, item_key, arg_max(arm, start_time) AS arm,
+                       arg_max(param_set_id, start_time) AS param_set_id
+                FROM spans
+                WHERE item_key IS NOT NULL AND arm IS NOT NULL
+                  AND run_id IN (SELECT run_id FROM fb_in
+                                 WHERE arm IS NULL AND item_key IS NOT NULL)
+                GROUP BY run_id, item_key
+            ) it ON f.arm IS NULL AND it.run_id = f.run_id AND it.item_key = f.item_key
             QUALIFY row_number() OVER (PARTITION BY f.feedback_id ORDER BY f.created_at) = 1
             ON CONFLICT DO NOTHING
             """

@@ -2,7 +2,7 @@
 
 Tables analysts can rely on: ``pipelines``, ``runs``, ``spans``, ``feedback``,
 ``param_sets``, ``proposals``, ``proposal_events``, ``rollouts``, ``rollout_events``
-and ``rollout_analyses`` (plus ``pending_feedback``,
+and ``rollout_analyses``, ``replay_gates`` (plus ``pending_feedback``,
 ``param_set_checks``, ``span_drops`` and the ingester's bookkeeping). Views answer the common
 questions: ``kpi_by_param_set_day``, ``llm_usage``, ``run_summary``,
 ``param_set_lineage`` (every ancestor of a proposed param set, with its depth).
@@ -47,6 +47,7 @@ TABLES = (
     "rollouts",
     "rollout_events",
     "rollout_analyses",
+    "replay_gates",
 )
 VIEWS = ("kpi_by_param_set_day", "llm_usage", "run_summary", "param_set_lineage")
 
@@ -364,6 +365,35 @@ CREATE TABLE IF NOT EXISTS rollout_analyses (
 );
 """
 
+# v4: the replay gate. One row per gate: a candidate replayed offline on recorded runs
+# (not its evidence), scored on the same items as stable, passed or stopped, and why.
+_V4 = """
+CREATE TABLE IF NOT EXISTS replay_gates (
+    gate_id VARCHAR PRIMARY KEY,
+    pipeline VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    proposal_id VARCHAR,
+    stable_param_set_id VARCHAR,
+    candidate_param_set_id VARCHAR,
+    kpi VARCHAR,
+    direction VARCHAR,
+    outcome VARCHAR NOT NULL,
+    reason VARCHAR,
+    n_items INTEGER,
+    stable_mean DOUBLE,
+    candidate_mean DOUBLE,
+    effect DOUBLE,
+    relative_effect DOUBLE,
+    margin DOUBLE,
+    source_run_ids JSON,
+    replay_run_ids JSON,
+    llm_calls INTEGER,
+    llm_tokens BIGINT,
+    seconds DOUBLE,
+    ingested_at TIMESTAMP
+);
+"""
+
 #: Tables genopt writes through spool ``row`` records (not spans or feedback):
 #: table -> its key columns. A row loaded twice is stored once.
 ROW_TABLES: dict[str, tuple[str, ...]] = {
@@ -373,10 +403,11 @@ ROW_TABLES: dict[str, tuple[str, ...]] = {
     "rollouts": ("rollout_id",),
     "rollout_events": ("event_id",),
     "rollout_analyses": ("analysis_id",),
+    "replay_gates": ("gate_id",),
 }
 
 #: (version, SQL) in order; append, never edit a released one.
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3)]
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

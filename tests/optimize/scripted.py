@@ -94,12 +94,37 @@ def _json(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
+_CLAUSE = re.compile(r"\b(billing|bug|other)\s*:\s*([^;.]+)")
+_ROTATE = {"billing": "bug", "bug": "other", "other": "billing"}
+
+
+def swap(prompt: str) -> dict[str, Any]:
+    """A confidently wrong optimizer: it rewrites every 'label: cue words' rule of the
+    current prompt (#Variables) to point at the next label (billing -> bug -> other),
+    and adds a rule that sends every other ticket to "bug"."""
+    import orjson
+
+    m = _PROMPT_VAR.search(prompt)
+    if not m:
+        return {"reasoning": "no prompt variable", "suggestion": {}}
+    current = orjson.loads(m.group(1))
+    new = _CLAUSE.sub(lambda c: f"{_ROTATE[c.group(1)]}: {c.group(2)}", current)
+    # and, sure of itself, it sends every other ticket to "bug" too
+    new = new.rstrip(". ") + "; bug: a, e, i, o, u"
+    return {
+        "reasoning": "the labels look mixed up; swapping the rules",
+        "suggestion": {"prompt": new},
+    }
+
+
 def _answer(mode: str, prompt: str, attempt: int) -> str:
     good = follow(prompt)
     if mode == "follow":
         return _json(good)
     if mode == "rules":
         return _json(rules(prompt))
+    if mode == "swap":
+        return _json(swap(prompt))
     if mode == "notjson":
         return "I think the level should go up a bit."
     if mode == "notjson-once":  # unparsable first, then fine after the retry message
@@ -132,6 +157,7 @@ def _answer(mode: str, prompt: str, attempt: int) -> str:
 MODES = (
     "follow",
     "rules",
+    "swap",
     "notjson",
     "notjson-once",
     "fenced",

@@ -270,3 +270,26 @@ def test_the_plan_is_recorded_with_the_rollout(pipeline_name: str, warehouse_pat
     recorded = orjson.loads(row["plan"])
     assert recorded["steps"] == [0.05, 0.2] and recorded["min_sample_per_arm"] == 30
     assert controller.get_state(pipeline_name).weight == 0.05
+
+
+def test_feedback_given_later_for_an_item_gets_the_items_arm(
+    pipeline_name: str, warehouse_path: Path
+) -> None:
+    knob = make_pipeline(pipeline_name)
+    knob(n=5, batch=0)
+    controller.start_rollout(pipeline_name, values={"quality": 0.9}, plan=PLAN)
+    knob(n=30, batch=1)
+    wh = genopt.Warehouse()
+    in_run = wh.sql(
+        "SELECT run_id, item_key, arm, param_set_id FROM feedback WHERE kpi = 'ok' "
+        "AND item_key LIKE 'item-1-%' ORDER BY item_key"
+    )
+    assert {r["arm"] for r in in_run} == {"stable", "canary"}
+    for r in in_run:  # a person rates each item a day later, from outside the run
+        genopt.feedback("csat", 4, run_id=r["run_id"], item_key=r["item_key"], source="human")
+    later = genopt.Warehouse().sql(
+        "SELECT item_key, arm, param_set_id FROM feedback WHERE kpi = 'csat' ORDER BY item_key"
+    )
+    assert [(r["item_key"], r["arm"], r["param_set_id"]) for r in later] == [
+        (r["item_key"], r["arm"], r["param_set_id"]) for r in in_run
+    ]

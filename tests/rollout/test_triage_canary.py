@@ -51,7 +51,10 @@ def test_a_proposal_is_promoted_through_the_canary(
         )
     )
     (proposal,) = result.proposals
-    state = controller.start_rollout("triage", proposal_id=proposal.proposal_id, plan=PLAN)
+    # the replay gate is tested in tests/replay; here the canary alone judges
+    state = controller.start_rollout(
+        "triage", proposal_id=proposal.proposal_id, plan=PLAN, gate=False
+    )
     assert state.proposal_id == proposal.proposal_id and state.weight == 0.3
     wh = genopt.Warehouse()
     assert wh.sql("SELECT status FROM proposals")[0]["status"] == "canary"
@@ -88,7 +91,9 @@ def test_a_bad_hand_written_prompt_is_rolled_back(routing: list[str], warehouse_
     for seed in range(2):
         triage(n=8, seed=seed)
     bad = {"prompt": BAD_PROMPT}
-    controller.start_rollout("triage", values=bad, plan=PLAN, reason="a person's idea")
+    # the replay gate would stop it before any real item (tests/replay); here it is off, so
+    # the canary has to catch it on real traffic
+    controller.start_rollout("triage", values=bad, plan=PLAN, reason="a person's idea", gate=False)
     steps = _drive(200)
     assert steps[-1]["decision"] == "abort", steps[-1]
     state = controller.get_state("triage")

@@ -1,0 +1,354 @@
+"""The replay gate: a candidate is replayed offline before it reaches real traffic.
+
+Before a canary starts, the pipeline is re-run from its recorded entrypoint with the
+candidate's params on the recorded inputs of recent stable runs that were **not**
+the proposal's evidence, on the ``replay`` arm (apart from production: the canary
+analysis and the optimizer never count it). The pipeline scores itself as it does in
+production (its per-item KPI feedback: labels, a rule or an LLM judge). The candidate's
+KPI is compared with what stable scored on the *same items* in the recorded runs; a
+candidate worse by more than the tolerance is stopped, with the numbers recorded in
+``replay_gates``. One recorded run replayed costs one pipeline run's worth of LLM calls.
+
+A run is replayable when its recorded inputs are whole (not truncated, no redacted
+secret) and its pipeline's entrypoint imports in this process. When nothing can be
+replayed the gate is ``skipped`` (recorded, with the reason), and the canary is the
+only check.
+
+Example:
+    >>> judge([1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0], "higher", 0.05, "relative").outcome
+    'stopped'
+    >>> judge([1.0, 0.0], [1.0, 1.0], "higher", 0.05, "relative").outcome
+    'passed'
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from prefect_genopt import spool
+from prefect_genopt.records import row_record
+from prefect_genopt.redaction import REDACTED, clean
+from prefect_genopt.warehouse import Warehouse
+from prefect_genopt.warehouse.schema import utcnow
+
+__all__ = ["GateResult", "judge", "replay_gate", "replayable_runs", "load_entrypoint", "ARM"]
+
+logger = logging.getLogger("prefect_genopt.replay")
+
+#: the arm replayed runs are recorded on
+ARM = "replay"
+_TRUNCATED = "…[truncated "
+
+
+@dataclass
+class GateResult:
+    """What the gate decided: ``passed``, ``stopped`` or ``skipped``, and why."""
+
+    outcome: str
+    reason: str
+    n_items: int = 0
+    stable_mean: float | None = None
+    candidate_mean: float | None = None
+    effect: float | None = None
+    relative_effect: float | None = None
+    margin: float | None = None
+    source_run_ids: list[str] = field(default_factory=list)
+    replay_run_ids: list[str] = field(default_factory=list)
+    llm_calls: int = 0
+    llm_tokens: int = 0
+    seconds: float = 0.0
+    gate_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def stopped(self) -> bool:
+        return self.outcome == "stopped"
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return math.fsum(xs) / len(xs)
+
+
+def judge(
+    stable: Sequence[float],
+    candidate: Sequence[float],
+    direction: str,
+    tolerance: float,
+    tolerance_mode: str = "relative",
+) -> GateResult:
+    """Compare the candidate with stable on the same items (pure).
+
+    Stopped when the candidate's mean is worse than stable's by more than the
+    tolerance (relative to stable's mean, or absolute).
+    """
+    if not stable or not candidate:
+        return GateResult("skipped", "no item was scored on both sides")
+    s, c = _mean(stable), _mean(candidate)
+    sign = 1.0 if direction == "higher" else -1.0
+    effect = sign * (c - s)
+    margin = tolerance * abs(s) if tolerance_mode == "relative" and s != 0 else tolerance
+    rel = effect / abs(s) if s != 0 else None
+    numbers = (
+        f"candidate {c:.4g} vs stable {s:.4g} on the same {min(len(stable), len(candidate))} "
+        f"items, effect {effect:+.4g}"
+        + (f" ({rel:+.1%})" if rel is not None else "")
+        + f", tolerance {margin:.4g}"
+    )
+    if effect < -margin:
+        outcome, reason = "stopped", f"worse than stable beyond the tolerance: {numbers}"
+    else:
+        outcome, reason = "passed", f"not worse beyond the tolerance: {numbers}"
+    return GateResult(
+        outcome,
+        reason,
+        n_items=len(candidate),
+        stable_mean=s,
+        candidate_mean=c,
+        effect=effect,
+        relative_effect=rel,
+        margin=margin,
+    )
+
+
+def load_entrypoint(entrypoint: str | dict[str, Any]) -> Any:
+    """The pipeline's flow object from its recorded entrypoint (module and function)."""
+    ep = orjson.loads(entrypoint) if isinstance(entrypoint, str) else entrypoint
+    if os.getcwd() not in sys.path:  # entrypoints are relative to the project, as Prefect's
+        sys.path.append(os.getcwd())
+    module = importlib.import_module(ep["module"])
+    obj = module
+    for part in ep["function"].split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _replayable(inputs: str | None) -> dict[str, Any] | None:
+    if not inputs or _TRUNCATED in inputs or REDACTED in inputs:
+        return None
+    try:
+        value = orjson.loads(inputs)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, dict) or set(value) == {"args", "kwargs"}:
+        return None  # the flow's arguments could not be bound to names
+    return value
+
+
+def replayable_runs(
+    wh: Warehouse,
+    pipeline: str,
+    param_set_id: str,
+    kpi: str,
+    exclude: Iterable[str] = (),
+    limit: int = 1,
+) -> list[tuple[str, dict[str, Any]]]:
+    """Recent completed production runs with per-item ``kpi`` feedback of items on the
+    stable arm of ``param_set_id`` (during a canary, a run's other items are on the
+    candidate), whole inputs, and not in ``exclude``: ``[(run_id, inputs)]``, newest first."""
+    rows = wh.sql(
+        """
+        SELECT r.run_id, r.inputs FROM runs r
+        WHERE r.pipeline = ? AND r.arm IN ('stable', 'canary')
+          AND r.status = 'completed' AND NOT list_contains(?, r.run_id)
+          AND EXISTS (SELECT 1 FROM feedback f WHERE f.run_id = r.run_id AND f.kpi = ?
+                      AND f.item_key IS NOT NULL AND f.value IS NOT NULL
+                      AND f.arm = 'stable' AND f.param_set_id = ?)
+        ORDER BY r.start_time DESC LIMIT 50
+        """,
+        [pipeline, list(exclude), kpi, param_set_id],
+    )
+    out = []
+    for r in rows:
+        inputs = _replayable(r["inputs"])
+        if inputs is not None:
+            out.append((r["run_id"], inputs))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _item_values(
+    wh: Warehouse, run_id: str, kpi: str, param_set_id: str | None = None
+) -> dict[str, float]:
+    """Per-item KPI of a run (only the items on ``param_set_id``'s stable arm, if given)."""
+    only = " AND arm = 'stable' AND param_set_id = ?" if param_set_id else ""
+    rows = wh.sql(
+        "SELECT item_key, avg(value) AS v FROM feedback WHERE run_id = ? AND kpi = ? "
+        f"AND item_key IS NOT NULL AND value IS NOT NULL{only} GROUP BY item_key",
+        [run_id, kpi, *([param_set_id] if param_set_id else [])],
+    )
+    return {r["item_key"]: float(r["v"]) for r in rows}
+
+
+def replay_gate(
+    pipeline: str,
+    candidate_values: dict[str, Any],
+    *,
+    kpi: str,
+    stable_param_set_id: str,
+    candidate_param_set_id: str,
+    direction: str = "higher",
+    tolerance: float = 0.05,
+    tolerance_mode: str = "relative",
+    exclude_run_ids: Iterable[str] = (),
+    runs: int = 1,
+    proposal_id: str | None = None,
+    warehouse: Warehouse | str | None = None,
+) -> GateResult:
+    """Replay ``runs`` recorded stable runs with the candidate and judge it; recorded in
+    ``replay_gates`` whatever the outcome.
+
+    Args:
+        pipeline: The pipeline.
+        candidate_values: The candidate's full param values.
+        kpi: The per-item KPI the pipeline's feedback scores.
+        stable_param_set_id: The param set the recorded runs used.
+        candidate_param_set_id: The candidate's id (for the record).
+        direction: Whether higher or lower KPI values are better.
+        tolerance: How much worse than stable the candidate may be.
+        tolerance_mode: ``relative`` (to stable's mean) or ``absolute``.
+        exclude_run_ids: Runs not to replay (the proposal's evidence).
+        runs: Recorded runs to replay (each costs one pipeline run of LLM calls).
+        proposal_id: The proposal gated, if any.
+        warehouse: The warehouse (default: GENOPT_WAREHOUSE).
+    """
+    t0 = time.monotonic()
+    wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
+    result: GateResult
+    sources = replayable_runs(wh, pipeline, stable_param_set_id, kpi, exclude_run_ids, runs)
+    entry = wh.sql(
+        "SELECT entrypoint FROM pipelines WHERE pipeline = ? ORDER BY version DESC LIMIT 1",
+        [pipeline],
+    )
+    if not sources:
+        result = GateResult(
+            "skipped",
+            f"no replayable run: no completed stable run of {stable_param_set_id} with per-item "
+            f"{kpi!r} feedback and whole inputs outside the proposal's evidence",
+        )
+    elif not entry or not entry[0]["entrypoint"]:
+        result = GateResult("skipped", f"no recorded entrypoint for {pipeline!r}")
+    else:
+        try:
+            flow = load_entrypoint(entry[0]["entrypoint"])
+        except Exception as exc:  # noqa: BLE001 - an entrypoint this process cannot import
+            flow = None
+            result = GateResult("skipped", f"cannot import the pipeline's entrypoint: {exc}")
+        if flow is not None:
+            result = _replay(
+                wh,
+                stable_param_set_id,
+                flow,
+                sources,
+                candidate_values,
+                kpi,
+                direction,
+                tolerance,
+                tolerance_mode,
+            )
+    result.seconds = time.monotonic() - t0
+    _record(
+        wh,
+        result,
+        pipeline,
+        proposal_id,
+        stable_param_set_id,
+        candidate_param_set_id,
+        kpi,
+        direction,
+    )
+    logger.info("replay gate for %s: %s: %s", pipeline, result.outcome, result.reason)
+    return result
+
+
+def _replay(
+    wh: Warehouse,
+    stable_id: str,
+    flow: Any,
+    sources: list[tuple[str, dict[str, Any]]],
+    values: dict[str, Any],
+    kpi: str,
+    direction: str,
+    tolerance: float,
+    tolerance_mode: str,
+) -> GateResult:
+    from prefect_genopt.pipeline import pinned_params
+
+    replay_ids: list[str] = []
+    for _, inputs in sources:
+        with pinned_params(values, arm=ARM):
+            state = flow(**inputs, return_state=True)
+        replay_ids.append(str(state.state_details.flow_run_id))
+    wh = Warehouse(wh.path)  # a fresh reader loads the replayed runs
+    stable_v: list[float] = []
+    cand_v: list[float] = []
+    for (src, _), rep in zip(sources, replay_ids, strict=True):
+        before, after = _item_values(wh, src, kpi, stable_id), _item_values(wh, rep, kpi)
+        for key in sorted(set(before) & set(after)):
+            stable_v.append(before[key])
+            cand_v.append(after[key])
+    result = judge(stable_v, cand_v, direction, tolerance, tolerance_mode)
+    usage = wh.sql(
+        "SELECT count(*) AS calls, sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)) "
+        "AS tokens FROM spans WHERE run_type = 'llm' AND list_contains(?, run_id)",
+        [replay_ids],
+    )[0]
+    result.source_run_ids = [s for s, _ in sources]
+    result.replay_run_ids = replay_ids
+    result.llm_calls = int(usage["calls"] or 0)
+    result.llm_tokens = int(usage["tokens"] or 0)
+    return result
+
+
+def _record(
+    wh: Warehouse,
+    r: GateResult,
+    pipeline: str,
+    proposal_id: str | None,
+    stable: str,
+    candidate: str,
+    kpi: str,
+    direction: str,
+) -> None:
+    spool.append(
+        [
+            row_record(
+                "replay_gates",
+                {
+                    "gate_id": r.gate_id,
+                    "pipeline": pipeline,
+                    "created_at": utcnow().isoformat(),
+                    "proposal_id": proposal_id,
+                    "stable_param_set_id": stable,
+                    "candidate_param_set_id": candidate,
+                    "kpi": kpi,
+                    "direction": direction,
+                    "outcome": r.outcome,
+                    "reason": clean(r.reason, 4000),
+                    "n_items": r.n_items,
+                    "stable_mean": r.stable_mean,
+                    "candidate_mean": r.candidate_mean,
+                    "effect": r.effect,
+                    "relative_effect": r.relative_effect,
+                    "margin": r.margin,
+                    "source_run_ids": r.source_run_ids,
+                    "replay_run_ids": r.replay_run_ids,
+                    "llm_calls": r.llm_calls,
+                    "llm_tokens": r.llm_tokens,
+                    "seconds": round(r.seconds, 3),
+                },
+            )
+        ],
+        wh.spool_dir,
+    )
+    wh.ingest_if_free()

@@ -1,0 +1,110 @@
+"""The replay gate: pure judgement, and a bad proposal stopped before any real item sees it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+import prefect_genopt as genopt
+from flows.examples.triage import triage
+from prefect_genopt.optimize import OptimizerSettings, optimize
+from prefect_genopt.replay.gate import _replayable, judge
+from prefect_genopt.rollout import FAST_PLAN, controller
+from tests.optimize import scripted  # noqa: F401  (registers scripted-opt)
+from tests.rollout.pipelines import make_pipeline
+
+PLAN = {**FAST_PLAN, "kpi": "correct"}
+#: rules for both labels that the keyword model follows: right on most tickets
+GOOD_PROMPT = (
+    "Classify the ticket as billing, bug or other. billing: invoice, refund, charged, payment, "
+    "bill, declined; bug: crash, error, broken, freezes, login"
+)
+
+
+def test_judge_stops_only_beyond_the_tolerance() -> None:
+    stable = [1.0] * 8 + [0.0] * 2  # 0.8
+    assert judge(stable, [1.0] * 7 + [0.0] * 3, "higher", 0.2).outcome == "passed"  # -12.5%
+    worse = judge(stable, [1.0] * 5 + [0.0] * 5, "higher", 0.2)  # -37.5%
+    assert worse.outcome == "stopped" and worse.effect == pytest.approx(-0.3)
+    assert "on the same 10 items" in worse.reason
+    assert judge([2.0, 2.0], [3.0, 3.0], "lower", 0.1).outcome == "stopped"  # slower
+    assert judge([0.0, 0.0], [0.05, 0.05], "lower", 0.1, "absolute").outcome == "passed"
+    assert judge([], [1.0], "higher", 0.1).outcome == "skipped"
+
+
+def test_only_whole_recorded_inputs_are_replayed() -> None:
+    assert _replayable('{"n": 8, "seed": 3}') == {"n": 8, "seed": 3}
+    assert _replayable('{"text": "abc…[truncated 10 of 4000 chars]"}') is None
+    assert _replayable('{"token": "[REDACTED]"}') is None
+    assert _replayable('{"args": [1], "kwargs": {}}') is None
+    assert _replayable(None) is None
+
+
+def _proposal(mode: str) -> str:
+    result = optimize(
+        OptimizerSettings(
+            pipeline="triage",
+            model=f"scripted-opt/{mode}",
+            response_format="none",
+            starting_artifact={"editable": ["prompt"]},
+            minibatch_size=4,
+            evidence_run_ids=None,
+        )
+    )
+    (proposal,) = result.proposals
+    return proposal.proposal_id
+
+
+def test_the_gate_stops_a_bad_proposal_before_any_real_item_sees_it(
+    routing: list[str], warehouse_path: Path
+) -> None:
+    routing.append("triage")
+    for seed in range(7):
+        triage(n=8, seed=seed)
+    proposal_id = _proposal("swap")
+    with pytest.raises(controller.GateStopped, match="replay gate stopped"):
+        controller.start_rollout("triage", proposal_id=proposal_id, plan=PLAN, gate_runs=3)
+    wh = genopt.Warehouse()
+    (prop,) = wh.sql("SELECT status, status_reason, evidence_run_ids FROM proposals")
+    assert prop["status"] == "rejected" and "worse than stable" in prop["status_reason"]
+    (gate,) = wh.sql("SELECT * FROM replay_gates")
+    assert gate["outcome"] == "stopped" and gate["proposal_id"] == proposal_id
+    assert gate["n_items"] == 24 and gate["candidate_mean"] < gate["stable_mean"]
+    sources = orjson.loads(gate["source_run_ids"])
+    assert len(sources) == 3 and not set(sources) & set(orjson.loads(prop["evidence_run_ids"]))
+    # the cost: the replayed runs' LLM calls (3 runs of 8 tickets, one call each)
+    assert gate["llm_calls"] == 24
+    # nothing reached production: no canary, no rollout; the replay is on its own arm
+    assert controller.get_state("triage").status == "idle"
+    assert wh.sql("SELECT count(*) AS n FROM rollouts")[0]["n"] == 0
+    arms = wh.sql("SELECT arm, count(*) AS n FROM runs GROUP BY arm ORDER BY arm")
+    assert [(a["arm"], a["n"]) for a in arms] == [("replay", 3), ("stable", 7)]
+
+
+def test_a_good_candidate_passes_the_gate_into_its_canary(
+    routing: list[str], warehouse_path: Path
+) -> None:
+    routing.append("triage")
+    for seed in range(3):
+        triage(n=8, seed=seed)
+    state = controller.start_rollout("triage", values={"prompt": GOOD_PROMPT}, plan=PLAN)
+    assert state.status == "running"
+    wh = genopt.Warehouse()
+    (gate,) = wh.sql("SELECT outcome, reason, proposal_id FROM replay_gates")
+    assert gate["outcome"] == "passed" and gate["proposal_id"] is None
+    (started,) = wh.sql("SELECT reason FROM rollout_events WHERE kind = 'started'")
+    assert "replay gate passed" in started["reason"]
+
+
+def test_a_pipeline_that_cannot_be_replayed_skips_the_gate(
+    pipeline_name: str, warehouse_path: Path
+) -> None:
+    knob = make_pipeline(pipeline_name)  # a flow built in a function: no importable entrypoint
+    knob(n=5, batch=0)
+    state = controller.start_rollout(pipeline_name, values={"quality": 0.9}, plan={"kpi": "ok"})
+    assert state.status == "running"
+    (gate,) = genopt.Warehouse().sql("SELECT outcome, reason FROM replay_gates")
+    assert gate["outcome"] == "skipped" and "cannot import" in gate["reason"]
+    assert controller.abort(pipeline_name, "done").status == "idle"
