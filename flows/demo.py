@@ -247,7 +247,10 @@ def main() -> None:
         else:
             print("the replay gate stopped it: no real ticket saw it")
 
-    step("8. A person's hand-written prompt with the cue words swapped")
+    step("8. Two more production runs, then a person's prompt with the cue words swapped")
+    with ps.temporary_settings({ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        for i in range(2):  # recorded runs on today's stable param set, for the replay gate
+            print(f"  run {i + 1}: accuracy {triage(n=8, seed=1500 + demo_seed * 100 + i):.2f}")
     bad = HOME / "bad-candidate.json"
     bad.write_text(orjson.dumps({"prompt": BAD_PROMPT}).decode())
     print(f"{bad.name}: {bad.read_text()}")

