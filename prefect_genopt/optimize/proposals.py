@@ -198,14 +198,61 @@ def list_proposals(
     )
 
 
-def memory(wh: Warehouse, pipeline: str, size: int, kpi: str | None = None) -> list[MemoryEntry]:
-    """The ``size`` most recent past proposals with a change, and their outcomes.
+def _rated_memory(wh: Warehouse, pipeline: str, size: int) -> list[MemoryEntry]:
+    """The best- and the worst-rated past reflections (Retroformer), best first."""
+    from prefect_genopt.optimize.ratings import reflections
 
-    The outcome is the KPI mean of the candidate's runs next to the parent's,
-    where the candidate ran (offline evaluation, canary); else its status.
+    rated = sorted(
+        (r for r in reflections(wh, pipeline) if r["rating"]["relative_effect"] is not None),
+        key=lambda r: -r["rating"]["relative_effect"],
+    )
+    best = rated[: (size + 1) // 2]
+    worst = [r for r in reversed(rated) if r not in best][: size - len(best)]
+    out = []
+    for r in [*best, *reversed(worst)]:
+        g = r["rating"]
+        n = f" on {g['n_candidate']} items" if g["n_candidate"] else ""
+        out.append(
+            MemoryEntry(
+                proposal_id=r["proposal_id"],
+                created_at=(r["created_at"] or "?")[:10],
+                diff=r["suggestion"] or {},
+                reasoning=r["reflection"] or "",
+                status=g["outcome"] or "",
+                outcome=f"rated by its {g['source'].replace('_', ' ')}: "
+                f"{r['evidence']['kpi']} {g['relative_effect']:+.1%} vs stable{n} "
+                f"({g['outcome']})",
+            )
+        )
+    return out
+
+
+def memory(wh: Warehouse, pipeline: str, size: int, kpi: str | None = None) -> list[MemoryEntry]:
+    """Past proposals with a change, and their outcomes, for the optimizer's #Memory.
+
+    First the best- and the worst-rated past reflections (a proposal is rated when
+    its replay gate or canary ends: its KPI delta against stable); the rest of the
+    ``size`` slots go to the most recent other proposals, whose outcome is the KPI
+    mean of the candidate's runs next to the parent's where the candidate ran,
+    else their status.
     """
     if size <= 0:
         return []
+    rated = _rated_memory(wh, pipeline, size)
+    seen = {m.proposal_id for m in rated}
+    return (
+        rated
+        + [
+            m
+            for m in _recent_memory(wh, pipeline, size + len(seen), kpi)
+            if m.proposal_id not in seen
+        ][: size - len(rated)]
+    )
+
+
+def _recent_memory(
+    wh: Warehouse, pipeline: str, size: int, kpi: str | None = None
+) -> list[MemoryEntry]:
     rows = wh.sql(
         """
         SELECT p.proposal_id, p.created_at, p.diff, p.reasoning, p.status, p.status_reason,

@@ -32,6 +32,7 @@ import orjson
 
 from prefect_genopt import spool
 from prefect_genopt.locks import pipeline_lock
+from prefect_genopt.optimize.ratings import rate
 from prefect_genopt.records import current_user, row_record
 from prefect_genopt.redaction import clean
 from prefect_genopt.rollout import state as sm
@@ -418,6 +419,20 @@ def start_rollout(
             warehouse=wh,
         )
         gate_note = f"replay gate {g.outcome}: {g.reason}"
+        if proposal_id is not None and g.outcome in ("passed", "stopped"):
+            rate(
+                wh,
+                proposal_id,
+                pipeline,
+                "replay_gate",
+                f"gate_{g.outcome}",
+                the_plan.kpi,
+                the_plan.direction,
+                g.effect,
+                g.relative_effect,
+                g.n_items,
+                g.n_items,
+            )
         if g.stopped:
             if proposal_id is not None:
                 from prefect_genopt.optimize.proposals import set_status
@@ -450,6 +465,7 @@ def start_rollout(
             raise RolloutError(str(exc)) from None
         why = f"{decision.reason}; {gate_note}" + (f"; {reason}" if reason else "")
         decision = decision.model_copy(update={"reason": why})
+        after = after.model_copy(update={"last_reason": f"{after.last_reason}; {gate_note}"[:1500]})
         rows = [
             row_record(
                 "param_sets",
@@ -639,12 +655,40 @@ def analyze(
         except store.StaleStateError as exc:
             logger.warning("check of %s dropped: %s", pipeline, exc)
             return CheckResult(pipeline, before, decision, assessment, analysis_id, applied=False)
+        if decision.kind in ("promote", "abort"):
+            _rate_rollout(wh, before, assessment, decision.kind)
         if decision.kind in ("continue",):
             _emit("checked", after, decision.reason, {"verdict": assessment.verdict})
         logger.info("%s: %s", pipeline, decision.reason)
         return CheckResult(
             pipeline, after, decision, assessment, analysis_id, applied=decision.changed
         )
+
+
+def _rate_rollout(wh: Warehouse, state: sm.RoutingState, a: Assessment | None, kind: str) -> None:
+    """Rate the rollout's proposal by its canary: the KPI delta against stable."""
+    if not state.proposal_id:
+        return
+    plan = state.get_plan()
+    if a is None:
+        m = measure(wh, state)
+        a = assess(
+            ArmStats.from_values(m.stable), ArmStats.from_values(m.canary), plan, None, m.strata()
+        )
+    rate(
+        wh,
+        state.proposal_id,
+        state.pipeline,
+        "canary",
+        "promoted" if kind == "promote" else "rolled_back",
+        plan.kpi,
+        plan.direction,
+        _finite(a.effect),
+        _finite(a.relative_effect),
+        a.stable.n,
+        a.canary.n,
+    )
+    wh.ingest_if_free()
 
 
 def _manual(
@@ -671,6 +715,8 @@ def _manual(
         except sm.RolloutStateError as exc:
             raise RolloutError(str(exc)) from None
         _apply(wh, before, after, decision, actor)
+        if verb in ("promote", "abort"):
+            _rate_rollout(wh, before, None, verb)
         logger.info("%s: %s", pipeline, decision.reason)
         return after
 

@@ -2,7 +2,7 @@
 
 Tables analysts can rely on: ``pipelines``, ``runs``, ``spans``, ``feedback``,
 ``param_sets``, ``proposals``, ``proposal_events``, ``rollouts``, ``rollout_events``
-and ``rollout_analyses``, ``replay_gates`` (plus ``pending_feedback``,
+and ``rollout_analyses``, ``replay_gates``, ``proposal_ratings`` (plus ``pending_feedback``,
 ``param_set_checks``, ``span_drops`` and the ingester's bookkeeping). Views answer the common
 questions: ``kpi_by_param_set_day``, ``llm_usage``, ``run_summary``,
 ``param_set_lineage`` (every ancestor of a proposed param set, with its depth).
@@ -48,6 +48,7 @@ TABLES = (
     "rollout_events",
     "rollout_analyses",
     "replay_gates",
+    "proposal_ratings",
 )
 VIEWS = ("kpi_by_param_set_day", "llm_usage", "run_summary", "param_set_lineage")
 
@@ -394,6 +395,26 @@ CREATE TABLE IF NOT EXISTS replay_gates (
 );
 """
 
+# v5: ratings of proposals (Retroformer): when a proposal's replay gate or canary ends,
+# its KPI delta against stable rates its reasoning (the reflection) for later memory.
+_V5 = """
+CREATE TABLE IF NOT EXISTS proposal_ratings (
+    rating_id VARCHAR PRIMARY KEY,
+    proposal_id VARCHAR NOT NULL,
+    pipeline VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    source VARCHAR NOT NULL,
+    outcome VARCHAR,
+    kpi VARCHAR,
+    direction VARCHAR,
+    effect DOUBLE,
+    relative_effect DOUBLE,
+    n_stable BIGINT,
+    n_candidate BIGINT,
+    ingested_at TIMESTAMP
+);
+"""
+
 #: Tables genopt writes through spool ``row`` records (not spans or feedback):
 #: table -> its key columns. A row loaded twice is stored once.
 ROW_TABLES: dict[str, tuple[str, ...]] = {
@@ -404,10 +425,11 @@ ROW_TABLES: dict[str, tuple[str, ...]] = {
     "rollout_events": ("event_id",),
     "rollout_analyses": ("analysis_id",),
     "replay_gates": ("gate_id",),
+    "proposal_ratings": ("rating_id",),
 }
 
 #: (version, SQL) in order; append, never edit a released one.
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4)]
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

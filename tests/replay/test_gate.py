@@ -76,6 +76,10 @@ def test_the_gate_stops_a_bad_proposal_before_any_real_item_sees_it(
     assert len(sources) == 3 and not set(sources) & set(orjson.loads(prop["evidence_run_ids"]))
     # the cost: the replayed runs' LLM calls (3 runs of 8 tickets, one call each)
     assert gate["llm_calls"] == 24
+    # the gate's outcome rates the proposal's reflection (Retroformer memory)
+    (rating,) = wh.sql("SELECT source, outcome, relative_effect FROM proposal_ratings")
+    assert (rating["source"], rating["outcome"]) == ("replay_gate", "gate_stopped")
+    assert rating["relative_effect"] < -0.2
     # nothing reached production: no canary, no rollout; the replay is on its own arm
     assert controller.get_state("triage").status == "idle"
     assert wh.sql("SELECT count(*) AS n FROM rollouts")[0]["n"] == 0

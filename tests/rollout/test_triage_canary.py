@@ -68,6 +68,9 @@ def test_a_proposal_is_promoted_through_the_canary(
     wh = genopt.Warehouse()
     (prop,) = wh.sql("SELECT status, status_reason FROM proposals")
     assert prop["status"] == "promoted" and "promote after the last step" in prop["status_reason"]
+    (rating,) = wh.sql("SELECT source, outcome, relative_effect FROM proposal_ratings")
+    assert (rating["source"], rating["outcome"]) == ("canary", "promoted")
+    assert rating["relative_effect"] > 0
     # both arms were measured on the same period, on per-ticket feedback
     arms = wh.sql(
         "SELECT arm, avg(value) AS acc, count(*) AS n FROM feedback WHERE kpi = 'correct' "
