@@ -49,7 +49,7 @@ from prefect_genopt.redaction import clean
 from prefect_genopt.settings import get_settings
 from prefect_genopt.tracing import setup_tracing, tracer
 from prefect_genopt.tunables import param_set_id
-from prefect_genopt.warehouse import Warehouse, WarehouseBusyError
+from prefect_genopt.warehouse import Warehouse, WarehouseBusyError, as_warehouse
 
 __all__ = ["optimize", "OptimizeResult", "UpdateOutcome"]
 
@@ -335,7 +335,7 @@ def optimize(
     """
     t0 = time.perf_counter()
     say = progress or logger.info
-    wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
+    wh = as_warehouse(warehouse)
     setup_tracing()
     try:
         wh.ingest()

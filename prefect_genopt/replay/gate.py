@@ -39,7 +39,7 @@ import orjson
 from prefect_genopt import spool
 from prefect_genopt.records import row_record
 from prefect_genopt.redaction import REDACTED, clean
-from prefect_genopt.warehouse import Warehouse
+from prefect_genopt.warehouse import Warehouse, as_warehouse
 from prefect_genopt.warehouse.schema import utcnow
 
 __all__ = ["GateResult", "judge", "replay_gate", "replayable_runs", "load_entrypoint", "ARM"]
@@ -223,7 +223,7 @@ def replay_gate(
         warehouse: The warehouse (default: GENOPT_WAREHOUSE).
     """
     t0 = time.monotonic()
-    wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
+    wh = as_warehouse(warehouse)
     result: GateResult
     sources = replayable_runs(wh, pipeline, stable_param_set_id, kpi, exclude_run_ids, runs)
     entry = wh.sql(

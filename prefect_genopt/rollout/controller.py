@@ -32,7 +32,7 @@ import orjson
 
 from prefect_genopt import spool
 from prefect_genopt.locks import pipeline_lock
-from prefect_genopt.optimize.ratings import rate
+from prefect_genopt.optimize.ratings import rate, rating_row
 from prefect_genopt.records import current_user, row_record
 from prefect_genopt.redaction import clean
 from prefect_genopt.rollout import state as sm
@@ -41,7 +41,7 @@ from prefect_genopt.rollout.analysis import ArmStats, Assessment, assess, mann_w
 from prefect_genopt.rollout.plan import RolloutPlan
 from prefect_genopt.settings import get_settings
 from prefect_genopt.tunables import param_set_id as compute_param_set_id
-from prefect_genopt.warehouse import Warehouse
+from prefect_genopt.warehouse import Warehouse, as_warehouse
 from prefect_genopt.warehouse.schema import utcnow
 
 __all__ = [
@@ -254,12 +254,6 @@ def _apply(
         _emit(decision.kind, after, decision.reason, {"actor": actor, **(extra or {})})
 
 
-def _warehouse(warehouse: Warehouse | str | Path | None) -> Warehouse:
-    if isinstance(warehouse, Warehouse):
-        return warehouse
-    return Warehouse(warehouse)
-
-
 def _values_of(wh: Warehouse, pipeline: str, ps_id: str) -> dict[str, Any]:
     rows = wh.sql(
         'SELECT "values" FROM param_sets WHERE pipeline = ? AND param_set_id = ?', [pipeline, ps_id]
@@ -367,7 +361,7 @@ def start_rollout(
     """
     if (proposal_id is None) == (values is None):
         raise RolloutError("give exactly one of a proposal id (--proposal) or values (--params)")
-    wh = _warehouse(warehouse)
+    wh = as_warehouse(warehouse)
     actor = actor or current_user()
     _not_active(get_state(pipeline))  # fail fast, before the gate runs
     source = "manual"
@@ -514,6 +508,16 @@ class Measurement:
         """Per-step arm stats, for :func:`~prefect_genopt.rollout.analysis.assess`."""
         return [(ArmStats.from_values(s), ArmStats.from_values(c)) for s, c in self.steps]
 
+    def assess(self, plan: RolloutPlan) -> Assessment:
+        """The check's assessment: the arms compared within steps, with Mann-Whitney."""
+        return assess(
+            ArmStats.from_values(self.stable),
+            ArmStats.from_values(self.canary),
+            plan,
+            mann_whitney(self.stable, self.canary, plan.direction),
+            self.strata(),
+        )
+
 
 def measure(wh: Warehouse, state: sm.RoutingState) -> Measurement:
     """The rollout's KPI values since it started, per arm and per step.
@@ -626,12 +630,9 @@ def analyze(
                 pipeline, before, sm.Decision(kind="none", reason=why, changed=False)
             )
         plan = before.get_plan()
-        wh = Warehouse(warehouse) if not isinstance(warehouse, Warehouse) else warehouse
+        wh = as_warehouse(warehouse)
         m = measure(wh, before)
-        mw = mann_whitney(m.stable, m.canary, plan.direction)
-        assessment = assess(
-            ArmStats.from_values(m.stable), ArmStats.from_values(m.canary), plan, mw, m.strata()
-        )
+        assessment = m.assess(plan)
         first, last = m.first, m.last
         now = _now()
         after, decision = sm.decide(before, assessment, now.isoformat())
@@ -648,15 +649,13 @@ def analyze(
                 after,
                 decision,
                 actor,
-                [row],
+                [row, *_rating_rows(wh, before, assessment, decision.kind)],
                 analysis_id=analysis_id,
                 extra={"verdict": assessment.verdict, "kpi": plan.kpi},
             )
         except store.StaleStateError as exc:
             logger.warning("check of %s dropped: %s", pipeline, exc)
             return CheckResult(pipeline, before, decision, assessment, analysis_id, applied=False)
-        if decision.kind in ("promote", "abort"):
-            _rate_rollout(wh, before, assessment, decision.kind)
         if decision.kind in ("continue",):
             _emit("checked", after, decision.reason, {"verdict": assessment.verdict})
         logger.info("%s: %s", pipeline, decision.reason)
@@ -665,30 +664,30 @@ def analyze(
         )
 
 
-def _rate_rollout(wh: Warehouse, state: sm.RoutingState, a: Assessment | None, kind: str) -> None:
-    """Rate the rollout's proposal by its canary: the KPI delta against stable."""
-    if not state.proposal_id:
-        return
+def _rating_rows(
+    wh: Warehouse, state: sm.RoutingState, a: Assessment | None, kind: str
+) -> list[dict[str, Any]]:
+    """The rating of the rollout's proposal by its canary (the KPI delta against stable),
+    when the rollout ends with a proposal; written with the decision's other rows."""
+    if kind not in ("promote", "abort") or not state.proposal_id:
+        return []
     plan = state.get_plan()
     if a is None:
-        m = measure(wh, state)
-        a = assess(
-            ArmStats.from_values(m.stable), ArmStats.from_values(m.canary), plan, None, m.strata()
+        a = measure(wh, state).assess(plan)
+    return [
+        rating_row(
+            state.proposal_id,
+            state.pipeline,
+            "canary",
+            "promoted" if kind == "promote" else "rolled_back",
+            plan.kpi,
+            plan.direction,
+            _finite(a.effect),
+            _finite(a.relative_effect),
+            a.stable.n,
+            a.canary.n,
         )
-    rate(
-        wh,
-        state.proposal_id,
-        state.pipeline,
-        "canary",
-        "promoted" if kind == "promote" else "rolled_back",
-        plan.kpi,
-        plan.direction,
-        _finite(a.effect),
-        _finite(a.relative_effect),
-        a.stable.n,
-        a.canary.n,
-    )
-    wh.ingest_if_free()
+    ]
 
 
 def _manual(
@@ -705,7 +704,7 @@ def _manual(
     actor = actor or current_user()
     with _lock(pipeline):
         before = get_state(pipeline)
-        wh = _warehouse(warehouse)
+        wh = as_warehouse(warehouse)
         if verb == "pin":
             ps_id = kwargs["param_set_id"]
             values = _values_of(wh, pipeline, ps_id)
@@ -714,9 +713,7 @@ def _manual(
             after, decision = fn(before, *kwargs.values(), reason.strip(), _now().isoformat())
         except sm.RolloutStateError as exc:
             raise RolloutError(str(exc)) from None
-        _apply(wh, before, after, decision, actor)
-        if verb in ("promote", "abort"):
-            _rate_rollout(wh, before, None, verb)
+        _apply(wh, before, after, decision, actor, _rating_rows(wh, before, None, verb))
         logger.info("%s: %s", pipeline, decision.reason)
         return after
 

@@ -11,9 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from prefect_genopt.rollout.analysis import ArmStats, assess, mann_whitney
+from prefect_genopt.rollout.analysis import ArmStats
 from prefect_genopt.rollout.controller import get_state, measure
-from prefect_genopt.warehouse import Warehouse
+from prefect_genopt.warehouse import Warehouse, as_warehouse
 
 __all__ = ["rollout_status", "text", "markdown"]
 
@@ -33,18 +33,11 @@ def rollout_status(
 ) -> dict[str, Any]:
     """The pipeline's rollout as plain data (JSON-ready)."""
     state = get_state(pipeline)
-    wh = warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
+    wh = as_warehouse(warehouse)
     out: dict[str, Any] = {"pipeline": pipeline, "state": state.model_dump(mode="json")}
     if state.active:
         plan = state.get_plan()
-        m = measure(wh, state)
-        a = assess(
-            ArmStats.from_values(m.stable),
-            ArmStats.from_values(m.canary),
-            plan,
-            mann_whitney(m.stable, m.canary, plan.direction),
-            m.strata(),
-        )
+        a = measure(wh, state).assess(plan)
         out["plan"] = plan.describe()
         out["kpi"] = plan.kpi
         out["arms"] = {"stable": _arm(a.stable), "canary": _arm(a.canary)}

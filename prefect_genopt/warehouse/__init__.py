@@ -2,10 +2,11 @@
 
 from prefect_genopt.warehouse.access import WarehouseBusyError, WarehouseMissingError
 from prefect_genopt.warehouse.ingest import Ingester, IngestResult, ingest
-from prefect_genopt.warehouse.warehouse import Warehouse
+from prefect_genopt.warehouse.warehouse import Warehouse, as_warehouse
 
 __all__ = [
     "Warehouse",
+    "as_warehouse",
     "Ingester",
     "IngestResult",
     "ingest",

@@ -24,7 +24,7 @@ from prefect_genopt.warehouse.access import WarehouseBusyError, connect, open_co
 from prefect_genopt.warehouse.ingest import Ingester, IngestResult
 from prefect_genopt.warehouse.schema import migrate
 
-__all__ = ["Warehouse"]
+__all__ = ["Warehouse", "as_warehouse"]
 
 logger = logging.getLogger("prefect_genopt.warehouse")
 Params = Sequence[Any] | dict[str, Any] | None
@@ -156,6 +156,11 @@ class Warehouse:
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else "read-write"
         return f"Warehouse({str(self.path)!r}, {mode})"
+
+
+def as_warehouse(warehouse: Warehouse | str | Path | None) -> Warehouse:
+    """``warehouse`` itself, or a :class:`Warehouse` opened on that path (None: the default)."""
+    return warehouse if isinstance(warehouse, Warehouse) else Warehouse(warehouse)
 
 
 def _fetch(cur: duckdb.DuckDBPyConnection) -> tuple[list[str], list[tuple]]:
