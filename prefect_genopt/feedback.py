@@ -230,6 +230,8 @@ def build_record(
     item_key: str | None = None,
     source: str = "code",
     idempotency_key: str | None = None,
+    expected: Any = None,
+    step: str | None = None,
     verify: bool = True,
 ) -> dict[str, Any]:
     """Validate feedback and build its spool record (see :func:`feedback`)."""
@@ -247,6 +249,9 @@ def build_record(
         comment = redact(comment)
     if value is None and not comment:
         raise FeedbackError("feedback needs a value, a comment, or both")
+    expected_json = _expected_json(expected, settings.max_comment_chars)
+    if step is not None and (not isinstance(step, str) or not 0 < len(step) <= MAX_KEY_CHARS):
+        raise FeedbackError(f"step must be a task name of 1..{MAX_KEY_CHARS} chars")
     if not isinstance(source, str) or not source.strip():
         raise FeedbackError("source must be a non-empty string")
     if item_key is not None:
@@ -298,7 +303,24 @@ def build_record(
         "pipeline": pipeline,
         "param_set_id": ps_id,
         "arm": arm,
+        "expected": expected_json,
+        "step": step,
     }
+
+
+def _expected_json(expected: Any, limit: int) -> str | None:
+    """The expected answer as redacted JSON text, or a clear error."""
+    if expected is None:
+        return None
+    try:
+        text = orjson.dumps(expected, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError as exc:
+        raise FeedbackError(f"expected must be JSON-serialisable: {exc}") from None
+    if len(text) > limit:
+        raise FeedbackError(
+            f"expected is {len(text)} chars as JSON; the limit is {limit} (GENOPT_MAX_COMMENT_CHARS)"
+        )
+    return redact(text)
 
 
 def deliver(record: dict[str, Any]) -> None:
@@ -339,6 +361,8 @@ def feedback(
     item_key: str | None = None,
     source: str = "code",
     idempotency_key: str | None = None,
+    expected: Any = None,
+    step: str | None = None,
 ) -> str:
     """Attach a KPI value and/or text feedback to a run (or one item of it).
 
@@ -353,6 +377,11 @@ def feedback(
         item_key: The work item the feedback is about.
         source: Who gives it: ``"code"``, ``"human"``, ``"judge"``...
         idempotency_key: The same key for the same run is stored once.
+        expected: The right answer, when known (a label, a number, any JSON value). The
+            optimizer shows it, and step credit uses it to find the first step whose
+            output lost it.
+        step: The task (step) the feedback is about, for a per-step score; step credit
+            blames the first step with bad per-step feedback.
 
     Returns:
         The feedback id.
@@ -371,6 +400,8 @@ def feedback(
         item_key=item_key,
         source=source,
         idempotency_key=idempotency_key,
+        expected=expected,
+        step=step,
     )
     deliver(record)
     return str(record["feedback_id"])

@@ -81,6 +81,8 @@ RECORD_COLUMNS: dict[str, str] = {
     "idempotency_key": "VARCHAR",
     "created_ns": "BIGINT",
     "verified": "BOOLEAN",
+    "expected": "VARCHAR",
+    "step": "VARCHAR",
     # rows (``k == "row"``): one row for a warehouse table written by genopt itself
     "table": "VARCHAR",
     "body": "JSON",

@@ -433,7 +433,7 @@ class Ingester:
     ) -> None:
         cols = (
             "feedback_id, run_id, pipeline, param_set_id, arm, item_key, kpi, value, comment, "
-            "source, idempotency_key, created_at, verified, ingested_at"
+            "source, idempotency_key, created_at, verified, ingested_at, expected, step"
         )
         con.execute(
             f"""
@@ -441,7 +441,7 @@ class Ingester:
             SELECT feedback_id, run_id, pipeline, param_set_id, arm, item_key, kpi, value,
                    comment, source, idempotency_key,
                    make_timestamp(CAST(created_ns // 1000 AS BIGINT)) AS created_at,
-                   verified, CAST(? AS TIMESTAMP) AS ingested_at
+                   verified, CAST(? AS TIMESTAMP) AS ingested_at, expected, step
             FROM batch WHERE k = 'feedback'
             UNION ALL
             SELECT {cols} FROM pending_feedback
@@ -456,7 +456,7 @@ class Ingester:
                    coalesce(f.param_set_id, it.param_set_id, r.param_set_id),
                    coalesce(f.arm, it.arm, r.arm),
                    f.item_key, f.kpi, f.value, f.comment, f.source, f.idempotency_key,
-                   f.created_at, f.verified, f.ingested_at
+                   f.created_at, f.verified, f.ingested_at, f.expected, f.step
             FROM fb_in f JOIN runs r ON r.run_id = f.run_id
             -- feedback given after the run (a person's rating) for one item: the item's
             -- own arm and param set, as its spans recorded them (items split in a canary)

@@ -2,7 +2,8 @@
 
 Tables analysts can rely on: ``pipelines``, ``runs``, ``spans``, ``feedback``,
 ``param_sets``, ``proposals``, ``proposal_events``, ``rollouts``, ``rollout_events``
-and ``rollout_analyses``, ``replay_gates``, ``proposal_ratings`` (plus ``pending_feedback``,
+and ``rollout_analyses``, ``replay_gates``, ``proposal_ratings``, ``step_values``,
+``experiences``, ``experience_steps``, ``step_credit``, ``optimizer_instructions`` (plus ``pending_feedback``,
 ``param_set_checks``, ``span_drops`` and the ingester's bookkeeping). Views answer the common
 questions: ``kpi_by_param_set_day``, ``llm_usage``, ``run_summary``,
 ``param_set_lineage`` (every ancestor of a proposed param set, with its depth).
@@ -49,6 +50,11 @@ TABLES = (
     "rollout_analyses",
     "replay_gates",
     "proposal_ratings",
+    "step_values",
+    "experiences",
+    "experience_steps",
+    "step_credit",
+    "optimizer_instructions",
 )
 VIEWS = ("kpi_by_param_set_day", "llm_usage", "run_summary", "param_set_lineage")
 
@@ -415,6 +421,99 @@ CREATE TABLE IF NOT EXISTS proposal_ratings (
 );
 """
 
+# v6: learning from experience. Feedback may name the expected answer and the step it is
+# about; recorded steps keep their full (redacted, untruncated) values; verified
+# experiences with their validity conditions; step credit (STeCa); the optimizer's own
+# instruction, tuned offline from the ratings.
+_V6 = """
+ALTER TABLE feedback ADD COLUMN IF NOT EXISTS expected VARCHAR;
+ALTER TABLE feedback ADD COLUMN IF NOT EXISTS step VARCHAR;
+ALTER TABLE pending_feedback ADD COLUMN IF NOT EXISTS expected VARCHAR;
+ALTER TABLE pending_feedback ADD COLUMN IF NOT EXISTS step VARCHAR;
+CREATE TABLE IF NOT EXISTS step_values (
+    record_id VARCHAR PRIMARY KEY,
+    pipeline VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL,
+    item_key VARCHAR,
+    step VARCHAR NOT NULL,
+    span_id VARCHAR,
+    trace_id VARCHAR,
+    seq INTEGER,
+    step_version VARCHAR,
+    input_fingerprint VARCHAR,
+    inputs JSON,
+    output JSON,
+    params_read JSON,
+    param_set_id VARCHAR,
+    model VARCHAR,
+    replayed_from VARCHAR,
+    size_bytes BIGINT,
+    created_at TIMESTAMP,
+    ingested_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS experiences (
+    experience_id VARCHAR PRIMARY KEY,
+    pipeline VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL,
+    item_key VARCHAR,
+    trace_id VARCHAR,
+    param_set_id VARCHAR,
+    status VARCHAR NOT NULL,
+    reason VARCHAR,
+    kpi VARCHAR,
+    kpi_value DOUBLE,
+    checks JSON,
+    n_steps INTEGER,
+    size_bytes BIGINT,
+    expires_at TIMESTAMP,
+    created_at TIMESTAMP NOT NULL,
+    ingested_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS experience_steps (
+    experience_id VARCHAR NOT NULL,
+    step VARCHAR NOT NULL,
+    seq INTEGER NOT NULL,
+    pipeline VARCHAR NOT NULL,
+    span_id VARCHAR,
+    step_version VARCHAR,
+    input_fingerprint VARCHAR,
+    params_fingerprint VARCHAR,
+    params_read JSON,
+    model VARCHAR,
+    inputs JSON,
+    output JSON,
+    ingested_at TIMESTAMP,
+    PRIMARY KEY (experience_id, seq)
+);
+CREATE TABLE IF NOT EXISTS step_credit (
+    credit_id VARCHAR PRIMARY KEY,
+    pipeline VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL,
+    item_key VARCHAR,
+    step VARCHAR,
+    seq INTEGER,
+    span_id VARCHAR,
+    method VARCHAR NOT NULL,
+    score DOUBLE,
+    reason VARCHAR,
+    params_read JSON,
+    proposal_id VARCHAR,
+    created_at TIMESTAMP NOT NULL,
+    ingested_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS optimizer_instructions (
+    instruction_id VARCHAR PRIMARY KEY,
+    pipeline VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL,
+    instruction VARCHAR NOT NULL,
+    parent_id VARCHAR,
+    n_ratings INTEGER,
+    reasoning VARCHAR,
+    model VARCHAR,
+    ingested_at TIMESTAMP
+);
+"""
+
 #: Tables genopt writes through spool ``row`` records (not spans or feedback):
 #: table -> its key columns. A row loaded twice is stored once.
 ROW_TABLES: dict[str, tuple[str, ...]] = {
@@ -426,10 +525,15 @@ ROW_TABLES: dict[str, tuple[str, ...]] = {
     "rollout_analyses": ("analysis_id",),
     "replay_gates": ("gate_id",),
     "proposal_ratings": ("rating_id",),
+    "step_values": ("record_id",),
+    "experiences": ("experience_id",),
+    "experience_steps": ("experience_id", "seq"),
+    "step_credit": ("credit_id",),
+    "optimizer_instructions": ("instruction_id",),
 }
 
 #: (version, SQL) in order; append, never edit a released one.
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5)]
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5), (6, _V6)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
