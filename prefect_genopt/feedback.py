@@ -151,6 +151,8 @@ FEEDBACK_FIELDS = frozenset(
         "pipeline",
         "param_set_id",
         "arm",
+        "expected",
+        "step",
     }
 )
 
@@ -181,7 +183,7 @@ def validate_record(obj: Any, where: str = "record") -> dict[str, Any]:
     if why:
         raise FeedbackError(f"{where}: {why}")
     for key, val in rec.items():
-        if isinstance(val, str) and len(val) > MAX_KEY_CHARS and key != "comment":
+        if isinstance(val, str) and len(val) > MAX_KEY_CHARS and key not in ("comment", "expected"):
             raise FeedbackError(f"{where}: {key!r} is longer than {MAX_KEY_CHARS} chars")
     value = rec.get("value")
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
@@ -209,6 +211,13 @@ def validate_record(obj: Any, where: str = "record") -> dict[str, Any]:
         if len(comment) > limit:
             raise FeedbackError(f"{where}: comment is {len(comment)} chars; the limit is {limit}")
         rec["comment"] = redact(comment)
+    if rec.get("expected") is not None:
+        limit = get_settings().max_comment_chars
+        if len(rec["expected"]) > limit:
+            raise FeedbackError(
+                f"{where}: expected is {len(rec['expected'])} chars; the limit is {limit}"
+            )
+        rec["expected"] = redact(rec["expected"])
     if rec["value"] is None and not rec.get("comment"):
         raise FeedbackError(f"{where}: feedback needs a value, a comment, or both")
     rec["source"] = (rec.get("source") or "").strip() or "receiver"
