@@ -124,7 +124,8 @@ def test_nothing_is_replayed_once_a_validity_condition_breaks(fresh: Path) -> No
     wh = genopt.Warehouse()
     why = wh.sql(
         "SELECT DISTINCT attributes->>'genopt.replay' AS why FROM spans "
-        "WHERE task_name = 'classify' AND attributes->>'genopt.replay' LIKE 'computed: the model changed%'"
+        "WHERE task_name = 'classify' "
+        "AND attributes->>'genopt.replay' LIKE 'computed: the model changed%'"
     )
     assert why, "the span says why nothing was replayed"
     pipelines.MODEL["name"] = pipelines.keyword_model.MODEL
