@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefect_genopt import spool
 from prefect_genopt.optimize.config import OptimizerSettings
+from prefect_genopt.optimize.credit import assign, credit_rows
 from prefect_genopt.optimize.evidence import Evidence, Unit, collect
 from prefect_genopt.optimize.llm import (
     Budget,
@@ -205,13 +207,24 @@ class _Run:
     def update(self, i: int, batch: list[Unit]) -> bool:
         """One update; False when the run must stop (budget)."""
         s, ev = self.settings, self.evidence
-        problem = self.optimizer.problem(ev, batch, self.memory, s, self.editable)
+        credits = assign(self.wh, ev, batch) if s.step_credit else None
+        problem = self.optimizer.problem(ev, batch, self.memory, s, self.editable, credits)
         prompt_chars = sum(len(m["content"]) for m in self.optimizer.messages(problem))
         labels = ", ".join(u.label for u in batch[:4]) + ("..." if len(batch) > 4 else "")
         self.say(
             f"update {i + 1}/{s.max_updates}: {len(batch)} units ({labels}), prompt "
             f"{prompt_chars} chars, {problem.truncations} cut(s) at the credit horizon"
         )
+        if credits is not None:
+            step = problem.extra.get("focus_step")
+            self.say(
+                f"  step credit: {len(credits)} failed unit(s) judged; "
+                + (
+                    f"focused on step {step!r} ({', '.join(problem.editable)})"
+                    if step
+                    else "no step reads an editable param: whole trace"
+                )
+            )
         with tracer().start_as_current_span(
             "genopt.optimize.update", attributes={"genopt.optimizer.update": i + 1}
         ):
@@ -228,7 +241,9 @@ class _Run:
             earlier = self._earlier_proposal(param_set_id(upd.checked.values))
             if earlier:
                 upd.status, upd.reason = "no_change", f"the candidate repeats {earlier}"
-        self._record(i, batch, upd, prompt_chars)
+        pid = self._record(i, batch, upd, prompt_chars)
+        if credits:
+            spool.append(credit_rows(ev.pipeline.name, credits, pid), self.wh.spool_dir)
         return True
 
     def _earlier_proposal(self, candidate: str) -> str | None:
@@ -243,7 +258,7 @@ class _Run:
         )
         return f"proposal {rows[0]['proposal_id']} ({rows[0]['status']})" if rows else None
 
-    def _record(self, i: int, batch: list[Unit], upd: _Update, prompt_chars: int) -> None:
+    def _record(self, i: int, batch: list[Unit], upd: _Update, prompt_chars: int) -> str:
         ev, checked = self.evidence, upd.checked
         pid = new_proposal_id()
         candidate = param_set_id(checked.values) if checked and upd.status == "proposed" else None
@@ -310,6 +325,7 @@ class _Run:
             )
         else:
             self.say(f"  {upd.status}: {upd.reason}")
+        return pid
 
 
 def optimize(
