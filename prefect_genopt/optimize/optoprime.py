@@ -87,6 +87,13 @@ with the parameters it reads: the other steps did their part. Reflect on this st
 what in its parameters makes it turn inputs like these into the wrong output, then change \
 them so that it produces the right one."""
 
+#: how the demo candidates (verified experiences) of a ``demos`` param are introduced
+DEMO_POOL_NOTE = (
+    "{name} is a list of few-shot demos picked from these verified experiences of step "
+    "{step!r} (each ran right and passed its checks); to change it, answer a list of their "
+    "ids, at most {most}, e.g. [{example}]:"
+)
+
 TRUNCATED_STEPS = "…[{n} more steps truncated]"
 #: how a step that repeats a long string variable's current value shows it
 REFERENCE = "<value of {name}>"
@@ -130,7 +137,11 @@ def _json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def answer_schema(schema: dict[str, Any], editable: list[str]) -> dict[str, Any]:
+def answer_schema(
+    schema: dict[str, Any],
+    editable: list[str],
+    demo_pools: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The JSON schema of an answer: ``suggestion`` keys are only the editable params.
 
     Example:
@@ -162,6 +173,8 @@ def answer_schema(schema: dict[str, Any], editable: list[str]) -> dict[str, Any]
         }
         if spec.get("type") == "string" and "maxLength" not in spec:
             spec["maxLength"] = 8000
+        if demo_pools and name in demo_pools:  # demos are picked by experience id
+            spec["items"] = {"type": "string", "enum": sorted(demo_pools[name])}
         suggestion[name] = spec
     return {
         "type": "object",
@@ -404,6 +417,32 @@ class OptoPrime(Optimizer):
             )
         return "\n".join(lines)
 
+    def _demo_pools(
+        self,
+        pools: dict[str, dict[str, Any]],
+        schema: dict[str, Any],
+        settings: OptimizerSettings,
+        problem: Problem,
+    ) -> str:
+        props = schema.get("properties") or {}
+        lines = []
+        for name, pool in pools.items():
+            spec = props.get(name) or {}
+            lines.append(
+                DEMO_POOL_NOTE.format(
+                    name=name,
+                    step=spec.get("genopt_step"),
+                    most=spec.get("maxItems", len(pool)),
+                    example=", ".join(_json(i) for i in list(pool)[:2]),
+                )
+            )
+            for eid, demo in pool.items():
+                shown = self._cut(
+                    {"input": demo["input"], "output": demo["output"]}, settings, problem
+                )
+                lines.append(f"- {eid}: {shown}")
+        return "\n".join(lines)
+
     # -- the interface --------------------------------------------------------------------
 
     def problem(
@@ -457,6 +496,12 @@ class OptoPrime(Optimizer):
             ("#Variables", variables),
             ("#Constraints", self._constraints(schema, editable)),
         ]
+        pools = {n: p for n, p in evidence.demo_pools.items() if n in editable and p}
+        if pools:
+            problem.extra["demo_pools"] = pools
+            sections.append(
+                ("#Demo candidates", self._demo_pools(pools, schema, settings, problem))
+            )
         for i, unit in enumerate(batch, 1):
             sections.append((f"## Example {i} of {len(batch)} ({unit.label})", "-" * 40))
             sections.append(

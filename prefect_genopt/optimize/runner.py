@@ -147,7 +147,8 @@ def _attempt(
     """Call, parse and check; retry once on an unusable answer. Raises BudgetExhausted
     before a call the budget cannot pay for (the update's earlier replies are kept)."""
     upd = _Update()
-    schema = answer_schema(problem.schema, problem.editable)
+    pools = problem.extra.get("demo_pools") or {}
+    schema = answer_schema(problem.schema, problem.editable, pools)
     messages = optimizer.messages(problem)
     for attempt in (1, 2):
         budget.check(_estimate_tokens(messages, settings.max_output_tokens))
@@ -163,6 +164,7 @@ def _attempt(
         upd.replies.append(reply)
         try:
             upd.reasoning, upd.suggestion = parse_reply(reply.text)
+            upd.suggestion = resolve_demos(upd.suggestion, pools)
             upd.checked = check_suggestion(
                 upd.suggestion, problem.schema, problem.current, problem.editable
             )
@@ -328,6 +330,53 @@ class _Run:
         return pid
 
 
+#: most verified experiences shown to the optimizer per ``demos`` param
+DEMO_POOL_SIZE = 12
+
+
+def demo_pools(
+    wh: Warehouse, evidence: Evidence, editable: list[str]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """For each editable ``demos`` param tied to a step: its verified experiences by id."""
+    from prefect_genopt.replay.experiences import verified_demos
+
+    props = evidence.pipeline.schema.get("properties") or {}
+    pools = {}
+    for name in editable:
+        spec = props.get(name) or {}
+        if spec.get("genopt_kind") == "demos" and spec.get("genopt_step"):
+            demos = verified_demos(
+                evidence.pipeline.name, spec["genopt_step"], limit=DEMO_POOL_SIZE, warehouse=wh
+            )
+            pools[name] = {d["id"]: d for d in demos}
+    return pools
+
+
+def resolve_demos(suggestion: Any, pools: dict[str, dict[str, dict[str, Any]]]) -> Any:
+    """Experience ids in a suggestion for a pooled ``demos`` param -> the demos.
+
+    Raises:
+        ReplyError: An id that is not one of the candidates shown.
+    """
+    if not pools or not isinstance(suggestion, dict):
+        return suggestion
+    out = dict(suggestion)
+    for name, pool in pools.items():
+        picked = out.get(name)
+        if picked is None:
+            continue
+        if not isinstance(picked, list) or not all(isinstance(i, str) for i in picked):
+            raise ReplyError(f"{name} must be a list of experience ids from #Demo candidates")
+        unknown = [i for i in picked if i not in pool]
+        if unknown:
+            raise ReplyError(f"{name}: {', '.join(unknown)} are not among the #Demo candidates")
+        out[name] = [
+            {"input": pool[i]["input"], "output": pool[i]["output"], "experience_id": i}
+            for i in picked
+        ]
+    return out
+
+
 def optimize(
     settings: OptimizerSettings,
     *,
@@ -372,6 +421,9 @@ def optimize(
     )
     evidence = collect(wh, settings)
     start = settings.starting_artifact
+    evidence.demo_pools = demo_pools(
+        wh, evidence, editable_fields(evidence.pipeline.schema, start.editable)
+    )
     extra_sets: list[tuple[str, dict[str, Any], str]] = []
     parent_id = evidence.parent_param_set_id
     if start.start_from == "values":

@@ -137,6 +137,21 @@ def onevar(prompt: str) -> dict[str, Any]:
     return {"reasoning": why, "suggestion": {name: new}}
 
 
+def pick_demos(prompt: str) -> dict[str, Any]:
+    """Pick the first two experiences of each #Demo candidates list (by id)."""
+    section = _section(prompt, "#Demo candidates")
+    picks: dict[str, list[str]] = {}
+    name = None
+    for line in section.splitlines():
+        m = re.match(r"(\w+) is a list of few-shot demos", line)
+        if m:
+            name = m.group(1)
+        m = re.match(r"- (exp_\w+):", line)
+        if m and name and len(picks.setdefault(name, [])) < 2:
+            picks[name].append(m.group(1))
+    return {"reasoning": "show the model two verified examples", "suggestion": picks}
+
+
 def _json(obj: Any) -> str:
     import orjson
 
@@ -172,6 +187,8 @@ def _answer(mode: str, prompt: str, attempt: int) -> str:
         return _json(good)
     if mode == "rules":
         return _json(rules(prompt))
+    if mode == "demos":
+        return _json(pick_demos(prompt))
     if mode == "onevar":
         return _json(onevar(prompt))
     if mode == "swap":
@@ -209,6 +226,7 @@ MODES = (
     "follow",
     "rules",
     "onevar",
+    "demos",
     "swap",
     "notjson",
     "notjson-once",

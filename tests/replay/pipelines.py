@@ -27,6 +27,9 @@ class RecParams(genopt.Tunables):
         "billing: invoice, refund; bug: crash, error", description="the classifier's rules"
     )
     prefix: str = genopt.prompt("label", description="what render puts before the label")
+    examples: list[dict] = genopt.demos(
+        description="worked examples for the classifier", max_items=4, step="classify"
+    )
 
 
 @genopt.check("replayer", step="classify")

@@ -13,7 +13,7 @@ import prefect_genopt as genopt
 from prefect_genopt.replay import steps
 from prefect_genopt.replay.experiences import ExperienceError, verified_demos
 from tests.replay import pipelines
-from tests.replay.pipelines import RecParams, replayer
+from tests.replay.pipelines import LABELS, RecParams, replayer
 
 ITEMS = [
     ["T1", "my invoice is wrong", "billing"],
@@ -183,3 +183,53 @@ def test_a_graded_kpi_needs_a_threshold(fresh: Path) -> None:
     with pytest.raises(ExperienceError, match="no feedback"):
         genopt.harvest("replayer", "latency")
     assert genopt.harvest("replayer", "csat", threshold=3.0).verified == 0  # run-level: no steps
+
+
+def test_the_optimizer_picks_demos_from_verified_experiences(fresh: Path) -> None:
+    from prefect_genopt.optimize import OptimizerSettings, optimize
+    from tests.optimize import scripted
+
+    replayer(ITEMS)
+    genopt.harvest("replayer", "correct")
+    scripted.PROMPTS.pop("demos", None)
+    result = optimize(
+        OptimizerSettings(
+            pipeline="replayer",
+            model="scripted-opt/demos",
+            response_format="none",
+            starting_artifact={"editable": ["examples"]},
+            max_updates=1,
+        )
+    )
+    (proposal,) = result.proposals
+    prompt = scripted.PROMPTS["demos"][0][-1]["content"]
+    assert "#Demo candidates" in prompt and "examples is a list of few-shot demos" in prompt
+    wh = genopt.Warehouse()
+    values = orjson.loads(
+        wh.sql(
+            'SELECT "values" FROM param_sets WHERE param_set_id = ?',
+            [proposal.candidate_param_set_id],
+        )[0]["values"]
+    )
+    verified = {
+        r["experience_id"]: r
+        for r in wh.sql("SELECT experience_id, item_key FROM experiences WHERE status = 'verified'")
+    }
+    assert len(values["examples"]) == 2
+    for demo in values["examples"]:
+        assert demo["experience_id"] in verified
+        assert set(demo) == {"input", "output", "experience_id"} and demo["output"] in LABELS
+
+
+def test_an_unknown_demo_id_is_refused(fresh: Path) -> None:
+    from prefect_genopt.optimize.llm import ReplyError
+    from prefect_genopt.optimize.runner import resolve_demos
+
+    pool = {"exp_a": {"input": "x", "output": "bug"}}
+    assert resolve_demos({"examples": ["exp_a"]}, {"examples": pool})["examples"] == [
+        {"input": "x", "output": "bug", "experience_id": "exp_a"}
+    ]
+    with pytest.raises(ReplyError, match="not among the #Demo candidates"):
+        resolve_demos({"examples": ["exp_zzz"]}, {"examples": pool})
+    with pytest.raises(ReplyError, match="list of experience ids"):
+        resolve_demos({"examples": [{"input": "made up"}]}, {"examples": pool})
