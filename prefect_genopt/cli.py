@@ -16,6 +16,7 @@ Examples:
     genopt export reflections --out reflections.jsonl
     genopt experiences harvest triage --kpi correct
     genopt experiences list triage
+    genopt instruction tune triage --every 5
 """
 
 from __future__ import annotations
@@ -544,6 +545,25 @@ def cmd_experiences(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_instruction(args: argparse.Namespace) -> int:
+    from prefect_genopt.optimize.instruction import current_instruction, tune_instruction
+    from prefect_genopt.warehouse import Warehouse
+
+    if args.action == "tune":
+        result = tune_instruction(
+            args.pipeline,
+            every=args.every,
+            force=args.force,
+            model=args.model,
+            progress=lambda line: print(line, file=sys.stderr),
+        )
+        print(f"{result.status}: {result.reason}")
+        return 0 if result.status in ("tuned", "not_due", "no_ratings") else 1
+    iid, text = current_instruction(Warehouse(), args.pipeline)
+    print(f"# {iid or 'default instruction (never tuned)'}\n{text}")
+    return 0
+
+
 def _value(text: str) -> float:
     try:
         return float(text)
@@ -801,6 +821,24 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--limit", type=int, default=50, help="list: most rows (default 50)")
     xp.add_argument("--json", action="store_true", help="list: print JSON")
     xp.set_defaults(func=cmd_experiences)
+
+    ins = sub.add_parser(
+        "instruction",
+        help="show or tune the optimizer's own instruction for a pipeline",
+        description="show: the instruction OptoPrime follows for the pipeline. tune: rewrite it "
+        "with one LLM call from the pipeline's rated proposals (best and worst reflections), "
+        "when --every new ratings arrived since the last tuning (or now with --force). Exit "
+        "status 1 when the model's answer was unusable (nothing is stored).",
+        epilog="examples:\n  genopt instruction show triage\n"
+        "  genopt instruction tune triage --every 5\n  genopt instruction tune triage --force",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ins.add_argument("action", choices=("show", "tune"), help="what to do")
+    ins.add_argument("pipeline", help="the pipeline")
+    ins.add_argument("--every", type=int, default=5, help="tune: new ratings needed (default 5)")
+    ins.add_argument("--force", action="store_true", help="tune: now, if any rating exists")
+    ins.add_argument("--model", help="tune: litellm model (default: GENOPT_MODEL)")
+    ins.set_defaults(func=cmd_instruction)
     return p
 
 

@@ -108,6 +108,13 @@ class OptimizerSettings(BaseModel):
         "failed unit and give the LLM a problem focused on the most blamed step and the "
         "params it reads (recorded in step_credit). Off: the whole trace, every param.",
     )
+    tune_instruction_every: int = Field(
+        default=0,
+        ge=0,
+        description="Before the run, rewrite the optimizer's own instruction for the pipeline "
+        "once this many new rated proposals arrived since the last rewrite (Retroformer; "
+        "optimizer_instructions). 0: never (the latest tuned instruction is still used).",
+    )
     memory_size: int = Field(
         default=3,
         ge=0,

@@ -27,6 +27,7 @@ from prefect_genopt import spool
 from prefect_genopt.optimize.config import OptimizerSettings
 from prefect_genopt.optimize.credit import assign, credit_rows
 from prefect_genopt.optimize.evidence import Evidence, Unit, collect
+from prefect_genopt.optimize.instruction import current_instruction, tune_instruction
 from prefect_genopt.optimize.llm import (
     Budget,
     BudgetExhausted,
@@ -204,6 +205,8 @@ class _Run:
     memory: list[Any]
     optimizer_run_id: str | None
     trace_id: str = ""
+    #: the tuned optimizer instruction in use (None: the default or a custom optimizer's)
+    instruction_id: str | None = None
     extra_sets: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
 
     def update(self, i: int, batch: list[Unit]) -> bool:
@@ -286,7 +289,7 @@ class _Run:
             "evidence_units": len(batch),
             "evidence_run_ids": sorted({u.run_id for u in batch}),
             "evidence_item_keys": [u.item_key for u in batch if u.item_key],
-            "settings": self.settings.recorded(),
+            "settings": {**self.settings.recorded(), "instruction_id": self.instruction_id},
             "model": self.client.model,
             "response_format": self.client.response_format,
             "attempts": len(upd.replies),
@@ -406,7 +409,21 @@ def optimize(
         wh.ingest()
     except WarehouseBusyError as exc:
         say(f"warehouse busy, using what is loaded: {exc}")
-    optimizer = optimizer or OptoPrime()
+    instruction_id = None
+    if optimizer is None:
+        if settings.tune_instruction_every:
+            tuned = tune_instruction(
+                settings.pipeline,
+                every=settings.tune_instruction_every,
+                model=settings.model,
+                response_format=settings.response_format,
+                warehouse=wh,
+                progress=say,
+            )
+            if tuned.status != "tuned":
+                say(f"optimizer instruction not tuned: {tuned.reason}")
+        instruction_id, text = current_instruction(wh, settings.pipeline)
+        optimizer = OptoPrime(instruction=text)
     base = get_settings()
     model = resolve_model(settings.model)
     fmt = resolve_response_format(model, settings.response_format)
@@ -435,6 +452,7 @@ def optimize(
         wh=wh,
         evidence=evidence,
         optimizer=optimizer,
+        instruction_id=instruction_id,
         client=client,
         budget=Budget(settings.budget_tokens, settings.budget_usd),
         say=say,

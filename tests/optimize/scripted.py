@@ -152,6 +152,23 @@ def pick_demos(prompt: str) -> dict[str, Any]:
     return {"reasoning": "show the model two verified examples", "suggestion": picks}
 
 
+def meta(prompt: str) -> dict[str, Any]:
+    """Tune the optimizer's instruction: keep it, and add the first sentence of the
+    best-rated reflection in #Feedback as a lesson."""
+    import ast
+
+    m = re.search(r"^\(string\) instruction = (.+)$", prompt, re.M)
+    best = re.search(r"^- best rated: .*?reflection: ([^.\n]+)", prompt, re.M)
+    if not m or not best:
+        return {"reasoning": "nothing to learn from", "suggestion": {}}
+    current = ast.literal_eval(m.group(1))
+    lesson = f" Lesson from the best-rated proposals: {best.group(1).strip()}."
+    return {
+        "reasoning": "the best-rated reflection states the cause before the change",
+        "suggestion": {"instruction": current + lesson},
+    }
+
+
 def _json(obj: Any) -> str:
     import orjson
 
@@ -187,6 +204,8 @@ def _answer(mode: str, prompt: str, attempt: int) -> str:
         return _json(good)
     if mode == "rules":
         return _json(rules(prompt))
+    if mode == "meta":
+        return _json(meta(prompt))
     if mode == "demos":
         return _json(pick_demos(prompt))
     if mode == "onevar":
@@ -227,6 +246,7 @@ MODES = (
     "rules",
     "onevar",
     "demos",
+    "meta",
     "swap",
     "notjson",
     "notjson-once",
