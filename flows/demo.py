@@ -13,7 +13,9 @@
 6. a deliberately bad hand-written prompt is stopped by the replay gate (the candidate
    re-run offline on a recorded run, before any real ticket), then, with the gate off,
    rolled back by the canary; if the proposal was not promoted, a good hand-written one
-   is; then the record and the kill switch.
+   is; then the record and the kill switch;
+7. good answers become experiences (``genopt experiences harvest``), and the same tickets
+   again are answered by verified replay instead of model calls.
 
 ``GENOPT_DEMO_SEED`` (default 0) picks the tickets and the optimizer's minibatches.
 
@@ -309,6 +311,26 @@ def main() -> None:
     ]["stable_param_set_id"]
     genopt_cli("rollout", "pin", "triage", stable, "--reason", "demo: the kill switch")
     genopt_cli("rollout", "unpin", "triage", "--reason", "demo over")
+    step("11. Experiences: verified answers replayed instead of calling the model again")
+    from prefect_genopt.replay import steps as replay_steps
+
+    recurring = 4000 + demo_seed * 100
+    print(f"  a batch of tickets: accuracy {triage(n=16, seed=recurring):.2f}")
+    genopt_cli("experiences", "harvest", "triage", "--kpi", "correct")
+    replay_steps.clear_cache()
+    replay_steps.reset_stats()
+    print(f"  the same tickets again: accuracy {triage(n=16, seed=recurring):.2f}")
+    counts = replay_steps.stats()
+    print(
+        f"  classify replayed {counts.get('replayed', 0)} verified answers and called the model "
+        f"{counts.get('computed', 0)} times (tickets it had got wrong have no experience)"
+    )
+    genopt_cli(
+        "sql",
+        "SELECT attributes->>'genopt.replay' AS replay, count(*) AS n FROM spans "
+        "WHERE task_name = 'classify' AND attributes->>'genopt.replay' IS NOT NULL "
+        "GROUP BY ALL ORDER BY n DESC LIMIT 5",
+    )
     print(f"\nwarehouse file: {os.environ['GENOPT_WAREHOUSE']}  (open it with `duckdb` too)")
     print(f"demo finished in {time.monotonic() - t0:.0f}s")
 

@@ -414,6 +414,8 @@ def _instrument_task_fn(fn: Callable[..., Any], policy: StepPolicy) -> Callable[
                 span.set_attribute(semconv.REPLAY_EXPERIENCE, hit.experience_id)
         if hit is None:
             return _COMPUTE
+        if policy.item_key and policy.item_key in bound:
+            current_params(item_key=str(bound[policy.item_key]))  # the item's arm on the span
         _reads.get().update(hit.params_read)  # type: ignore[union-attr]
         return hit
 

@@ -5,7 +5,10 @@ Run it once (against your Prefect API, or an embedded one):
 
 Every run lands in the warehouse: the run, its param set, one span per ticket
 (inputs, output, the params read), one LLM span per call, and feedback: per
-ticket (``correct``, with the ticket id as item key) and per run (``accuracy``).
+ticket (``correct``, with the ticket id as item key and the expected label) and
+per run (``accuracy``). ``classify`` records its full values and replays a
+verified experience (``genopt experiences harvest triage --kpi correct``) for a
+ticket it has already answered right with the same prompt and model.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def model() -> str:
     return os.environ.get("GENOPT_DEMO_MODEL") or keyword_model.MODEL
 
 
-@genopt.task
+@genopt.task(replay=True, model=model, item_key="ticket_id")
 def classify(ticket_id: str, text: str) -> str:
     """Ask the model for the ticket's label."""
     p = genopt.current_params(item_key=ticket_id)
@@ -76,6 +79,7 @@ def triage(n: int = 8, seed: int = 0) -> float:
             "correct",
             float(ok),
             item_key=t.id,
+            expected=t.label,
             comment=None if ok else f"expected {t.label}, got {label}: {t.text!r}",
         )
     accuracy = correct / len(batch)

@@ -86,6 +86,8 @@ def test_replay_skips_model_calls_on_recurring_inputs(fresh: Path) -> None:
         "WHERE task_name = 'classify' ORDER BY start_time DESC LIMIT 6"
     )
     assert sorted(s["replay"] for s in spans).count("replayed") == 5
+    # a replayed step still says which item and arm it served
+    assert all(s["item_key"] for s in spans)
     assert all(s["exp"].startswith("exp_") for s in spans if s["replay"] == "replayed")
     # replayed items keep the same outcome and feedback
     last = wh.sql("SELECT run_id FROM runs ORDER BY start_time DESC LIMIT 1")[0]["run_id"]
