@@ -21,18 +21,23 @@ text, so a recurring text is a recurring call (the fingerprint covers every argu
 1. warm-up: ``--warmup-runs`` runs over the pool of ``--pool`` distinct texts, with per-item
    feedback ``correct``; then ``genopt.harvest(pipeline, "correct")``;
 2. recurring: ``--runs`` runs of ``--items`` texts drawn with replacement from the pool
-   (seeded), each run done with replay and, right after, the same draws on
-   ``classify_plain``; model calls, replays (``steps.stats()`` and the spans'
+   (seeded), each run done with replay and on ``classify_plain`` over the same draws
+   (which goes first alternates); model calls, replays (``steps.stats()`` and the spans'
    ``genopt.replay``), per-item time of the step call (medians);
 3. misses: ``--novel-runs`` runs of ``--items`` texts never seen, replay on vs plain,
    interleaved: the per-item cost of the lookup (and recording) when nothing is replayed;
+   once with the simulated latency and once (twice as many runs) with a free model
+   (latency 0), where the step's own cost is only Prefect's task machinery and genopt's;
 4. invalidation: the pool under a changed prompt (a param the step reads), under a changed
    param it does not read (control), under another declared model, and back to the
    original (control).
 
 Every replayed span in the warehouse is then checked: the check function is run again on
 its output, and the output is compared to what the model answers for that input under the
-run's prompt and model. Results go to ``bench/results/replay.json``.
+run's prompt and model. genopt's own cost per call is timed by wrapping the
+``try_replay`` and ``record_step`` names ``prefect_genopt.pipeline`` calls. The flow is
+defined at module level: harvest imports the recorded entrypoint (``__main__`` here) to
+load the check functions. Results go to ``bench/results/replay.json``.
 """
 
 from __future__ import annotations
@@ -219,6 +224,36 @@ def make_texts(rng: random.Random, n: int, tag: str) -> list[str]:
     return out
 
 
+#: seconds spent in genopt's replay lookup (hit / miss) and step recording, per call
+COSTS: dict[str, list[float]] = {"lookup_hit": [], "lookup_miss": [], "record": []}
+
+
+def instrument_replay_costs() -> None:
+    """Time ``try_replay`` and ``record_step`` where ``@genopt.task`` calls them (the
+    names it looks up in :mod:`prefect_genopt.pipeline`): the library is not changed."""
+    import importlib
+
+    gp = importlib.import_module("prefect_genopt.pipeline")  # the package exports pipeline()
+    lookup, record = gp.try_replay, gp.record_step
+
+    def timed_lookup(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        out = lookup(*args, **kwargs)
+        COSTS["lookup_hit" if out[0] is not None else "lookup_miss"].append(
+            time.perf_counter() - t0
+        )
+        return out
+
+    def timed_record(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        out = record(*args, **kwargs)
+        COSTS["record"].append(time.perf_counter() - t0)
+        return out
+
+    gp.try_replay = timed_lookup  # type: ignore[assignment]
+    gp.record_step = timed_record  # type: ignore[assignment]
+
+
 class Phase:
     """Model calls, replay stats, run ids and step times of a sequence of runs."""
 
@@ -228,13 +263,18 @@ class Phase:
         self.stats: dict[str, int] = {}
         self.runs: list[dict[str, Any]] = []
         self.times: list[float] = []
+        self.pair_ratios: list[float] = []
+        self.costs: dict[str, list[float]] = {k: [] for k in COSTS}
 
     def run(self, texts: list[str], *, replay: bool, feedback: bool = False) -> None:
         from prefect_genopt.replay import steps
 
         before_calls = SIM_MODEL.calls
         before = steps.stats()
+        n_costs = {k: len(v) for k, v in COSTS.items()}
         out = replay_bench(texts, replay=replay, feedback=feedback)
+        for k, v in COSTS.items():
+            self.costs[k] += v[n_costs[k] :]
         self.calls += SIM_MODEL.calls - before_calls
         after = steps.stats()
         for k in set(after) | set(before):
@@ -255,8 +295,26 @@ class Phase:
             "invalid": self.stats.get("invalid", 0),
             "recorded": self.stats.get("recorded", 0),
             "step_seconds": quantiles(self.times) if self.times else None,
+            "median_of_pair_ratios": (
+                statistics.median(self.pair_ratios) if self.pair_ratios else None
+            ),
+            "genopt_seconds_per_call": {k: quantiles(v) for k, v in self.costs.items() if v},
             "run_ids": self.run_ids,
         }
+
+
+def pair(with_replay: Phase, plain: Phase, texts: list[str], i: int) -> None:
+    """One run on each arm over the same texts; which goes first alternates."""
+    if i % 2 == 0:
+        with_replay.run(texts, replay=True)
+        plain.run(texts, replay=False)
+    else:
+        plain.run(texts, replay=False)
+        with_replay.run(texts, replay=True)
+    ratio = statistics.median(with_replay.runs[-1]["times"]) / statistics.median(
+        plain.runs[-1]["times"]
+    )
+    with_replay.pair_ratios.append(ratio)
 
 
 def span_counts(wh: Any, run_ids: list[str]) -> dict[str, int]:
@@ -286,7 +344,7 @@ def audit_replays(wh: Any, runs: list[dict[str, Any]]) -> dict[str, Any]:
     by_run = {r["run_id"]: r for r in runs}
     rows = wh.sql(
         """
-        SELECT s.run_id, s.span_id, s.output AS span_output, s.attributes->>'genopt.replay.experience_id' AS exp,
+        SELECT s.run_id, s.span_id, s.attributes->>'genopt.replay.experience_id' AS exp,
                v.inputs, v.output, v.replayed_from
         FROM spans s LEFT JOIN step_values v ON v.span_id = s.span_id AND v.run_id = s.run_id
         WHERE s.task_name = 'classify' AND s.attributes->>'genopt.replay' = 'replayed'
@@ -350,15 +408,18 @@ def main() -> None:
     pool = make_texts(rng, args.pool, "pool")
     draws = [[rng.choice(pool) for _ in range(args.items)] for _ in range(args.runs)]
     novel = [make_texts(rng, args.items, f"new{i}") for i in range(args.novel_runs)]
+    free = [make_texts(rng, args.items, f"free{i}") for i in range(2 * args.novel_runs)]
     truth_v1 = {t: true_answer(MODEL_V1, DEFAULT_PROMPT, t) for t in pool}
     pool_mix = {
         "invalid_label": sum(a not in LABELS for a in truth_v1.values()),
         "wrong_label": sum(a in LABELS and a != expected_label(t) for t, a in truth_v1.items()),
     }
     machine = machine_info()
+    instrument_replay_costs()
     t_start = time.perf_counter()
     warm, on, off = Phase("warm-up"), Phase("recurring, replay"), Phase("recurring, plain")
     miss_on, miss_off = Phase("novel, replay"), Phase("novel, plain")
+    free_on, free_off = Phase("novel, replay, 0 ms model"), Phase("novel, plain, 0 ms model")
     inval: dict[str, Phase] = {}
     with prefect_test_harness(server_startup_timeout=120):
         with ps.temporary_settings({ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
@@ -371,18 +432,20 @@ def main() -> None:
             harvested = genopt.harvest(PIPELINE, "correct")
             harvest_s = time.perf_counter() - t0
             print(f"harvest: {harvested} in {harvest_s:.2f} s", flush=True)
-            for i, texts in enumerate(draws):  # the same draws, replay then plain
-                on.run(texts, replay=True)
-                off.run(texts, replay=False)
+            for i, texts in enumerate(draws):  # the same draws on both arms
+                pair(on, off, texts, i)
                 print(
                     f"recurring run {i + 1}/{args.runs}: model calls {on.calls} with replay, "
                     f"{off.calls} plain",
                     flush=True,
                 )
-            for texts in novel:
-                miss_on.run(texts, replay=True)
-                miss_off.run(texts, replay=False)
+            for i, texts in enumerate(novel):
+                pair(miss_on, miss_off, texts, i)
             print(f"novel: model calls {miss_on.calls} with replay, {miss_off.calls} plain")
+            SIM["latency_s"] = 0.0
+            for i, texts in enumerate(free):
+                pair(free_on, free_off, texts, i)
+            SIM["latency_s"] = args.latency_ms / 1000
             cases: list[tuple[str, dict[str, Any] | None, str]] = [
                 (
                     "changed prompt (read by classify)",
@@ -404,14 +467,10 @@ def main() -> None:
                 print(f"{name}: {ph.stats.get('replayed', 0)} replays of {len(pool)}")
             MODEL["name"] = MODEL_V1
             wh = genopt.Warehouse()
-            all_runs = [
-                r for ph in (warm, on, off, miss_on, miss_off, *inval.values()) for r in ph.runs
-            ]
+            phases = [warm, on, off, miss_on, miss_off, free_on, free_off]
+            all_runs = [r for ph in (*phases, *inval.values()) for r in ph.runs]
             audit = audit_replays(wh, all_runs)
-            spans = {
-                ph.name: span_counts(wh, ph.run_ids)
-                for ph in (warm, on, off, miss_on, miss_off, *inval.values())
-            }
+            spans = {ph.name: span_counts(wh, ph.run_ids) for ph in (*phases, *inval.values())}
             exp_rows = wh.sql(
                 "SELECT status, count(*) AS n FROM experiences WHERE pipeline = ? GROUP BY ALL",
                 [PIPELINE],
@@ -429,7 +488,7 @@ def main() -> None:
     eligible_draws = sum(t in eligible for d in draws for t in d)
     n_draws = sum(len(d) for d in draws)
     skip = 1 - on.calls / off.calls if off.calls else float("nan")
-    med = {ph.name: statistics.median(ph.times) for ph in (on, off, miss_on, miss_off)}
+    med = {ph.name: statistics.median(ph.times) for ph in phases}
     out = {
         "command": "python bench/bench_replay.py " + " ".join(sys.argv[1:]),
         "machine": machine,
@@ -451,6 +510,9 @@ def main() -> None:
             "model_calls_replay": on.calls,
             "model_calls_plain": off.calls,
             "skip_rate": skip,
+            "skip_rate_on_draws_with_experience": (
+                on.stats.get("replayed", 0) / eligible_draws if eligible_draws else None
+            ),
             "replay": on.summary(),
             "plain": off.summary(),
             "step_median_ratio": med[on.name] / med[off.name],
@@ -461,6 +523,12 @@ def main() -> None:
             "step_median_ratio": med[miss_on.name] / med[miss_off.name],
             "step_median_added_ms": (med[miss_on.name] - med[miss_off.name]) * 1000,
         },
+        "novel_free_model": {
+            "replay": free_on.summary(),
+            "plain": free_off.summary(),
+            "step_median_ratio": med[free_on.name] / med[free_off.name],
+            "step_median_added_ms": (med[free_on.name] - med[free_off.name]) * 1000,
+        },
         "warmup": warm.summary(),
         "invalidation": {name: ph.summary() for name, ph in inval.items()},
         "warehouse_spans": spans,
@@ -468,24 +536,26 @@ def main() -> None:
         "harness_start_s": t_harness,
         "wall_s": wall,
     }
-    write_results("replay", out)
+    write_results("replay", out, quick=args.quick)
 
     print(
         f"\npool {args.pool}: {pool_mix['invalid_label']} invalid-label answers, "
         f"{pool_mix['wrong_label']} wrong answers; harvest: {harvested}"
     )
     rows = []
-    for ph in (warm, on, off, miss_on, miss_off, *inval.values()):
+    for ph in (*phases, *inval.values()):
         sp = spans[ph.name]
+        plain = ph in (off, miss_off, free_off)
         rows.append(
             [
                 ph.name,
                 len(ph.times),
                 ph.calls,
                 sp["llm_spans"],
-                ph.stats.get("replayed", 0),
-                sp["replayed"],
-                ph.stats.get("computed", 0) if ph not in (off, miss_off) else len(ph.times),
+                "-" if plain else ph.stats.get("replayed", 0),
+                "-" if plain else sp["replayed"],
+                "-" if plain else ph.stats.get("computed", 0),
+                "-" if plain else sp["computed"],
                 statistics.median(ph.times) * 1000,
             ]
         )
@@ -496,17 +566,19 @@ def main() -> None:
             "model calls",
             "LLM spans",
             "replayed",
-            "replayed spans",
+            "(spans)",
             "computed",
+            "(spans)",
             "step ms (median)",
         ],
         rows,
-        title="Per workload (steps counted by steps.stats(); spans from the warehouse)",
+        title="Per workload (replayed/computed: steps.stats(), then the warehouse's spans)",
     )
     print(
         f"\nskip rate on recurring inputs: {skip:.1%} "
         f"(1 - {on.calls}/{off.calls}); ceiling {eligible_draws}/{n_draws} = "
-        f"{eligible_draws / n_draws:.1%} of draws have a verified experience"
+        f"{eligible_draws / n_draws:.1%} of draws have a verified experience; "
+        f"{on.stats.get('replayed', 0)} of those {eligible_draws} replayed"
     )
     print(
         f"replays audited: {audit['replayed_spans']}; failing their check: "
@@ -521,6 +593,30 @@ def main() -> None:
         f"step time, novel (miss): replay {med[miss_on.name] * 1000:.1f} ms vs plain "
         f"{med[miss_off.name] * 1000:.1f} ms (ratio {out['novel']['step_median_ratio']:.3f}, "
         f"+{out['novel']['step_median_added_ms']:.2f} ms)"
+    )
+    free_out = out["novel_free_model"]
+    print(
+        f"step time, novel (miss), 0 ms model: replay {med[free_on.name] * 1000:.1f} ms vs plain "
+        f"{med[free_off.name] * 1000:.1f} ms (ratio {free_out['step_median_ratio']:.3f}, "
+        f"+{free_out['step_median_added_ms']:.2f} ms)"
+    )
+    cost_rows = []
+    for ph in (on, miss_on, free_on):
+        c = ph.costs
+        cost_rows.append(
+            [
+                ph.name,
+                statistics.median(c["lookup_hit"]) * 1e6 if c["lookup_hit"] else "-",
+                statistics.median(c["lookup_miss"]) * 1e6 if c["lookup_miss"] else "-",
+                statistics.median(c["record"]) * 1e6 if c["record"] else "-",
+                ph.pair_ratios and statistics.median(ph.pair_ratios),
+            ]
+        )
+    print_table(
+        ["workload", "lookup hit µs", "lookup miss µs", "record µs", "pair ratio"],
+        cost_rows,
+        title="genopt's own cost per step call (medians), and the median of per-pair "
+        "step-time ratios (replay / plain)",
     )
     print(f"wall time {wall:.0f} s (harness start {t_harness:.0f} s)")
 

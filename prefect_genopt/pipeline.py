@@ -529,7 +529,8 @@ def task(
             validity condition of replay: a recorded call of another model is never
             replayed.
         item_key: The argument holding the item key, so a replay during a canary knows
-            the item's arm.
+            the item's arm. It is left out of the input fingerprint: the same inputs
+            under a new key replay (do not name an argument the output depends on).
 
     Example:
         >>> @task(replay=True, model="openai/gpt-4o-mini", item_key="ticket_id")

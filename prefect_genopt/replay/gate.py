@@ -23,7 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import logging
 import math
 import os
@@ -32,6 +34,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -120,12 +123,39 @@ def judge(
     )
 
 
+def _load_script(file: str) -> Any:
+    """A flow's script, imported under a name of its own (its ``__main__`` block does not run)."""
+    path = Path(file)
+    if not file or not path.is_file():
+        raise ImportError(
+            f"the flow was defined in a script run as __main__ and its file {file!r} is not "
+            "found from here: run this from the project directory"
+        )
+    name = "genopt_script_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {file!r}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
 def load_entrypoint(entrypoint: str | dict[str, Any]) -> Any:
     """The pipeline's flow object from its recorded entrypoint (module and function)."""
     ep = orjson.loads(entrypoint) if isinstance(entrypoint, str) else entrypoint
     if os.getcwd() not in sys.path:  # entrypoints are relative to the project, as Prefect's
         sys.path.append(os.getcwd())
-    module = importlib.import_module(ep["module"])
+    if ep["module"] == "__main__":  # a script run as `python script.py`: load it by its file
+        module = _load_script(ep.get("file") or "")
+    else:
+        module = importlib.import_module(ep["module"])
     obj = module
     for part in ep["function"].split("."):
         obj = getattr(obj, part)

@@ -8,7 +8,9 @@ own short previews as before.
 ``@genopt.task(replay=True, model=...)`` also looks, before running, for a
 verified experience of the same step whose validity conditions still hold:
 
-* the same input fingerprint (SHA-256 of the raw arguments);
+* the same input fingerprint (SHA-256 of the raw arguments, except the ``item_key``
+  argument: the same text arriving as a new ticket is a recurring input, so a step
+  whose output depends on its item key must not name it as ``item_key``);
 * the same step version (a hash of the task function's source);
 * the same values of the params the step read when it was recorded;
 * the same LLM model (``model=`` names the model the step will call; a recorded
@@ -99,6 +101,13 @@ class StepPolicy:
     @property
     def active(self) -> bool:
         return self.record or self.replay
+
+    def content(self, bound: dict[str, Any]) -> dict[str, Any]:
+        """The arguments that make up the input fingerprint: all but the item key (the
+        same text arriving as a new ticket is a recurring input)."""
+        if self.item_key and self.item_key in bound:
+            return {k: v for k, v in bound.items() if k != self.item_key}
+        return bound
 
     def declared_model(self) -> str | None:
         m = self.model() if callable(self.model) else self.model
@@ -310,7 +319,7 @@ def try_replay(
 ) -> tuple[Replay | None, str]:
     """A verified, still-valid experience for this call, or None and why not."""
     index, note = _experiences(rc.pipeline)
-    candidates = index.get((step, fingerprint(bound)), [])
+    candidates = index.get((step, fingerprint(policy.content(bound))), [])
     if not candidates:
         _count("computed")
         return None, f"computed: {note}" if note else "computed: no experience for these inputs"
@@ -379,7 +388,7 @@ def record_step(
         "span_id": span_id,
         "trace_id": f"{ctx.trace_id:032x}" if ctx and ctx.is_valid else None,
         "step_version": version,
-        "input_fingerprint": fingerprint(bound),
+        "input_fingerprint": fingerprint(policy.content(bound)),
         "inputs": orjson.Fragment(inputs_text),
         "output": orjson.Fragment(output_text),
         "exact": in_exact and out_exact,

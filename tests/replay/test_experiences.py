@@ -235,3 +235,17 @@ def test_an_unknown_demo_id_is_refused(fresh: Path) -> None:
         resolve_demos({"examples": ["exp_zzz"]}, {"examples": pool})
     with pytest.raises(ReplyError, match="list of experience ids"):
         resolve_demos({"examples": [{"input": "made up"}]}, {"examples": pool})
+
+
+def test_the_same_text_under_a_new_item_key_is_a_recurring_input(fresh: Path) -> None:
+    replayer(ITEMS[:2])
+    genopt.harvest("replayer", "correct")
+    steps.reset_stats()
+    replayer([["NEW-1", ITEMS[0][1], ITEMS[0][2]], ["NEW-2", "a brand new crash", "bug"]])
+    assert (steps.stats()["replayed"], steps.stats()["computed"]) == (1, 1)
+    wh = genopt.Warehouse()
+    (span,) = wh.sql(
+        "SELECT item_key FROM spans WHERE task_name = 'classify' "
+        "AND attributes->>'genopt.replay' = 'replayed'"
+    )
+    assert span["item_key"] == "NEW-1"

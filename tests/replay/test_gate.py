@@ -112,3 +112,16 @@ def test_a_pipeline_that_cannot_be_replayed_skips_the_gate(
     (gate,) = genopt.Warehouse().sql("SELECT outcome, reason FROM replay_gates")
     assert gate["outcome"] == "skipped" and "cannot import" in gate["reason"]
     assert controller.abort(pipeline_name, "done").status == "idle"
+
+
+def test_a_flow_defined_in_a_script_run_as_main_is_loaded_from_its_file(tmp_path: Path) -> None:
+    from prefect_genopt.replay.gate import load_entrypoint
+
+    script = tmp_path / "my_script.py"
+    script.write_text(
+        "def my_flow():\n    return 42\n\nif __name__ == '__main__':\n    raise SystemExit(1)\n"
+    )
+    fn = load_entrypoint({"module": "__main__", "function": "my_flow", "file": str(script)})
+    assert fn() == 42  # loaded by file, its __main__ block not run
+    with pytest.raises(ImportError, match="not found from here"):
+        load_entrypoint({"module": "__main__", "function": "my_flow", "file": "gone.py"})
