@@ -58,12 +58,14 @@ def test_feedback_signature_matches_the_contract() -> None:
         "item_key",
         "source",
         "idempotency_key",
+        "expected",  # added for issue 5 (keyword-only, default None: old calls unchanged)
+        "step",
     ]
     assert sig.parameters["source"].default == "code"
     assert sig.parameters["value"].default is None
     assert all(
         sig.parameters[n].kind is inspect.Parameter.KEYWORD_ONLY
-        for n in ["comment", "run_id", "item_key", "source", "idempotency_key"]
+        for n in ["comment", "run_id", "item_key", "source", "idempotency_key", "expected", "step"]
     )
     wsig = inspect.signature(genopt.Warehouse)
     assert wsig.parameters["path"].default is None and wsig.parameters["read_only"].default
