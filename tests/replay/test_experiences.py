@@ -249,3 +249,20 @@ def test_the_same_text_under_a_new_item_key_is_a_recurring_input(fresh: Path) ->
         "AND attributes->>'genopt.replay' = 'replayed'"
     )
     assert span["item_key"] == "NEW-1"
+
+
+def test_a_changed_step_version_is_never_replayed(fresh: Path) -> None:
+    from prefect_genopt.context import RunContext
+    from prefect_genopt.replay.steps import StepPolicy, step_version, try_replay
+
+    replayer(ITEMS[:1])
+    genopt.harvest("replayer", "correct")
+    params = RecParams()
+    rc = RunContext("replayer", "run-x", params, params.param_set_id, "stable", "replayer")
+    policy = StepPolicy(record=True, replay=True, model=pipelines.MODEL["name"], item_key="key")
+    bound = {"key": "T1", "text": ITEMS[0][1]}
+    current = step_version(pipelines.classify.fn.__wrapped__)
+    hit, why = try_replay(policy, rc, "classify", current, bound)
+    assert hit is not None and hit.output == "billing" and why == "replayed"
+    hit, why = try_replay(policy, rc, "classify", "0123456789abcdef", bound)
+    assert hit is None and why == "computed: the step's code changed"
