@@ -22,6 +22,8 @@ from prefect_genopt import llm_spans as _llm_spans  # noqa: E402
 from prefect_genopt.feedback import FeedbackError, UnknownRunError, feedback  # noqa: E402
 from prefect_genopt.optimize import Optimizer, OptimizerSettings, OptoPrime  # noqa: E402
 from prefect_genopt.pipeline import current_params, pinned_params, pipeline, task  # noqa: E402
+from prefect_genopt.replay.checks import check  # noqa: E402
+from prefect_genopt.replay.experiences import harvest  # noqa: E402
 from prefect_genopt.rollout import RolloutPlan  # noqa: E402
 from prefect_genopt.settings import GenoptSettings, get_settings  # noqa: E402
 from prefect_genopt.tracing import setup_tracing  # noqa: E402
@@ -48,6 +50,8 @@ __all__ = [
     "current_params",
     "pinned_params",
     "feedback",
+    "check",
+    "harvest",
     "OptimizerSettings",
     "Optimizer",
     "OptoPrime",

@@ -14,6 +14,8 @@ Examples:
     genopt rollout status triage
     genopt rollout pin triage ps_0123456789abcdef --reason "incident 42"
     genopt export reflections --out reflections.jsonl
+    genopt experiences harvest triage --kpi correct
+    genopt experiences list triage
 """
 
 from __future__ import annotations
@@ -497,6 +499,51 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiences(args: argparse.Namespace) -> int:
+    from prefect_genopt.replay.experiences import ExperienceError, harvest
+    from prefect_genopt.warehouse import Warehouse
+
+    if args.action == "harvest":
+        if not args.kpi:
+            raise CLIError("harvest needs --kpi (the KPI whose feedback says an item was good)")
+        expires = dt.timedelta(days=args.expires_days) if args.expires_days else None
+        try:
+            result = harvest(
+                args.pipeline,
+                args.kpi,
+                threshold=args.threshold,
+                direction=args.direction,
+                expires_in=expires,
+            )
+        except ExperienceError as exc:
+            raise CLIError(str(exc)) from None
+        print(result)
+        return 0
+    rows = Warehouse().sql(
+        """
+        SELECT e.experience_id, e.status, e.run_id, e.item_key, e.kpi_value, e.n_steps,
+               e.size_bytes, e.expires_at, e.reason,
+               (SELECT count(*) FROM spans s
+                WHERE s.attributes->>'genopt.replay.experience_id' = e.experience_id) AS replays
+        FROM experiences e WHERE e.pipeline = ? ORDER BY e.created_at DESC LIMIT ?
+        """,
+        [args.pipeline, args.limit],
+    )
+    if args.json:
+        print(orjson.dumps(rows, default=str).decode())
+        return 0
+    if not rows:
+        print(f"no experiences for {args.pipeline!r} yet: `genopt experiences harvest`")
+        return 0
+    for r in rows:
+        why = f"  ({r['reason']})" if r["reason"] else ""
+        print(
+            f"{r['experience_id']}  {r['status']:8}  item {r['item_key'] or '-'}  "
+            f"{r['n_steps']} step(s), {r['size_bytes']} B, replayed {r['replays']}x{why}"
+        )
+    return 0
+
+
 def _value(text: str) -> float:
     try:
         return float(text)
@@ -726,6 +773,34 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--pipeline", help="only this pipeline's proposals")
     ex.add_argument("--out", help="write to this file (default: stdout)")
     ex.set_defaults(func=cmd_export)
+
+    xp = sub.add_parser(
+        "experiences",
+        help="harvest verified experiences from recorded steps, or list them",
+        description="harvest: turn recorded steps (@genopt.task(record=True) or replay=True) of "
+        "runs or items whose feedback on --kpi is good and whose check functions pass into "
+        "experiences (replayed instead of recomputing, offered as few-shot demos). list: the "
+        "pipeline's experiences with their status and how often each was replayed.",
+        epilog="examples:\n  genopt experiences harvest triage --kpi correct\n"
+        "  genopt experiences harvest triage --kpi csat --threshold 4 --expires-days 30\n"
+        "  genopt experiences list triage",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    xp.add_argument("action", choices=("harvest", "list"), help="what to do")
+    xp.add_argument("pipeline", help="the pipeline")
+    xp.add_argument("--kpi", help="harvest: the KPI whose feedback says an item was good")
+    xp.add_argument(
+        "--threshold", type=_value, help="harvest: worst good value (default 1 for a 0/1 KPI)"
+    )
+    xp.add_argument(
+        "--direction", choices=("higher", "lower"), default="higher", help="which way is better"
+    )
+    xp.add_argument(
+        "--expires-days", type=float, help="harvest: stop replaying them after this many days"
+    )
+    xp.add_argument("--limit", type=int, default=50, help="list: most rows (default 50)")
+    xp.add_argument("--json", action="store_true", help="list: print JSON")
+    xp.set_defaults(func=cmd_experiences)
     return p
 
 

@@ -9,12 +9,12 @@ Prefect tasks onto thread pools (Prefect copies the context) and async tasks.
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect_genopt.tunables import Tunables
 
-__all__ = ["RunContext", "current_run", "run_var", "item_var"]
+__all__ = ["RunContext", "StepState", "current_run", "run_var", "item_var", "step_var"]
 
 
 @dataclass(frozen=True)
@@ -57,3 +57,18 @@ item_var: contextvars.ContextVar[tuple[str, str, str] | None] = contextvars.Cont
 def current_run() -> RunContext | None:
     """The pipeline run in progress in this context, or None."""
     return run_var.get()
+
+
+@dataclass
+class StepState:
+    """What the task in progress did, for its step record: the item it served (set by
+    ``current_params(item_key=...)``) and the LLM models it called (set by the LLM spans)."""
+
+    item_key: str | None = None
+    models: list[str] = field(default_factory=list)
+
+
+#: the running ``@genopt.task``'s :class:`StepState` (None outside a task)
+step_var: contextvars.ContextVar[StepState | None] = contextvars.ContextVar(
+    "genopt_step", default=None
+)

@@ -327,7 +327,8 @@ def _expected_json(expected: Any, limit: int) -> str | None:
         raise FeedbackError(f"expected must be JSON-serialisable: {exc}") from None
     if len(text) > limit:
         raise FeedbackError(
-            f"expected is {len(text)} chars as JSON; the limit is {limit} (GENOPT_MAX_COMMENT_CHARS)"
+            f"expected is {len(text)} chars as JSON; the limit is {limit} "
+            "(GENOPT_MAX_COMMENT_CHARS)"
         )
     return redact(text)
 

@@ -35,6 +35,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from prefect_genopt.context import step_var
 from prefect_genopt.redaction import clean
 
 __all__ = ["install", "instrument", "is_instrumented"]
@@ -56,6 +57,9 @@ def _start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> trace.Span:
     from prefect_genopt.tracing import tracer
 
     model, provider = _model_and_provider(args, kwargs)
+    step = step_var.get()
+    if step is not None and model not in step.models:
+        step.models.append(model)  # a recorded step's validity: the models it called
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": "chat",
         "gen_ai.request.model": model,

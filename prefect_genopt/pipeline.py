@@ -22,6 +22,7 @@ import functools
 import inspect
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, overload
 
@@ -29,9 +30,10 @@ import prefect
 from opentelemetry import trace
 
 from prefect_genopt import llm_spans, semconv
-from prefect_genopt.context import RunContext, item_var, run_var
+from prefect_genopt.context import RunContext, StepState, item_var, run_var, step_var
 from prefect_genopt.records import HOST
 from prefect_genopt.redaction import clean, to_text
+from prefect_genopt.replay.steps import StepPolicy, record_step, step_version, try_replay
 from prefect_genopt.tracing import get_processor, setup_tracing, tracer
 from prefect_genopt.tunables import Tunables, _reads, canonical_json
 
@@ -359,21 +361,26 @@ def current_params(item_key: str | None = None) -> Any:
             {semconv.ITEM_KEY: str(item_key), semconv.ARM: arm, semconv.PARAM_SET_ID: ps_id}
         )
     item_var.set((rc.run_id, ps_id, arm))
+    step = step_var.get()
+    if step is not None:
+        step.item_key = str(item_key)
     return params
 
 
-def _instrument_task_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _instrument_task_fn(fn: Callable[..., Any], policy: StepPolicy) -> Callable[..., Any]:
     sig = _signature(fn)
     task_name = fn.__qualname__
     doc = docstring_of(fn)
     static: dict[str, Any] = {semconv.TASK_NAME: task_name}
     if doc:
         static[semconv.DOC] = doc
+    version = step_version(fn) if policy.active else ""
 
     def before(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
         span = trace.get_current_span()
         reads: dict[str, Any] = {}
-        token = (_reads.set(reads), item_var.set(None))  # an item's arm stays in its task
+        # an item's arm, the params read and the models called stay in their task
+        token = (_reads.set(reads), item_var.set(None), step_var.set(StepState()))
         if span.is_recording():
             span.set_attributes(static)
             span.set_attribute(semconv.INPUTS, clean(_bind(sig, args, kwargs)))
@@ -382,6 +389,7 @@ def _instrument_task_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
     def after(span: Any, reads: dict[str, Any], token: Any) -> None:
         _reads.reset(token[0])
         item_var.reset(token[1])
+        step_var.reset(token[2])
         if reads and span.is_recording():
             span.set_attribute(semconv.PARAMS_READ, clean(reads))
 
@@ -393,13 +401,64 @@ def _instrument_task_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
         if span.is_recording():
             span.set_attribute(semconv.OUTPUT, clean(result))
 
+    def replayed(span: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The replayed output, or _COMPUTE; records the decision on the span."""
+        rc = run_var.get()
+        if not policy.replay or rc is None:
+            return _COMPUTE
+        bound = _bind(sig, args, kwargs)
+        hit, why = try_replay(policy, rc, task_name, version, bound)
+        if span.is_recording():
+            span.set_attribute(semconv.REPLAY, why)
+            if hit is not None:
+                span.set_attribute(semconv.REPLAY_EXPERIENCE, hit.experience_id)
+        if hit is None:
+            return _COMPUTE
+        _reads.get().update(hit.params_read)  # type: ignore[union-attr]
+        return hit
+
+    def recorded(
+        span: Any,
+        reads: dict[str, Any],
+        args: Any,
+        kwargs: Any,
+        result: Any,
+        started: int,
+        replay_id: str | None = None,
+    ) -> None:
+        rc = run_var.get()
+        if policy.active and rc is not None:
+            try:
+                record_step(
+                    policy,
+                    rc,
+                    task_name,
+                    version,
+                    _bind(sig, args, kwargs),
+                    result,
+                    state=step_var.get() or StepState(),
+                    reads=dict(reads),
+                    span=span,
+                    started_ns=started,
+                    replayed_from=replay_id,
+                )
+            except Exception:  # noqa: BLE001 - recording never breaks the step
+                logger.exception("could not record step %s for experiences", task_name)
+
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
         async def async_task(*args: Any, **kwargs: Any) -> Any:
+            started = time.time_ns()
             span, reads, token = before(args, kwargs)
             try:
-                result = await fn(*args, **kwargs)
+                hit = replayed(span, args, kwargs)
+                if hit is not _COMPUTE:
+                    result = hit.output
+                    recorded(span, reads, args, kwargs, result, started, hit.experience_id)
+                else:
+                    result = await fn(*args, **kwargs)
+                    recorded(span, reads, args, kwargs, result, started)
             except BaseException as exc:
                 failed(span, exc)
                 raise
@@ -412,9 +471,16 @@ def _instrument_task_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def sync_task(*args: Any, **kwargs: Any) -> Any:
+        started = time.time_ns()
         span, reads, token = before(args, kwargs)
         try:
-            result = fn(*args, **kwargs)
+            hit = replayed(span, args, kwargs)
+            if hit is not _COMPUTE:
+                result = hit.output
+                recorded(span, reads, args, kwargs, result, started, hit.experience_id)
+            else:
+                result = fn(*args, **kwargs)
+                recorded(span, reads, args, kwargs, result, started)
         except BaseException as exc:
             failed(span, exc)
             raise
@@ -426,6 +492,9 @@ def _instrument_task_fn(fn: Callable[..., Any]) -> Callable[..., Any]:
     return sync_task
 
 
+_COMPUTE: Any = object()
+
+
 @overload
 def task(__fn: F) -> prefect.Task[Any, Any]: ...
 
@@ -434,16 +503,46 @@ def task(__fn: F) -> prefect.Task[Any, Any]: ...
 def task(**task_kwargs: Any) -> Callable[[F], prefect.Task[Any, Any]]: ...
 
 
-def task(__fn: Callable[..., Any] | None = None, **task_kwargs: Any) -> Any:
+def task(
+    __fn: Callable[..., Any] | None = None,
+    *,
+    record: bool = False,
+    replay: bool = False,
+    model: str | Callable[[], str] | None = None,
+    item_key: str | None = None,
+    **task_kwargs: Any,
+) -> Any:
     """A Prefect task that records its inputs, output, errors and the params it read.
 
-    Takes exactly what ``prefect.task`` takes (``@genopt.task`` or
-    ``@genopt.task(retries=2, name=...)``).
+    Takes what ``prefect.task`` takes (``@genopt.task`` or ``@genopt.task(retries=2,
+    name=...)``), plus record & replay options (see :mod:`prefect_genopt.replay.steps`):
+
+    Args:
+        record: Keep each call's full inputs and output (redacted, not truncated) for
+            experiences, few-shot demos and step credit.
+        replay: Also return a verified experience's output for the same inputs instead
+            of running (no model call) while its validity conditions hold. Implies
+            ``record``.
+        model: The LLM model the step calls (a string or a function returning it), a
+            validity condition of replay: a recorded call of another model is never
+            replayed.
+        item_key: The argument holding the item key, so a replay during a canary knows
+            the item's arm.
+
+    Example:
+        >>> @task(replay=True, model="openai/gpt-4o-mini", item_key="ticket_id")
+        ... def classify(ticket_id: str, text: str) -> str:
+        ...     return "bug"
+        >>> classify.name
+        'classify'
     """
     if __fn is None:
-        return lambda fn: task(fn, **task_kwargs)
+        return lambda fn: task(
+            fn, record=record, replay=replay, model=model, item_key=item_key, **task_kwargs
+        )
     if isinstance(__fn, prefect.Task):
         raise TypeError("use @genopt.task instead of @task, not both")
     setup_tracing()
     llm_spans.install()
-    return prefect.task(_instrument_task_fn(__fn), **task_kwargs)
+    policy = StepPolicy(record=record or replay, replay=replay, model=model, item_key=item_key)
+    return prefect.task(_instrument_task_fn(__fn, policy), **task_kwargs)

@@ -22,6 +22,11 @@ TASK_NAME = "genopt.task"
 ROUTING_ERROR = "genopt.routing_error"
 #: a task's docstring (first paragraph): the optimizer's #Code/#Documentation
 DOC = "genopt.doc"
+#: verified replay: "replayed", "computed", or "computed: <why no experience was valid>"
+REPLAY = "genopt.replay"
+REPLAY_EXPERIENCE = "genopt.replay.experience_id"
+#: why a recording step's full values were not kept (too big)
+RECORD_REFUSED = "genopt.record.refused"
 
 # attributes of the run-start span
 RUN_START_SPAN = "genopt.run.start"

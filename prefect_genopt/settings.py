@@ -176,6 +176,18 @@ class GenoptSettings(BaseSettings):
         "$XDG_CACHE_HOME/prefect-genopt (~/.cache/prefect-genopt).",
     )
 
+    experience_max_bytes: int = Field(
+        default=1_000_000,
+        ge=1_000,
+        description="Largest full step record (inputs + output as JSON) a recording step keeps "
+        "for experiences; a bigger one is refused with a warning (the step itself runs on).",
+    )
+    replay_ttl: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds a worker reuses the verified experiences it read from the "
+        "warehouse before reading them again (0: every run reads them).",
+    )
     routing_ttl: float = Field(
         default=5.0,
         ge=0,

@@ -215,6 +215,7 @@ def demos(
     *,
     description: str,
     max_items: int = 16,
+    step: str | None = None,
 ) -> Any:
     """A list of few-shot demonstrations (dicts such as ``{"input": ..., "output": ...}``).
 
@@ -222,10 +223,14 @@ def demos(
         default: The starting demos (default: none).
         description: What the demos illustrate; shown to the optimizer.
         max_items: Most demos allowed.
+        step: The task whose verified experiences the optimizer picks the demos from
+            (``@genopt.task(record=True)``, then ``genopt.harvest``). The optimizer
+            answers with experience ids; each becomes ``{"input", "output",
+            "experience_id"}``. Without it, the optimizer writes demos itself.
     """
     return Field(
         default_factory=lambda: list(default or []),
         description=description,
         max_length=max_items,
-        json_schema_extra=_extra("demos"),
+        json_schema_extra=_extra("demos", genopt_step=step),
     )

@@ -15,6 +15,8 @@ PUBLIC = {
     "current_params",
     "pinned_params",
     "feedback",
+    "check",
+    "harvest",
     "OptimizerSettings",
     "Optimizer",
     "OptoPrime",

@@ -270,3 +270,20 @@ def test_rollout_start_refuses_a_bad_params_file(
     args = ["rollout", "start", pipeline_name, "--params", '{"quality": 0.9}', "--kpi", "ok"]
     assert main([*args, "--steps", "50,10"]) == 2
     assert "steps must increase" in capsys.readouterr().err
+
+
+def test_experiences_harvest_and_list(
+    prefect_api: str, warehouse_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.replay.pipelines import replayer
+
+    replayer([["C1", "my invoice", "billing"], ["C2", "what is this", "bug"]])
+    assert main(["experiences", "harvest", "replayer"]) == 2
+    assert "needs --kpi" in capsys.readouterr().err
+    assert main(["experiences", "harvest", "replayer", "--kpi", "correct"]) == 0
+    assert "1 verified, 0 rejected, 0 refused" in capsys.readouterr().out
+    assert main(["experiences", "list", "replayer"]) == 0
+    out = capsys.readouterr().out
+    assert "verified" in out and "item C1" in out and "replayed 0x" in out
+    assert main(["experiences", "harvest", "replayer", "--kpi", "nope"]) == 2
+    assert "no feedback on KPI 'nope'" in capsys.readouterr().err

@@ -102,6 +102,12 @@ class OptimizerSettings(BaseModel):
         description="'failures': each minibatch holds the worst-scored units first, plus one "
         "that went well for contrast; 'random': a seeded random sample.",
     )
+    step_credit: bool = Field(
+        default=False,
+        description="Step-level credit (STeCa): find the first step that went wrong in each "
+        "failed unit and give the LLM a problem focused on the most blamed step and the "
+        "params it reads (recorded in step_credit). Off: the whole trace, every param.",
+    )
     memory_size: int = Field(
         default=3,
         ge=0,

@@ -116,6 +116,8 @@ class Evidence:
     minibatches: list[list[Unit]] = field(default_factory=list)
     #: every KPI value is 0 or 1 (a pass/fail KPI)
     binary: bool = False
+    #: demos field -> {experience id: demo}: verified experiences it may pick from
+    demo_pools: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def passed(self, value: float) -> bool:
         """Whether a unit of a pass/fail KPI passed (1 is a pass unless lower is better)."""

@@ -22,12 +22,13 @@ by subclassing :class:`Optimizer`.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import orjson
 
 from prefect_genopt.optimize.config import OptimizerSettings
+from prefect_genopt.optimize.credit import Credit, focus
 from prefect_genopt.optimize.evidence import Evidence, Step, Unit
 from prefect_genopt.redaction import redact, truncate
 
@@ -78,6 +79,21 @@ Your previous answer could not be used: {why}. Answer again with only the JSON o
 described above: {{"reasoning": "...", "suggestion": {{...}}}}, suggesting only these \
 parameters: {names}."""
 
+#: the step-focused problem (STeCa): added to the instruction when step credit names a step
+STEP_FOCUS = """\
+Step credit: in the failed examples below, the first step that went wrong is the task \
+{step!r} ({n} of {m} failed examples blame it; for example: {why}). Only that step is shown, \
+with the parameters it reads: the other steps did their part. Reflect on this step alone: \
+what in its parameters makes it turn inputs like these into the wrong output, then change \
+them so that it produces the right one."""
+
+#: how the demo candidates (verified experiences) of a ``demos`` param are introduced
+DEMO_POOL_NOTE = (
+    "{name} is a list of few-shot demos picked from these verified experiences of step "
+    "{step!r} (each ran right and passed its checks); to change it, answer a list of their "
+    "ids, at most {most}, e.g. [{example}]:"
+)
+
 TRUNCATED_STEPS = "…[{n} more steps truncated]"
 #: how a step that repeats a long string variable's current value shows it
 REFERENCE = "<value of {name}>"
@@ -121,7 +137,11 @@ def _json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def answer_schema(schema: dict[str, Any], editable: list[str]) -> dict[str, Any]:
+def answer_schema(
+    schema: dict[str, Any],
+    editable: list[str],
+    demo_pools: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The JSON schema of an answer: ``suggestion`` keys are only the editable params.
 
     Example:
@@ -153,6 +173,8 @@ def answer_schema(schema: dict[str, Any], editable: list[str]) -> dict[str, Any]
         }
         if spec.get("type") == "string" and "maxLength" not in spec:
             spec["maxLength"] = 8000
+        if demo_pools and name in demo_pools:  # demos are picked by experience id
+            spec["items"] = {"type": "string", "enum": sorted(demo_pools[name])}
         suggestion[name] = spec
     return {
         "type": "object",
@@ -167,6 +189,25 @@ def answer_schema(schema: dict[str, Any], editable: list[str]) -> dict[str, Any]
         "required": ["reasoning", "suggestion"],
         "additionalProperties": False,
     }
+
+
+def _focus_unit(unit: Unit, step: str, reason: str | None) -> Unit:
+    """``unit`` seen through one step: its inputs, its model calls, its output, and the
+    step-credit verdict added to the critiques."""
+    node = next(
+        (s for root in unit.steps for _, s in root.walk() if s.kind == "task" and s.name == step),
+        None,
+    )
+    comments = [*unit.comments, *([f"step credit: {reason}"] if reason else [])]
+    if node is None:
+        return replace(unit, comments=comments)
+    return replace(
+        unit,
+        comments=comments,
+        inputs=node.inputs,
+        output=node.output,
+        steps=[replace(node, inputs=None)],
+    )
 
 
 class Optimizer(abc.ABC):
@@ -187,8 +228,10 @@ class Optimizer(abc.ABC):
         memory: list[MemoryEntry],
         settings: OptimizerSettings,
         editable: list[str],
+        credits: list[Credit] | None = None,
     ) -> Problem:
-        """Build one update's problem from a minibatch."""
+        """Build one update's problem from a minibatch (focused on one step when
+        ``credits`` blame one, see :mod:`prefect_genopt.optimize.credit`)."""
 
     @abc.abstractmethod
     def messages(self, problem: Problem) -> list[dict[str, str]]:
@@ -374,6 +417,32 @@ class OptoPrime(Optimizer):
             )
         return "\n".join(lines)
 
+    def _demo_pools(
+        self,
+        pools: dict[str, dict[str, Any]],
+        schema: dict[str, Any],
+        settings: OptimizerSettings,
+        problem: Problem,
+    ) -> str:
+        props = schema.get("properties") or {}
+        lines = []
+        for name, pool in pools.items():
+            spec = props.get(name) or {}
+            lines.append(
+                DEMO_POOL_NOTE.format(
+                    name=name,
+                    step=spec.get("genopt_step"),
+                    most=spec.get("maxItems", len(pool)),
+                    example=", ".join(_json(i) for i in list(pool)[:2]),
+                )
+            )
+            for eid, demo in pool.items():
+                shown = self._cut(
+                    {"input": demo["input"], "output": demo["output"]}, settings, problem
+                )
+                lines.append(f"- {eid}: {shown}")
+        return "\n".join(lines)
+
     # -- the interface --------------------------------------------------------------------
 
     def problem(
@@ -383,9 +452,25 @@ class OptoPrime(Optimizer):
         memory: list[MemoryEntry],
         settings: OptimizerSettings,
         editable: list[str],
+        credits: list[Credit] | None = None,
     ) -> Problem:
         schema = evidence.pipeline.schema
         values = evidence.parent_values
+        instruction, code = self.instruction, self._code(evidence)
+        focused = focus(credits, editable) if credits else None
+        if focused is not None:
+            step, editable = focused
+            blamed = [c for c in credits or [] if c.step == step]
+            instruction += "\n\n" + STEP_FOCUS.format(
+                step=step,
+                n=len(blamed),
+                m=len({(c.run_id, c.item_key) for c in credits or []}),
+                why=blamed[0].reason,
+            )
+            doc = evidence.pipeline.tasks.get(step)
+            code = f"task {step} of pipeline {evidence.pipeline.name!r}: {doc or '(no docstring)'}"
+            reasons = {(c.run_id, c.item_key): c.reason for c in blamed}
+            batch = [_focus_unit(u, step, reasons.get((u.run_id, u.item_key))) for u in batch]
         problem = Problem(
             pipeline=evidence.pipeline.name,
             editable=editable,
@@ -402,12 +487,21 @@ class OptoPrime(Optimizer):
         variables = self._variables(schema, values, editable)
         if problem.extra["refs"]:
             variables += "\n" + REFERENCE_NOTE
+        if focused is not None:
+            problem.extra["focus_step"] = focused[0]
+            problem.editable = editable
         sections: list[tuple[str, str]] = [
-            ("#Instruction", self.instruction),
-            ("#Code", self._code(evidence)),
+            ("#Instruction", instruction),
+            ("#Code", code),
             ("#Variables", variables),
             ("#Constraints", self._constraints(schema, editable)),
         ]
+        pools = {n: p for n, p in evidence.demo_pools.items() if n in editable and p}
+        if pools:
+            problem.extra["demo_pools"] = pools
+            sections.append(
+                ("#Demo candidates", self._demo_pools(pools, schema, settings, problem))
+            )
         for i, unit in enumerate(batch, 1):
             sections.append((f"## Example {i} of {len(batch)} ({unit.label})", "-" * 40))
             sections.append(

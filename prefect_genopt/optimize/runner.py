@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefect_genopt import spool
 from prefect_genopt.optimize.config import OptimizerSettings
+from prefect_genopt.optimize.credit import assign, credit_rows
 from prefect_genopt.optimize.evidence import Evidence, Unit, collect
 from prefect_genopt.optimize.llm import (
     Budget,
@@ -145,7 +147,8 @@ def _attempt(
     """Call, parse and check; retry once on an unusable answer. Raises BudgetExhausted
     before a call the budget cannot pay for (the update's earlier replies are kept)."""
     upd = _Update()
-    schema = answer_schema(problem.schema, problem.editable)
+    pools = problem.extra.get("demo_pools") or {}
+    schema = answer_schema(problem.schema, problem.editable, pools)
     messages = optimizer.messages(problem)
     for attempt in (1, 2):
         budget.check(_estimate_tokens(messages, settings.max_output_tokens))
@@ -161,6 +164,7 @@ def _attempt(
         upd.replies.append(reply)
         try:
             upd.reasoning, upd.suggestion = parse_reply(reply.text)
+            upd.suggestion = resolve_demos(upd.suggestion, pools)
             upd.checked = check_suggestion(
                 upd.suggestion, problem.schema, problem.current, problem.editable
             )
@@ -205,13 +209,24 @@ class _Run:
     def update(self, i: int, batch: list[Unit]) -> bool:
         """One update; False when the run must stop (budget)."""
         s, ev = self.settings, self.evidence
-        problem = self.optimizer.problem(ev, batch, self.memory, s, self.editable)
+        credits = assign(self.wh, ev, batch) if s.step_credit else None
+        problem = self.optimizer.problem(ev, batch, self.memory, s, self.editable, credits)
         prompt_chars = sum(len(m["content"]) for m in self.optimizer.messages(problem))
         labels = ", ".join(u.label for u in batch[:4]) + ("..." if len(batch) > 4 else "")
         self.say(
             f"update {i + 1}/{s.max_updates}: {len(batch)} units ({labels}), prompt "
             f"{prompt_chars} chars, {problem.truncations} cut(s) at the credit horizon"
         )
+        if credits is not None:
+            step = problem.extra.get("focus_step")
+            self.say(
+                f"  step credit: {len(credits)} failed unit(s) judged; "
+                + (
+                    f"focused on step {step!r} ({', '.join(problem.editable)})"
+                    if step
+                    else "no step reads an editable param: whole trace"
+                )
+            )
         with tracer().start_as_current_span(
             "genopt.optimize.update", attributes={"genopt.optimizer.update": i + 1}
         ):
@@ -228,7 +243,9 @@ class _Run:
             earlier = self._earlier_proposal(param_set_id(upd.checked.values))
             if earlier:
                 upd.status, upd.reason = "no_change", f"the candidate repeats {earlier}"
-        self._record(i, batch, upd, prompt_chars)
+        pid = self._record(i, batch, upd, prompt_chars)
+        if credits:
+            spool.append(credit_rows(ev.pipeline.name, credits, pid), self.wh.spool_dir)
         return True
 
     def _earlier_proposal(self, candidate: str) -> str | None:
@@ -243,7 +260,7 @@ class _Run:
         )
         return f"proposal {rows[0]['proposal_id']} ({rows[0]['status']})" if rows else None
 
-    def _record(self, i: int, batch: list[Unit], upd: _Update, prompt_chars: int) -> None:
+    def _record(self, i: int, batch: list[Unit], upd: _Update, prompt_chars: int) -> str:
         ev, checked = self.evidence, upd.checked
         pid = new_proposal_id()
         candidate = param_set_id(checked.values) if checked and upd.status == "proposed" else None
@@ -310,6 +327,54 @@ class _Run:
             )
         else:
             self.say(f"  {upd.status}: {upd.reason}")
+        return pid
+
+
+#: most verified experiences shown to the optimizer per ``demos`` param
+DEMO_POOL_SIZE = 12
+
+
+def demo_pools(
+    wh: Warehouse, evidence: Evidence, editable: list[str]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """For each editable ``demos`` param tied to a step: its verified experiences by id."""
+    from prefect_genopt.replay.experiences import verified_demos
+
+    props = evidence.pipeline.schema.get("properties") or {}
+    pools = {}
+    for name in editable:
+        spec = props.get(name) or {}
+        if spec.get("genopt_kind") == "demos" and spec.get("genopt_step"):
+            demos = verified_demos(
+                evidence.pipeline.name, spec["genopt_step"], limit=DEMO_POOL_SIZE, warehouse=wh
+            )
+            pools[name] = {d["id"]: d for d in demos}
+    return pools
+
+
+def resolve_demos(suggestion: Any, pools: dict[str, dict[str, dict[str, Any]]]) -> Any:
+    """Experience ids in a suggestion for a pooled ``demos`` param -> the demos.
+
+    Raises:
+        ReplyError: An id that is not one of the candidates shown.
+    """
+    if not pools or not isinstance(suggestion, dict):
+        return suggestion
+    out = dict(suggestion)
+    for name, pool in pools.items():
+        picked = out.get(name)
+        if picked is None:
+            continue
+        if not isinstance(picked, list) or not all(isinstance(i, str) for i in picked):
+            raise ReplyError(f"{name} must be a list of experience ids from #Demo candidates")
+        unknown = [i for i in picked if i not in pool]
+        if unknown:
+            raise ReplyError(f"{name}: {', '.join(unknown)} are not among the #Demo candidates")
+        out[name] = [
+            {"input": pool[i]["input"], "output": pool[i]["output"], "experience_id": i}
+            for i in picked
+        ]
+    return out
 
 
 def optimize(
@@ -356,6 +421,9 @@ def optimize(
     )
     evidence = collect(wh, settings)
     start = settings.starting_artifact
+    evidence.demo_pools = demo_pools(
+        wh, evidence, editable_fields(evidence.pipeline.schema, start.editable)
+    )
     extra_sets: list[tuple[str, dict[str, Any], str]] = []
     parent_id = evidence.parent_param_set_id
     if start.start_from == "values":

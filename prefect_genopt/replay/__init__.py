@@ -1,5 +1,8 @@
-"""Record & replay (AgentRR): the replay gate a candidate passes before its canary."""
+"""Record & replay (AgentRR): experiences with check functions, verified replay of
+recorded steps, and the replay gate a candidate passes before its canary."""
 
+from prefect_genopt.replay.checks import check
+from prefect_genopt.replay.experiences import HarvestResult, harvest, verified_demos
 from prefect_genopt.replay.gate import GateResult, replay_gate
 
-__all__ = ["GateResult", "replay_gate"]
+__all__ = ["GateResult", "HarvestResult", "check", "harvest", "replay_gate", "verified_demos"]

@@ -3,10 +3,10 @@
 Tables analysts can rely on: ``pipelines``, ``runs``, ``spans``, ``feedback``,
 ``param_sets``, ``proposals``, ``proposal_events``, ``rollouts``, ``rollout_events``
 and ``rollout_analyses``, ``replay_gates``, ``proposal_ratings``, ``step_values``,
-``experiences``, ``experience_steps``, ``step_credit``, ``optimizer_instructions`` (plus ``pending_feedback``,
-``param_set_checks``, ``span_drops`` and the ingester's bookkeeping). Views answer the common
-questions: ``kpi_by_param_set_day``, ``llm_usage``, ``run_summary``,
-``param_set_lineage`` (every ancestor of a proposed param set, with its depth).
+``experiences``, ``experience_steps``, ``step_credit``, ``optimizer_instructions``
+(plus ``pending_feedback``, ``param_set_checks``, ``span_drops`` and the ingester's
+bookkeeping). Views answer the common questions: ``kpi_by_param_set_day``, ``llm_usage``,
+``run_summary``, ``param_set_lineage`` (every ancestor of a proposed param set, with its depth).
 
 All times are ``TIMESTAMP`` in UTC. Migrations are a list applied in order;
 ``schema_version`` holds the applied version. Only the ingester applies them
@@ -438,11 +438,12 @@ CREATE TABLE IF NOT EXISTS step_values (
     step VARCHAR NOT NULL,
     span_id VARCHAR,
     trace_id VARCHAR,
-    seq INTEGER,
     step_version VARCHAR,
     input_fingerprint VARCHAR,
     inputs JSON,
     output JSON,
+    exact BOOLEAN,
+    redacted BOOLEAN,
     params_read JSON,
     param_set_id VARCHAR,
     model VARCHAR,

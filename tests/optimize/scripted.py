@@ -88,6 +88,70 @@ def rules(prompt: str) -> dict[str, Any]:
     }
 
 
+_VARIABLE = re.compile(r"^\((\w+)\) (\w+) = (.+)$", re.M)
+_EXPECTED = re.compile(r"critique: expected '([^']*)', got '([^']*)'")
+
+
+def _section(prompt: str, title: str) -> str:
+    m = re.search(rf"^{re.escape(title)}[^\n]*\n(.*?)(?=^#|\Z)", prompt, re.S | re.M)
+    return m.group(1) if m else ""
+
+
+def onevar(prompt: str) -> dict[str, Any]:
+    """An optimizer that changes one variable per answer and never retries one its
+    #Memory says it changed before; which untried variable it picks is a coin it tosses
+    from the prompt's hash (it does not know which step is at fault). A number becomes
+    the length of the shortest word the critiques say went missing; a choice becomes
+    another option of its #Constraints."""
+    import hashlib
+
+    import orjson
+
+    variables = _VARIABLE.findall(_section(prompt, "#Variables"))
+    memory = _section(prompt, "#Memory")
+    tried = {name for _, name, _ in variables if f'"{name}"' in memory}
+    untried = [v for v in variables if v[1] not in tried] or variables
+    if not untried:
+        return {"reasoning": "no variable to change", "suggestion": {}}
+    coin = int(hashlib.sha256(prompt.encode()).hexdigest(), 16)
+    typ, name, current = untried[coin % len(untried)]
+    if typ in ("integer", "number"):
+        missing = [
+            w
+            for want, got in _EXPECTED.findall(prompt)
+            for w in re.findall(r"[a-z]+", want)
+            if w not in re.findall(r"[a-z]+", got)
+        ]
+        if not missing:
+            return {"reasoning": f"nothing says {name} is wrong", "suggestion": {}}
+        new: Any = min(len(w) for w in missing)
+        why = f"words of {new} letters went missing; {name} must let them through"
+    else:
+        m = re.search(rf"^{re.escape(name)}: .*?one of (\[.*?\])", prompt, re.M)
+        options = orjson.loads(m.group(1)) if m else []
+        others = [o for o in options if o != orjson.loads(current)]
+        if not others:
+            return {"reasoning": f"no other value for {name}", "suggestion": {}}
+        new = others[coin // 7 % len(others)]
+        why = f"the failures may come from {name}; try another value"
+    return {"reasoning": why, "suggestion": {name: new}}
+
+
+def pick_demos(prompt: str) -> dict[str, Any]:
+    """Pick the first two experiences of each #Demo candidates list (by id)."""
+    section = _section(prompt, "#Demo candidates")
+    picks: dict[str, list[str]] = {}
+    name = None
+    for line in section.splitlines():
+        m = re.match(r"(\w+) is a list of few-shot demos", line)
+        if m:
+            name = m.group(1)
+        m = re.match(r"- (exp_\w+):", line)
+        if m and name and len(picks.setdefault(name, [])) < 2:
+            picks[name].append(m.group(1))
+    return {"reasoning": "show the model two verified examples", "suggestion": picks}
+
+
 def _json(obj: Any) -> str:
     import orjson
 
@@ -123,6 +187,10 @@ def _answer(mode: str, prompt: str, attempt: int) -> str:
         return _json(good)
     if mode == "rules":
         return _json(rules(prompt))
+    if mode == "demos":
+        return _json(pick_demos(prompt))
+    if mode == "onevar":
+        return _json(onevar(prompt))
     if mode == "swap":
         return _json(swap(prompt))
     if mode == "notjson":
@@ -157,6 +225,8 @@ def _answer(mode: str, prompt: str, attempt: int) -> str:
 MODES = (
     "follow",
     "rules",
+    "onevar",
+    "demos",
     "swap",
     "notjson",
     "notjson-once",

@@ -1,0 +1,278 @@
+"""Step-level credit (STeCa): the first step of a failed run (or item) that went wrong.
+
+For each failed unit of a minibatch, one of three methods names the step to
+blame, in this order of preference:
+
+1. ``step_feedback``: feedback given per step (``genopt.feedback(..., step=...)``)
+   that failed: the first such step.
+2. ``expected``: the expected answer is known (``genopt.feedback(..., expected=...)``).
+   Each step's output is scored by the share of the answer's words it contains
+   (its *recall*); the first step whose recall falls below the best recall seen
+   before it (the pipeline's input counts) lost the answer. When no step loses it,
+   the last step failed to produce it.
+3. ``contrast``: no expected answer, but passing units in the minibatch ran the
+   same steps. For each step, how much less its output resembles the passing
+   units' output of the same step than its input resembled theirs (word Jaccard);
+   the first step where that gap exceeds :data:`CONTRAST_GAP` deviated.
+
+A unit no method can judge gets no credit. Credits are recorded in the
+``step_credit`` table; the optimizer's step-focused problem then shows only the
+most blamed step, its params and its examples (see ``OptimizerSettings.step_credit``).
+
+Example:
+    >>> from prefect_genopt.optimize.evidence import Step
+    >>> steps = [Step("a", "task", "clean", inputs='"Cat, Dog"', output='["cat","dog"]'),
+    ...          Step("b", "task", "select", inputs='["cat","dog"]', output='["dog"]'),
+    ...          Step("c", "task", "render", inputs='["dog"]', output='"dog"')]
+    >>> c = blame_expected(steps, "cat, dog", '"Cat, Dog"')
+    >>> (c.step, c.method, round(c.score, 2))
+    ('select', 'expected', 0.5)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from prefect_genopt.optimize.evidence import Evidence, Step, Unit
+from prefect_genopt.records import row_record
+from prefect_genopt.warehouse.schema import utcnow
+
+__all__ = [
+    "Credit",
+    "assign",
+    "blame_expected",
+    "blame_contrast",
+    "focus",
+    "credit_rows",
+    "CONTRAST_GAP",
+]
+
+#: how much less alike (word Jaccard) a step's output may be than its input before it deviates
+CONTRAST_GAP = 0.3
+_WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
+
+
+@dataclass(frozen=True)
+class Credit:
+    """The step blamed for one failed unit, and why."""
+
+    run_id: str
+    item_key: str | None
+    step: str
+    index: int
+    method: str
+    score: float
+    reason: str
+    span_id: str | None = None
+    params_read: tuple[str, ...] = ()
+
+
+def _words(text: str | None) -> set[str]:
+    return set(_WORD.findall((text or "").lower()))
+
+
+def task_steps(unit: Unit) -> list[Step]:
+    """The unit's task steps in execution order (model calls and the flow left out)."""
+    return [s for root in unit.steps for _, s in root.walk() if s.kind == "task"]
+
+
+def _recall(answer: set[str], text: str | None) -> float:
+    return len(answer & _words(text)) / len(answer) if answer else 0.0
+
+
+def blame_expected(steps: list[Step], expected: str, unit_inputs: str | None) -> Credit | None:
+    """The first step whose output lost the expected answer (or the last one, when
+    no step had it). ``run_id``/``item_key`` are filled in by :func:`assign`."""
+    answer = _words(expected)
+    if not steps or not answer:
+        return None
+    best = _recall(answer, unit_inputs)
+    for i, s in enumerate(steps):
+        r = _recall(answer, s.output)
+        if r < best:
+            return Credit(
+                "",
+                None,
+                s.name,
+                i,
+                "expected",
+                best - r,
+                f"step {s.name!r} is the first whose output lost the expected answer "
+                f"{expected!r}: {best:.0%} of its words were there before it, {r:.0%} after",
+                s.span_id,
+                tuple(sorted(s.params_read or {})),
+            )
+        best = max(best, r)
+    last = steps[-1]
+    r = _recall(answer, last.output)
+    if r >= 1.0:
+        return None
+    return Credit(
+        "",
+        None,
+        last.name,
+        len(steps) - 1,
+        "expected",
+        1.0 - r,
+        f"no step lost the expected answer {expected!r}; the last step {last.name!r} "
+        f"did not produce it",
+        last.span_id,
+        tuple(sorted(last.params_read or {})),
+    )
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def blame_contrast(steps: list[Step], good: list[list[Step]]) -> Credit | None:
+    """The first step whose output drifts from the passing units' same step more than
+    its input did (see the module docstring)."""
+    for i, s in enumerate(steps):
+        peers = [g for run in good for g in run if g.name == s.name]
+        if not peers:
+            continue
+        sim_in = max(_jaccard(_words(s.inputs), _words(p.inputs)) for p in peers)
+        sim_out = max(_jaccard(_words(s.output), _words(p.output)) for p in peers)
+        gap = sim_in - sim_out
+        if gap > CONTRAST_GAP:
+            return Credit(
+                "",
+                None,
+                s.name,
+                i,
+                "contrast",
+                gap,
+                f"step {s.name!r} is the first whose output departs from passing examples "
+                f"(input similarity {sim_in:.2f}, output similarity {sim_out:.2f})",
+                s.span_id,
+                tuple(sorted(s.params_read or {})),
+            )
+    return None
+
+
+def _expected_and_step_feedback(
+    wh: Any, evidence: Evidence, units: list[Unit]
+) -> tuple[dict[tuple[str, str | None], str], dict[tuple[str, str | None], dict[str, float]]]:
+    run_ids = sorted({u.run_id for u in units})
+    rows = wh.sql(
+        "SELECT run_id, item_key, step, value, expected FROM feedback "
+        "WHERE run_id IN (SELECT unnest(?::VARCHAR[])) AND kpi = ? ORDER BY created_at",
+        [run_ids, evidence.kpi],
+    )
+    expected: dict[tuple[str, str | None], str] = {}
+    per_step: dict[tuple[str, str | None], dict[str, float]] = {}
+    for r in rows:
+        key = (r["run_id"], r["item_key"])
+        if r["expected"] is not None:
+            val = orjson.loads(r["expected"])
+            expected[key] = val if isinstance(val, str) else orjson.dumps(val).decode()
+        if r["step"] is not None and r["value"] is not None:
+            per_step.setdefault(key, {})[r["step"]] = float(r["value"])
+    return expected, per_step
+
+
+def assign(wh: Any, evidence: Evidence, batch: list[Unit]) -> list[Credit]:
+    """A credit for each failed unit of ``batch`` that some method can judge."""
+    failed = [u for u in batch if not _passed(evidence, u)]
+    if not failed:
+        return []
+    expected, per_step = _expected_and_step_feedback(wh, evidence, batch)
+    good = [task_steps(u) for u in batch if _passed(evidence, u)]
+    out = []
+    for u in failed:
+        steps = task_steps(u)
+        key = (u.run_id, u.item_key)
+        credit = None
+        bad_steps = {k for k, v in per_step.get(key, {}).items() if not _passed_value(evidence, v)}
+        for i, s in enumerate(steps):
+            if s.name in bad_steps:
+                credit = Credit(
+                    "",
+                    None,
+                    s.name,
+                    i,
+                    "step_feedback",
+                    1.0,
+                    f"step {s.name!r} is the first with failing per-step feedback",
+                    s.span_id,
+                    tuple(sorted(s.params_read or {})),
+                )
+                break
+        if credit is None and key in expected:
+            credit = blame_expected(steps, expected[key], u.inputs)
+        if credit is None and good:
+            credit = blame_contrast(steps, good)
+        if credit is not None:
+            out.append(
+                Credit(
+                    u.run_id,
+                    u.item_key,
+                    credit.step,
+                    credit.index,
+                    credit.method,
+                    credit.score,
+                    credit.reason,
+                    credit.span_id,
+                    credit.params_read,
+                )
+            )
+    return out
+
+
+def _passed_value(evidence: Evidence, value: float) -> bool:
+    if evidence.binary:
+        return evidence.passed(value)
+    mean = evidence.population_mean
+    return value >= mean if evidence.direction == "higher" else value <= mean
+
+
+def _passed(evidence: Evidence, unit: Unit) -> bool:
+    return _passed_value(evidence, unit.value)
+
+
+def focus(credits: list[Credit], editable: list[str]) -> tuple[str, list[str]] | None:
+    """The most blamed step (ties: the earliest) and the editable params it read, or None
+    when no blamed step reads an editable param."""
+    counts = Counter(c.step for c in credits if set(c.params_read) & set(editable))
+    if not counts:
+        return None
+    first = {c.step: c.index for c in reversed(credits)}
+    step = min(counts, key=lambda s: (-counts[s], first[s]))
+    params = sorted({p for c in credits if c.step == step for p in c.params_read} & set(editable))
+    return step, params
+
+
+def credit_rows(pipeline: str, credits: list[Credit], proposal_id: str | None) -> list[dict]:
+    """``step_credit`` spool rows for ``credits`` (keyed by run, item, step and proposal)."""
+    now = utcnow().isoformat()
+    rows = []
+    for c in credits:
+        key = f"{c.run_id}\0{c.item_key or ''}\0{c.step}\0{proposal_id or ''}"
+        rows.append(
+            row_record(
+                "step_credit",
+                {
+                    "credit_id": hashlib.sha256(key.encode()).hexdigest()[:32],
+                    "pipeline": pipeline,
+                    "run_id": c.run_id,
+                    "item_key": c.item_key,
+                    "step": c.step,
+                    "seq": c.index,
+                    "span_id": c.span_id,
+                    "method": c.method,
+                    "score": c.score,
+                    "reason": c.reason,
+                    "params_read": list(c.params_read),
+                    "proposal_id": proposal_id,
+                    "created_at": now,
+                },
+            )
+        )
+    return rows

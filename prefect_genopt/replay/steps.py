@@ -1,0 +1,397 @@
+"""Recording steps in full, and replaying verified experiences instead of recomputing.
+
+``@genopt.task(record=True)`` keeps each call's full inputs and output (redacted,
+never truncated, up to ``GENOPT_EXPERIENCE_MAX_BYTES``) in ``step_values``: the
+raw material of experiences, few-shot demos and step credit. Spans keep their
+own short previews as before.
+
+``@genopt.task(replay=True, model=...)`` also looks, before running, for a
+verified experience of the same step whose validity conditions still hold:
+
+* the same input fingerprint (SHA-256 of the raw arguments);
+* the same step version (a hash of the task function's source);
+* the same values of the params the step read when it was recorded;
+* the same LLM model (``model=`` names the model the step will call; a recorded
+  step that called a model is never replayed when the task does not say which);
+* not expired, and every check function passes again on the recorded values.
+
+A hit returns the recorded output without running the function (no model call);
+the span says ``genopt.replay = "replayed"`` with the experience id. Otherwise
+the step runs and the span says why nothing was replayed. :func:`stats` counts
+both per process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+
+from prefect_genopt import semconv, spool
+from prefect_genopt.context import RunContext, StepState
+from prefect_genopt.records import row_record
+from prefect_genopt.redaction import _scrub, redact
+from prefect_genopt.replay.checks import failed, run_checks
+from prefect_genopt.settings import get_settings
+from prefect_genopt.tunables import canonical_json
+from prefect_genopt.warehouse.schema import utcnow
+
+__all__ = [
+    "StepPolicy",
+    "step_version",
+    "fingerprint",
+    "full_json",
+    "params_fingerprint",
+    "try_replay",
+    "record_step",
+    "stats",
+    "reset_stats",
+    "clear_cache",
+]
+
+logger = logging.getLogger("prefect_genopt.replay")
+
+_stats: Counter[str] = Counter()
+_stats_lock = threading.Lock()
+
+
+def _count(key: str) -> None:
+    with _stats_lock:
+        _stats[key] += 1
+
+
+def stats() -> dict[str, int]:
+    """This process's counts: ``replayed``, ``computed``, ``invalid`` (an experience
+    existed but failed a condition), ``recorded``, ``refused`` (too big to record)."""
+    with _stats_lock:
+        return dict(_stats)
+
+
+def reset_stats() -> None:
+    """Zero :func:`stats` (benchmarks and tests)."""
+    with _stats_lock:
+        _stats.clear()
+
+
+@dataclass(frozen=True)
+class StepPolicy:
+    """How a ``@genopt.task`` takes part in record & replay (see the module docstring)."""
+
+    record: bool = False
+    replay: bool = False
+    #: the LLM model the step calls (a string, or a function returning it at call time)
+    model: str | Callable[[], str] | None = None
+    #: the argument that holds the item key (so a replay during a canary uses the item's arm)
+    item_key: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.record or self.replay
+
+    def declared_model(self) -> str | None:
+        m = self.model() if callable(self.model) else self.model
+        return str(m) if m else None
+
+
+def step_version(fn: Callable[..., Any]) -> str:
+    """A hash of the task function's source (its bytecode when the source is unavailable).
+
+    Example:
+        >>> def f(x): return x + 1
+        >>> step_version(f) == step_version(f), len(step_version(f))
+        (True, 16)
+    """
+    try:
+        text = inspect.getsource(fn).encode()
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        text = code.co_code + repr(code.co_consts).encode() if code else repr(fn).encode()
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
+def fingerprint(value: Any) -> str:
+    """SHA-256 (32 hex chars) of a value's canonical JSON (unknown objects by repr).
+
+    Example:
+        >>> fingerprint({"b": 1, "a": [1, 2]}) == fingerprint({"a": [1, 2], "b": 1})
+        True
+    """
+    raw = orjson.dumps(value, default=repr, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def params_fingerprint(values: dict[str, Any]) -> str:
+    """The fingerprint of the params a step read (name -> value)."""
+    return hashlib.sha256(canonical_json(values)).hexdigest()[:32]
+
+
+def full_json(value: Any) -> tuple[str, bool, bool]:
+    """``(json_text, exact, redacted)``: the value as JSON, redacted but never truncated.
+
+    ``exact`` is False when the value is not plain JSON (then its repr is stored and it
+    cannot be replayed); ``redacted`` is True when a secret was masked.
+
+    Example:
+        >>> full_json({"q": "2+2", "n": 4})
+        ('{"q":"2+2","n":4}', True, False)
+        >>> full_json({"api_key": "abc"})[1:]
+        (True, True)
+    """
+    try:
+        raw = orjson.dumps(value).decode()
+        text = orjson.dumps(_scrub(value)).decode()
+        exact = orjson.loads(raw) == value  # tuples, int keys... do not come back as they were
+    except (TypeError, orjson.JSONEncodeError):
+        raw = text = orjson.dumps(repr(value)).decode()
+        exact = False
+    clean = redact(text)
+    redacted = clean != raw
+    if clean != text:
+        try:
+            orjson.loads(clean)
+        except orjson.JSONDecodeError:  # a pattern cut through JSON syntax: keep it as text
+            clean = orjson.dumps(redact(raw)).decode()
+            exact = False
+    return clean, exact, redacted
+
+
+# -- the experience index a worker replays from ---------------------------------------
+
+
+@dataclass(frozen=True)
+class _Exp:
+    experience_id: str
+    step_version: str | None
+    params_fingerprint: str | None
+    params_read: dict[str, Any]
+    models: tuple[str, ...]
+    inputs: str
+    output: str
+    expires_at: datetime | None
+    created_at: datetime | None
+
+
+_INDEX_SQL = """
+SELECT s.experience_id, s.step, s.input_fingerprint, s.step_version, s.params_fingerprint,
+       s.params_read, s.model, s.inputs, s.output, e.expires_at, e.created_at
+FROM experience_steps s JOIN experiences e USING (experience_id)
+WHERE e.pipeline = ? AND e.status = 'verified'
+ORDER BY e.created_at DESC
+"""
+
+_index_lock = threading.Lock()
+#: (warehouse path, pipeline) -> (loaded at, {(step, fingerprint): [_Exp, newest first]}, note)
+_index: dict[tuple[str, str], tuple[float, dict[tuple[str, str], list[_Exp]], str | None]] = {}
+
+
+def clear_cache() -> None:
+    """Forget the experiences read so far (the next replay-enabled step reads them again)."""
+    with _index_lock:
+        _index.clear()
+
+
+def _load(path: Path, pipeline: str) -> tuple[dict[tuple[str, str], list[_Exp]], str | None]:
+    from prefect_genopt.warehouse.access import (
+        WarehouseBusyError,
+        WarehouseMissingError,
+        connect,
+    )
+
+    try:
+        with connect(path, read_only=True, timeout=2.0) as con:
+            tables = {
+                r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+            }
+            if "experience_steps" not in tables:
+                return {}, "the warehouse has no experiences yet"
+            rows = con.execute(_INDEX_SQL, [pipeline]).fetchall()
+    except WarehouseMissingError:
+        return {}, "no warehouse yet"
+    except WarehouseBusyError:
+        return {}, "the warehouse was busy, no experiences read"
+    except duckdb.Error as exc:
+        return {}, f"experiences could not be read: {exc}"
+    out: dict[tuple[str, str], list[_Exp]] = {}
+    for eid, step, fp, ver, pfp, reads, model, inputs, output, expires, created in rows:
+        models = tuple(m for m in (model or "").split(",") if m)
+        out.setdefault((step, fp), []).append(
+            _Exp(
+                eid,
+                ver,
+                pfp,
+                orjson.loads(reads) if reads else {},
+                models,
+                inputs,
+                output,
+                expires,
+                created,
+            )
+        )
+    return out, None
+
+
+def _experiences(pipeline: str) -> tuple[dict[tuple[str, str], list[_Exp]], str | None]:
+    settings = get_settings()
+    key = (str(settings.warehouse_path), pipeline)
+    now = time.monotonic()
+    with _index_lock:
+        hit = _index.get(key)
+        if hit and now - hit[0] < settings.replay_ttl:
+            return hit[1], hit[2]
+    index, note = _load(settings.warehouse_path, pipeline)
+    with _index_lock:
+        _index[key] = (now, index, note)
+    return index, note
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A verified experience that stands in for a step's call."""
+
+    experience_id: str
+    output: Any
+    params_read: dict[str, Any]
+
+
+def _item_params(policy: StepPolicy, rc: RunContext, bound: dict[str, Any]) -> Any:
+    """The params this call's item will get, or None when that cannot be known now."""
+    route = rc.route
+    if policy.item_key and policy.item_key in bound:
+        return rc.for_item(str(bound[policy.item_key]))[0]
+    if route is None or not route.splitting:
+        return rc.params
+    return None
+
+
+def _why_invalid(
+    exp: _Exp, version: str, params: Any, model: str | None, pipeline: str, step: str
+) -> str | None:
+    if exp.step_version != version:
+        return "the step's code changed"
+    values = params.values()
+    current = {k: values.get(k) for k in exp.params_read}
+    if params_fingerprint(current) != exp.params_fingerprint:
+        return "the params it read changed"
+    if exp.models and model is None:
+        return "the task does not declare its model (model=...)"
+    if exp.models and set(exp.models) != {model}:
+        return f"the model changed ({','.join(exp.models)} -> {model})"
+    if exp.expires_at is not None and exp.expires_at <= utcnow():
+        return "expired"
+    bad = failed(
+        run_checks(
+            pipeline,
+            step,
+            orjson.loads(exp.inputs),
+            orjson.loads(exp.output),
+            exact=True,
+            redacted=False,
+        )
+    )
+    if bad:
+        return "a check fails now: " + "; ".join(bad)
+    return None
+
+
+def try_replay(
+    policy: StepPolicy, rc: RunContext, step: str, version: str, bound: dict[str, Any]
+) -> tuple[Replay | None, str]:
+    """A verified, still-valid experience for this call, or None and why not."""
+    index, note = _experiences(rc.pipeline)
+    candidates = index.get((step, fingerprint(bound)), [])
+    if not candidates:
+        _count("computed")
+        return None, f"computed: {note}" if note else "computed: no experience for these inputs"
+    params = _item_params(policy, rc, bound)
+    if params is None:
+        _count("computed")
+        _count("invalid")
+        return None, "computed: the item's arm is unknown during a canary (set item_key=)"
+    model = policy.declared_model()
+    reasons = []
+    for exp in candidates:
+        why = _why_invalid(exp, version, params, model, rc.pipeline, step)
+        if why is None:
+            _count("replayed")
+            return Replay(exp.experience_id, orjson.loads(exp.output), exp.params_read), "replayed"
+        reasons.append(why)
+    _count("computed")
+    _count("invalid")
+    return None, "computed: " + reasons[0]
+
+
+def record_step(
+    policy: StepPolicy,
+    rc: RunContext,
+    step: str,
+    version: str,
+    bound: dict[str, Any],
+    output: Any,
+    *,
+    state: StepState,
+    reads: dict[str, Any],
+    span: Any,
+    started_ns: int,
+    replayed_from: str | None = None,
+) -> None:
+    """Spool the call's full values as a ``step_values`` row (or refuse it, too big)."""
+    inputs_text, in_exact, in_red = full_json(bound)
+    output_text, out_exact, out_red = full_json(output)
+    size = len(inputs_text) + len(output_text)
+    cap = get_settings().experience_max_bytes
+    if size > cap:
+        why = (
+            f"step {step!r} values are {size} bytes; GENOPT_EXPERIENCE_MAX_BYTES is {cap}: "
+            "not recorded for experiences (the step ran normally)"
+        )
+        logger.warning(why)
+        if span.is_recording():
+            span.set_attribute(semconv.RECORD_REFUSED, why)
+        _count("refused")
+        return
+    ctx = span.get_span_context() if span is not None else None
+    span_id = f"{ctx.span_id:016x}" if ctx and ctx.is_valid else None
+    item_key = state.item_key
+    if item_key is None and policy.item_key and policy.item_key in bound:
+        item_key = str(bound[policy.item_key])
+    _, ps_id, _ = rc.for_item(item_key)
+    models = list(state.models)
+    body = {
+        "record_id": hashlib.sha256(
+            f"{rc.run_id}\0{span_id or uuid.uuid4().hex}".encode()
+        ).hexdigest()[:32],
+        "pipeline": rc.pipeline,
+        "run_id": rc.run_id,
+        "item_key": item_key,
+        "step": step,
+        "span_id": span_id,
+        "trace_id": f"{ctx.trace_id:032x}" if ctx and ctx.is_valid else None,
+        "step_version": version,
+        "input_fingerprint": fingerprint(bound),
+        "inputs": orjson.Fragment(inputs_text),
+        "output": orjson.Fragment(output_text),
+        "exact": in_exact and out_exact,
+        "redacted": in_red or out_red,
+        "params_read": reads,
+        "param_set_id": ps_id,
+        "model": ",".join(models) or None,
+        "replayed_from": replayed_from,
+        "size_bytes": size,
+        "created_at": datetime.fromtimestamp(started_ns / 1e9, UTC)
+        .replace(tzinfo=None)
+        .isoformat(),
+    }
+    spool.append([row_record("step_values", body)], get_settings().spool_dir)
+    _count("recorded")

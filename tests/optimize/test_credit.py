@@ -1,0 +1,95 @@
+"""Step-level credit (STeCa): blame the first step that went wrong, focus the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+import prefect_genopt as genopt
+from prefect_genopt.optimize import OptimizerSettings, optimize
+from prefect_genopt.optimize.credit import Credit, blame_contrast, blame_expected, focus
+from prefect_genopt.optimize.evidence import Step
+from tests.optimize import scripted
+from tests.optimize.steps3 import steps3
+
+
+def _steps(*outs: tuple[str, str, str]) -> list[Step]:
+    return [
+        Step(f"s{i}", "task", name, inputs=i_, output=o) for i, (name, i_, o) in enumerate(outs)
+    ]
+
+
+def test_the_first_step_that_loses_the_expected_answer_is_blamed() -> None:
+    steps = _steps(
+        ("clean", '["Cat", "Garden"]', '["cat", "garden"]'),
+        ("select", '["cat", "garden"]', '["garden"]'),
+        ("render", '["garden"]', '"garden"'),
+    )
+    c = blame_expected(steps, "cat, garden", '["Cat", "Garden"]')
+    assert (c.step, c.index, c.score) == ("select", 1, 0.5)
+    assert "lost the expected answer" in c.reason
+    # the answer never appeared: the last step failed to produce it
+    gen = _steps(("reason", '"q"', '"think"'), ("extract", '"think"', '"maybe"'))
+    c = blame_expected(gen, "yes", '"q"')
+    assert (c.step, c.method) == ("extract", "expected") and "did not produce it" in c.reason
+    # nothing lost and the last output has it: no blame
+    fine = _steps(("reason", '"q"', '"yes, maybe"'), ("extract", '"yes, maybe"', '"yes"'))
+    assert blame_expected(fine, "yes", '"q"') is None
+
+
+def test_contrast_blames_the_step_that_departs_from_passing_runs() -> None:
+    good = [_steps(("a", '"x y"', '"x y"'), ("b", '"x y"', '"x y z"'))]
+    bad = _steps(("a", '"x y"', '"x y"'), ("b", '"x y"', '"q"'))
+    c = blame_contrast(bad, good)
+    assert c is not None and c.step == "b" and c.method == "contrast"
+    assert blame_contrast(good[0], good) is None
+
+
+def test_focus_picks_the_most_blamed_step_that_reads_an_editable_param() -> None:
+    cs = [
+        Credit("r", "1", "render", 2, "expected", 1.0, "", None, ("sep",)),
+        Credit("r", "2", "select", 1, "expected", 1.0, "", None, ("min_len",)),
+        Credit("r", "3", "select", 1, "expected", 1.0, "", None, ("min_len",)),
+        Credit("r", "4", "io", 0, "expected", 1.0, "", None, ()),
+    ]
+    assert focus(cs, ["case", "min_len", "sep"]) == ("select", ["min_len"])
+    assert focus(cs[:1], ["case"]) is None
+
+
+def test_step_focused_problem_fixes_the_step_2_fault(
+    prefect_api: str, warehouse_path: Path
+) -> None:
+    steps3(n=8, seed=1)
+    scripted.PROMPTS.pop("onevar", None)
+    result = optimize(
+        OptimizerSettings(
+            pipeline="steps3",
+            model="scripted-opt/onevar",
+            response_format="none",
+            minibatch_size=4,
+            max_updates=1,
+            step_credit=True,
+        )
+    )
+    (proposal,) = result.proposals
+    assert proposal.diff is not None and set(proposal.diff) == {"min_len"}
+    wh = genopt.Warehouse()
+    credits = wh.sql("SELECT step, method, proposal_id, params_read FROM step_credit")
+    assert credits and {c["step"] for c in credits} == {"select"}
+    assert all(c["method"] == "expected" for c in credits)
+    assert credits[0]["proposal_id"] == proposal.proposal_id
+    assert orjson.loads(credits[0]["params_read"]) == ["min_len"]
+    prompt = scripted.PROMPTS["onevar"][0][-1]["content"]
+    assert "Step credit: in the failed examples below" in prompt and "'select'" in prompt
+    variables = prompt.split("#Variables\n", 1)[1].split("\n#", 1)[0]
+    assert "min_len" in variables and "(string) case" not in variables
+    # the candidate passes every item of a fresh batch
+    values = orjson.loads(
+        wh.sql(
+            'SELECT "values" FROM param_sets WHERE param_set_id = ?',
+            [proposal.candidate_param_set_id],
+        )[0]["values"]
+    )
+    with genopt.pinned_params(values, arm="offline"):
+        assert steps3(n=8, seed=99) == 1.0
