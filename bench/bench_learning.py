@@ -325,6 +325,20 @@ def _fresh_warehouse(task: str, seed: int, variant: str) -> Path:
     return wpath
 
 
+def step_credits(genopt: Any, proposal_id: str) -> list[dict[str, Any]]:
+    """The steps step credit blamed for the failed units of one proposal's minibatch."""
+    wh = genopt.Warehouse()
+    try:
+        wh.ingest_if_free()
+        return wh.sql(
+            "SELECT item_key, step, method, round(score, 3) AS score, reason FROM step_credit "
+            "WHERE proposal_id = ? ORDER BY item_key",
+            [proposal_id],
+        )
+    finally:
+        wh.close()
+
+
 def gate_candidate(
     genopt: Any,
     task: str,
@@ -468,8 +482,14 @@ def run_variant(
             **extra,
         )
         t_opt = time.perf_counter()
+        said: list[str] = []
+
+        def progress(line: str, said: list[str] = said) -> None:
+            said.append(line)
+            log(f"    optimizer: {line}")
+
         try:
-            res = optimize(settings, progress=lambda s: log(f"    optimizer: {s}"))
+            res = optimize(settings, progress=progress)
         except Exception as exc:  # noqa: BLE001 - recorded, the loop goes on
             step["status"] = "error"
             step["error"] = f"{type(exc).__name__}: {exc}"
@@ -478,6 +498,7 @@ def run_variant(
             history.append(step)
             continue
         opt_seconds += time.perf_counter() - t_opt
+        step["step_credit_note"] = next((x.strip() for x in said if "step credit:" in x), None)
         step["optimizer_seconds"] = round(time.perf_counter() - t_opt, 1)
         step["stop_reason"] = res.stop_reason
         if not res.updates:
@@ -503,6 +524,8 @@ def run_variant(
                 )
             }
         )
+        if use_step:
+            step["step_credits"] = bench_bbh._safe(step_credits, genopt, row["proposal_id"])
         log(
             f"  {row['status']}"
             + (f" ({row.get('status_reason')})" if row.get("status_reason") else "")
@@ -580,6 +603,7 @@ def run_variant(
         "optimizer_input_tokens": sum(h.get("input_tokens") or 0 for h in history),
         "optimizer_output_tokens": sum(h.get("output_tokens") or 0 for h in history),
         "optimizer_seconds": round(opt_seconds, 1),
+        "blamed_steps": _blamed(history),
         "proposals_table": props,
         "warehouse_usage": usage,
         "gates": gates,
@@ -589,11 +613,35 @@ def run_variant(
     }
 
 
+def _blamed(history: list[dict[str, Any]]) -> dict[str, int]:
+    """How many failed units step credit blamed on each step, over all updates."""
+    out: dict[str, int] = {}
+    for h in history:
+        rows = h.get("step_credits")
+        for c in rows if isinstance(rows, list) else []:
+            key = f"{c['step']} ({c['method']})"
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
 # -- report ------------------------------------------------------------------------------
 
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
+
+
+PROMPT_SHOWN = 90
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split()).replace("`", "'")
+    return text if len(text) <= PROMPT_SHOWN else text[:PROMPT_SHOWN] + f"… ({len(text)} chars)"
+
+
+def _vindex(key: str) -> int:
+    v = key.rsplit("/", 1)[-1]
+    return VARIANTS.index(v) if v in VARIANTS else len(VARIANTS)
 
 
 def report(results: dict[str, Any]) -> str:
@@ -610,8 +658,8 @@ def report(results: dict[str, Any]) -> str:
             "",
             "| seed | variant | test start → final | proposed / rejected / no-change | "
             "accepted | task calls real (+cached) | optimizer calls | optimizer tokens in + out "
-            "| optimizer min | wall min |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| optimizer min | wall min | step credit blamed |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             st = r["proposals_by_status"]
@@ -624,7 +672,9 @@ def report(results: dict[str, Any]) -> str:
                 + f" | {r['accepted']} | {tc['real_calls']} (+{tc['cached_calls']}) | "
                 f"{r['optimizer_calls']} | {r['optimizer_input_tokens']} + "
                 f"{r['optimizer_output_tokens']} | {r['optimizer_seconds'] / 60:.1f} | "
-                f"{r['seconds'] / 60:.1f} |"
+                f"{r['seconds'] / 60:.1f} | "
+                + (", ".join(f"{k}: {n}" for k, n in (r.get("blamed_steps") or {}).items()) or "")
+                + " |"
             )
         by_variant: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
@@ -636,7 +686,7 @@ def report(results: dict[str, Any]) -> str:
                 f"{_mean([r['accepted'] for r in rs]):.1f} | | "
                 f"{_mean([r['optimizer_calls'] for r in rs]):.1f} | "
                 f"{_mean([r['optimizer_input_tokens'] for r in rs]):.0f} + "
-                f"{_mean([r['optimizer_output_tokens'] for r in rs]):.0f} | | |"
+                f"{_mean([r['optimizer_output_tokens'] for r in rs]):.0f} | | | |"
             )
         out.append("")
     gates = [(r, g) for r in runs.values() for g in r.get("gates", [])]
@@ -668,13 +718,12 @@ def report(results: dict[str, Any]) -> str:
     not_run = results.get("not_run") or {}
     if not_run:
         out += ["", "Not run: " + "; ".join(f"{k}: {v}" for k, v in sorted(not_run.items()))]
-    out += ["", "Final params:", ""]
-    for key in sorted(runs):
-        r = runs[key]
-        fp = r["final_params"]
+    out += ["", f"Final params (first {PROMPT_SHOWN} characters; the JSON has them whole):", ""]
+    for key in sorted(runs, key=lambda k: (k.split("/")[0], k.split("/")[1], _vindex(k))):
+        fp = runs[key]["final_params"]
         out.append(
-            f"- {key}: reason_prompt `{fp['reason_prompt']}`; extract_prompt "
-            f"`{fp['extract_prompt']}`"
+            f"- {key}: reason_prompt `{_short(fp['reason_prompt'])}`; extract_prompt "
+            f"`{_short(fp['extract_prompt'])}`"
         )
     return "\n".join(out)
 
@@ -764,6 +813,9 @@ def main(argv: list[str] | None = None) -> int:
         "cache": "task replies cached by (system prompt + max_tokens, user content), replayed "
         "through litellm.completion(mock_response=...); counted separately",
     }
+    # Candidate prompts may quote parts of BBH examples (the optimizer copies them): the
+    # results carry the data's canary string, read from the data file.
+    results["canary"] = json.loads((bench_bbh.DATA_DIR / f"{tasks[0]}.json").read_text())["canary"]
     results.setdefault("runs_by_key", {})
     results.setdefault("not_run", {})
     save_json(out, results)
