@@ -7,9 +7,11 @@ blame, in this order of preference:
    that failed: the first such step.
 2. ``expected``: the expected answer is known (``genopt.feedback(..., expected=...)``).
    Each step's output is scored by the share of the answer's words it contains
-   (its *recall*); the first step whose recall falls below the best recall seen
-   before it (the pipeline's input counts) lost the answer. When no step loses it,
-   the last step failed to produce it.
+   (its *recall*). An extractive step (most of its output words come from its
+   input) whose recall falls below the best seen before it (the pipeline's input
+   counts) lost the answer; a step that writes its output (a reasoning) and states
+   the wrong final answer without the expected one concluded wrongly. When no step
+   did either, the last step failed to produce it.
 3. ``contrast``: no expected answer, but passing units in the minibatch ran the
    same steps. For each step, how much less its output resembles the passing
    units' output of the same step than its input resembled theirs (word Jaccard);
@@ -53,6 +55,8 @@ __all__ = [
     "CONTRAST_GAP",
 ]
 
+#: share of a step's output words found in its input for it to count as extractive
+EXTRACTIVE_SHARE = 0.5
 #: how much less alike (word Jaccard) a step's output may be than its input before it deviates
 CONTRAST_GAP = 0.3
 _WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
@@ -86,44 +90,75 @@ def _recall(answer: set[str], text: str | None) -> float:
     return len(answer & _words(text)) / len(answer) if answer else 0.0
 
 
-def blame_expected(steps: list[Step], expected: str, unit_inputs: str | None) -> Credit | None:
-    """The first step whose output lost the expected answer (or the last one, when
-    no step had it). ``run_id``/``item_key`` are filled in by :func:`assign`."""
+def _extractive(step: Step) -> bool:
+    """Most of the step's output words come from its input (it selects or transforms,
+    rather than writes): only such a step can *lose* words its input had."""
+    out = _words(step.output)
+    return bool(out) and len(out & _words(step.inputs)) / len(out) >= EXTRACTIVE_SHARE
+
+
+def _credit(s: Step, i: int, score: float, reason: str) -> Credit:
+    return Credit(
+        "",
+        None,
+        s.name,
+        i,
+        "expected",
+        score,
+        reason,
+        s.span_id,
+        tuple(sorted(s.params_read or {})),
+    )
+
+
+def blame_expected(
+    steps: list[Step], expected: str, unit_inputs: str | None, got: str | None = None
+) -> Credit | None:
+    """The first step that went wrong, judged by the expected answer's words:
+
+    * an extractive step (see :func:`_extractive`) whose output has fewer of them than
+      the best seen before it (the pipeline's input counts) lost the answer;
+    * a step that writes its output (a reasoning) and states the wrong final answer
+      ``got`` without the expected one concluded wrongly;
+    * otherwise the last step failed to produce the answer.
+
+    ``run_id``/``item_key`` are filled in by :func:`assign`.
+    """
     answer = _words(expected)
     if not steps or not answer:
         return None
+    wrong = _words(got) - answer
     best = _recall(answer, unit_inputs)
     for i, s in enumerate(steps):
         r = _recall(answer, s.output)
-        if r < best:
-            return Credit(
-                "",
-                None,
-                s.name,
+        if _extractive(s):
+            if r < best:
+                return _credit(
+                    s,
+                    i,
+                    best - r,
+                    f"step {s.name!r} is the first whose output lost the expected answer "
+                    f"{expected!r}: {best:.0%} of its words were there before it, {r:.0%} after",
+                )
+        elif r < 1.0 and wrong and wrong <= _words(s.output) and i < len(steps) - 1:
+            return _credit(
+                s,
                 i,
-                "expected",
-                best - r,
-                f"step {s.name!r} is the first whose output lost the expected answer "
-                f"{expected!r}: {best:.0%} of its words were there before it, {r:.0%} after",
-                s.span_id,
-                tuple(sorted(s.params_read or {})),
+                1.0 - r,
+                f"step {s.name!r} is the first that states the wrong answer {got!r} "
+                f"without the expected {expected!r}",
             )
         best = max(best, r)
     last = steps[-1]
     r = _recall(answer, last.output)
     if r >= 1.0:
         return None
-    return Credit(
-        "",
-        None,
-        last.name,
+    return _credit(
+        last,
         len(steps) - 1,
-        "expected",
         1.0 - r,
-        f"no step lost the expected answer {expected!r}; the last step {last.name!r} "
-        f"did not produce it",
-        last.span_id,
-        tuple(sorted(last.params_read or {})),
+        f"no earlier step lost the expected answer {expected!r} or stated a wrong one; the "
+        f"last step {last.name!r} did not produce it",
     )
 
 
@@ -206,7 +241,7 @@ def assign(wh: Any, evidence: Evidence, batch: list[Unit]) -> list[Credit]:
                 )
                 break
         if credit is None and key in expected:
-            credit = blame_expected(steps, expected[key], u.inputs)
+            credit = blame_expected(steps, expected[key], u.inputs, u.output)
         if credit is None and good:
             credit = blame_contrast(steps, good)
         if credit is not None:

@@ -33,6 +33,22 @@ def test_the_first_step_that_loses_the_expected_answer_is_blamed() -> None:
     gen = _steps(("reason", '"q"', '"think"'), ("extract", '"think"', '"maybe"'))
     c = blame_expected(gen, "yes", '"q"')
     assert (c.step, c.method) == ("extract", "expected") and "did not produce it" in c.reason
+    # a reasoning step (it writes, not extracts) is not blamed for lacking the answer when
+    # the question lists every option; the step that picked the wrong option is
+    question = '"Do you return? Options: - Yes - No"'
+    two = _steps(
+        ("reason", question, '"Take 3 steps then turn around and walk"'),
+        ("extract", question, '"No"'),
+    )
+    c = blame_expected(two, "Yes", question, '"No"')
+    assert (c.step, c.method) == ("extract", "expected") and "lost the expected" in c.reason
+    # ... but a reasoning that states the wrong answer is
+    concluded = _steps(
+        ("reason", question, '"After the moves we are elsewhere, so no"'),
+        ("extract", question, '"No"'),
+    )
+    c = blame_expected(concluded, "Yes", question, '"No"')
+    assert c.step == "reason" and "states the wrong answer" in c.reason
     # nothing lost and the last output has it: no blame
     fine = _steps(("reason", '"q"', '"yes, maybe"'), ("extract", '"yes, maybe"', '"yes"'))
     assert blame_expected(fine, "yes", '"q"') is None
