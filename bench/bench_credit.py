@@ -157,19 +157,20 @@ def main() -> None:
             "rounds_mean": statistics.mean(fixed) if fixed else None,
             "calls_mean": statistics.mean(r["llm_calls"] for r in rs),
             "tokens_median": statistics.median(r["tokens"] for r in rs),
+            "tokens_mean": statistics.mean(r["tokens"] for r in rs),
             "credit": f"{right}/{total}" if total else "-",
         }
         s = summary[mode]
         print(
             f"| {mode} | {s['fixed']}/{s['n']} | {s['rounds_median']}, "
             f"{s['rounds_mean'] and round(s['rounds_mean'], 2)} | {s['calls_mean']:.1f} | "
-            f"{s['tokens_median']} | {s['credit']} |"
+            f"{s['tokens_median']}, {s['tokens_mean']:.0f} | {s['credit']} |"
         )
     t, st = summary["trace"], summary["step"]
     if t["rounds_mean"] and st["rounds_mean"]:
         print(
             f"\nstep-focused / whole-trace: rounds {st['rounds_mean'] / t['rounds_mean']:.2f}x, "
-            f"tokens (median) {st['tokens_median'] / t['tokens_median']:.2f}x"
+            f"tokens (mean) {st['tokens_mean'] / t['tokens_mean']:.2f}x"
         )
     print(f"wall {time.perf_counter() - t0:.0f} s")
     write_results("credit", {"machine": machine_info(), "rows": rows, "summary": summary})

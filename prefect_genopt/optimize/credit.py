@@ -92,9 +92,12 @@ def _recall(answer: set[str], text: str | None) -> float:
 
 def _extractive(step: Step) -> bool:
     """Most of the step's output words come from its input (it selects or transforms,
-    rather than writes): only such a step can *lose* words its input had."""
+    rather than writes), or it output nothing: only such a step can *lose* words its
+    input had."""
     out = _words(step.output)
-    return bool(out) and len(out & _words(step.inputs)) / len(out) >= EXTRACTIVE_SHARE
+    if not out:  # nothing came out of what went in: it lost every word
+        return True
+    return len(out & _words(step.inputs)) / len(out) >= EXTRACTIVE_SHARE
 
 
 def _credit(s: Step, i: int, score: float, reason: str) -> Credit:

@@ -33,6 +33,11 @@ def test_the_first_step_that_loses_the_expected_answer_is_blamed() -> None:
     gen = _steps(("reason", '"q"', '"think"'), ("extract", '"think"', '"maybe"'))
     c = blame_expected(gen, "yes", '"q"')
     assert (c.step, c.method) == ("extract", "expected") and "did not produce it" in c.reason
+    # a step that drops every word lost the answer too (its empty output is not "written")
+    empty = _steps(
+        ("clean", '["Cat"]', '["cat"]'), ("select", '["cat"]', "[]"), ("render", "[]", '""')
+    )
+    assert blame_expected(empty, "cat", '["Cat"]', '""').step == "select"
     # a reasoning step (it writes, not extracts) is not blamed for lacking the answer when
     # the question lists every option; the step that picked the wrong option is
     question = '"Do you return? Options: - Yes - No"'
