@@ -141,7 +141,7 @@ def main() -> None:
                 )
     summary = {}
     print(
-        "\n| mode | fixed | rounds (median, mean) | LLM calls (mean) | tokens (median) | "
+        "\n| mode | fixed | rounds (median, mean) | LLM calls (mean) | tokens (median, mean) | "
         "credit on step 2 |"
     )
     print("|---|---|---|---|---|---|")
