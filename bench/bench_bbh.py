@@ -160,14 +160,69 @@ class Cache:
     def save(self) -> None:
         save_json(self.path, self.data)
 
+    def complete(
+        self, key: str, model: str, messages: list[dict[str, str]], max_tokens: int
+    ) -> tuple[str, bool]:
+        """``(text, cached)``: one task-model call at temperature 0 through litellm. A
+        reply cached under ``key`` is replayed via ``mock_response``, so the call is traced
+        exactly like a real one; a real reply is cached (and saved at once)."""
+        import litellm
+        from litellm import ModelResponse
+
+        hit = self.data.get(key)
+        kwargs: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "temperature": 0,
+            "max_tokens": max_tokens,
+        }
+        if hit is not None:
+            kwargs["mock_response"] = ModelResponse(
+                model=model,
+                choices=[
+                    {
+                        "message": {"role": "assistant", "content": hit["text"]},
+                        "finish_reason": hit.get("finish_reason") or "stop",
+                    }
+                ],
+                usage={
+                    "prompt_tokens": hit["input_tokens"],
+                    "completion_tokens": hit["output_tokens"],
+                    "total_tokens": hit["input_tokens"] + hit["output_tokens"],
+                },
+            )
+        started = time.perf_counter()
+        resp = litellm.completion(**kwargs)
+        seconds = time.perf_counter() - started
+        text = resp.choices[0].message.content or ""
+        c = self.counts
+        if hit is not None:
+            c["cached_calls"] += 1
+            c["cached_input_tokens"] += hit["input_tokens"]
+            c["cached_output_tokens"] += hit["output_tokens"]
+            return text, True
+        n_in = int(resp.usage.prompt_tokens or 0)
+        n_out = int(resp.usage.completion_tokens or 0)
+        self.data[key] = {
+            "text": text,
+            "finish_reason": resp.choices[0].finish_reason,
+            "input_tokens": n_in,
+            "output_tokens": n_out,
+            "seconds": round(seconds, 3),
+        }
+        c["real_calls"] += 1
+        c["real_input_tokens"] += n_in
+        c["real_output_tokens"] += n_out
+        c["real_seconds"] += seconds
+        self.save()  # a stopped run keeps every reply it paid for
+        return text, False
+
 
 # -- the pipeline ----------------------------------------------------------------------
 
 
 def build(cache: Cache) -> tuple[Any, Any, Any]:
     """Import the library and define the pipeline; returns (genopt, make_flow, MODEL)."""
-    import litellm
-    from litellm import ModelResponse
     from prefect import flow
     from prefect.runtime import flow_run
 
@@ -194,53 +249,9 @@ def build(cache: Cache) -> tuple[Any, Any, Any]:
             {"role": "system", "content": p.instruction},
             {"role": "user", "content": question},
         ]
-        key = cache.key(p.instruction, question)
-        hit = cache.data.get(key)
-        kwargs: dict[str, Any] = {
-            "model": model,
-            "messages": messages,
-            "temperature": 0,
-            "max_tokens": TASK_MAX_TOKENS,
-        }
-        if hit is not None:  # replayed through litellm: traced exactly like the real call
-            kwargs["mock_response"] = ModelResponse(
-                model=model,
-                choices=[
-                    {
-                        "message": {"role": "assistant", "content": hit["text"]},
-                        "finish_reason": hit.get("finish_reason") or "stop",
-                    }
-                ],
-                usage={
-                    "prompt_tokens": hit["input_tokens"],
-                    "completion_tokens": hit["output_tokens"],
-                    "total_tokens": hit["input_tokens"] + hit["output_tokens"],
-                },
-            )
-        started = time.perf_counter()
-        resp = litellm.completion(**kwargs)
-        seconds = time.perf_counter() - started
-        text = resp.choices[0].message.content or ""
-        c = cache.counts
-        if hit is not None:
-            c["cached_calls"] += 1
-            c["cached_input_tokens"] += hit["input_tokens"]
-            c["cached_output_tokens"] += hit["output_tokens"]
-        else:
-            n_in = int(resp.usage.prompt_tokens or 0)
-            n_out = int(resp.usage.completion_tokens or 0)
-            cache.data[key] = {
-                "text": text,
-                "finish_reason": resp.choices[0].finish_reason,
-                "input_tokens": n_in,
-                "output_tokens": n_out,
-                "seconds": round(seconds, 3),
-            }
-            c["real_calls"] += 1
-            c["real_input_tokens"] += n_in
-            c["real_output_tokens"] += n_out
-            c["real_seconds"] += seconds
-            cache.save()  # a stopped run keeps every reply it paid for
+        text, _ = cache.complete(
+            cache.key(p.instruction, question), model, messages, TASK_MAX_TOKENS
+        )
         return text
 
     answer_question.__qualname__ = "answer_question"  # the name the optimizer reads in #Code

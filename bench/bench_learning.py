@@ -136,68 +136,18 @@ def _delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
 
 def make_completer(cache: StepCache, model: str) -> Callable[[str, str, int, str], str]:
     """``complete(system, user, max_tokens, step) -> text``: one task-model call through
-    litellm, replayed from ``cache`` when (system, user) was asked before.
-
-    The same logic as ``bench_bbh``'s ``answer_question``, generalised to any system
-    prompt, user content and token cap, with the calls also counted per step.
-    """
-    import litellm
-    from litellm import ModelResponse
+    ``bench_bbh.Cache.complete`` (replayed when (system, user, max_tokens) was asked
+    before), with the calls also counted per step."""
 
     def complete(system: str, user: str, max_tokens: int, step: str) -> str:
+        messages = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": user},
+        ]
         key = Cache.key(f"{system}\0max_tokens={max_tokens}", user)
-        hit = cache.data.get(key)
-        kwargs: dict[str, Any] = {
-            "model": model,
-            "messages": [
-                {"role": "system", "content": system},
-                {"role": "user", "content": user},
-            ],
-            "temperature": 0,
-            "max_tokens": max_tokens,
-        }
-        if hit is not None:  # replayed through litellm: traced exactly like the real call
-            kwargs["mock_response"] = ModelResponse(
-                model=model,
-                choices=[
-                    {
-                        "message": {"role": "assistant", "content": hit["text"]},
-                        "finish_reason": hit.get("finish_reason") or "stop",
-                    }
-                ],
-                usage={
-                    "prompt_tokens": hit["input_tokens"],
-                    "completion_tokens": hit["output_tokens"],
-                    "total_tokens": hit["input_tokens"] + hit["output_tokens"],
-                },
-            )
-        started = time.perf_counter()
-        resp = litellm.completion(**kwargs)
-        seconds = time.perf_counter() - started
-        text = resp.choices[0].message.content or ""
-        c = cache.counts
-        s = cache.by_step.setdefault(step, {"real": 0, "cached": 0})
-        if hit is not None:
-            c["cached_calls"] += 1
-            c["cached_input_tokens"] += hit["input_tokens"]
-            c["cached_output_tokens"] += hit["output_tokens"]
-            s["cached"] += 1
-        else:
-            n_in = int(resp.usage.prompt_tokens or 0)
-            n_out = int(resp.usage.completion_tokens or 0)
-            cache.data[key] = {
-                "text": text,
-                "finish_reason": resp.choices[0].finish_reason,
-                "input_tokens": n_in,
-                "output_tokens": n_out,
-                "seconds": round(seconds, 3),
-            }
-            c["real_calls"] += 1
-            c["real_input_tokens"] += n_in
-            c["real_output_tokens"] += n_out
-            c["real_seconds"] += seconds
-            s["real"] += 1
-            cache.save()  # a stopped run keeps every reply it paid for
+        text, cached = cache.complete(key, model, messages, max_tokens)
+        counts = cache.by_step.setdefault(step, {"real": 0, "cached": 0})
+        counts["cached" if cached else "real"] += 1
         return text
 
     return complete
