@@ -299,10 +299,9 @@ def gate_candidate(
     proposal_id: str,
     evidence_run_ids: list[str],
 ) -> dict[str, Any]:
-    """The replay gate on a proposal, with start_rollout's bookkeeping (rating, rejection)."""
-    from prefect_genopt.optimize.proposals import set_status
-    from prefect_genopt.optimize.ratings import rate
-    from prefect_genopt.replay.gate import replay_gate
+    """The replay gate on a proposal, with start_rollout's bookkeeping (rating, rejection:
+    ``replay.gate.gate_proposal``)."""
+    from prefect_genopt.replay.gate import gate_proposal
     from prefect_genopt.tunables import param_set_id
 
     pipeline = f"bbh2-{task}"
@@ -311,37 +310,21 @@ def gate_candidate(
     try:
         wh.ingest()  # the validation run of the stable params must be in SQL
         before = _counts(cache)
-        g = replay_gate(
+        g = gate_proposal(
             pipeline,
             candidate,
             kpi=KPI,
             stable_param_set_id=stable_id,
             candidate_param_set_id=candidate_id,
+            proposal_id=proposal_id,
+            actor="bench_learning",
             direction="higher",
             tolerance=GATE_TOLERANCE,
             exclude_run_ids=evidence_run_ids,
             runs=1,
-            proposal_id=proposal_id,
             warehouse=wh,
         )
         cost = _delta(_counts(cache), before)
-        note = f"replay gate {g.outcome}: {g.reason}"
-        if g.outcome in ("passed", "stopped"):
-            rate(
-                wh,
-                proposal_id,
-                pipeline,
-                "replay_gate",
-                f"gate_{g.outcome}",
-                KPI,
-                "higher",
-                g.effect,
-                g.relative_effect,
-                g.n_items,
-                g.n_items,
-            )
-        if g.stopped:
-            set_status(wh, proposal_id, "rejected", reason=note, actor="bench_learning")
         wh.ingest_if_free()
     finally:
         wh.close()

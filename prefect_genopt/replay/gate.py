@@ -45,7 +45,15 @@ from prefect_genopt.redaction import REDACTED, clean
 from prefect_genopt.warehouse import Warehouse, as_warehouse
 from prefect_genopt.warehouse.schema import utcnow
 
-__all__ = ["GateResult", "judge", "replay_gate", "replayable_runs", "load_entrypoint", "ARM"]
+__all__ = [
+    "GateResult",
+    "judge",
+    "replay_gate",
+    "gate_proposal",
+    "replayable_runs",
+    "load_entrypoint",
+    "ARM",
+]
 
 logger = logging.getLogger("prefect_genopt.replay")
 
@@ -299,6 +307,64 @@ def replay_gate(
     )
     logger.info("replay gate for %s: %s: %s", pipeline, result.outcome, result.reason)
     return result
+
+
+def gate_proposal(
+    pipeline: str,
+    candidate_values: dict[str, Any],
+    *,
+    kpi: str,
+    stable_param_set_id: str,
+    candidate_param_set_id: str,
+    proposal_id: str | None,
+    actor: str,
+    direction: str = "higher",
+    tolerance: float = 0.05,
+    tolerance_mode: str = "relative",
+    exclude_run_ids: Iterable[str] = (),
+    runs: int = 1,
+    warehouse: Warehouse | str | None = None,
+) -> GateResult:
+    """:func:`replay_gate`, then its bookkeeping: a passed or stopped gate rates the
+    proposal (retrospective memory), and a stopped one rejects it, with the numbers."""
+    from prefect_genopt.optimize.ratings import rate
+
+    wh = as_warehouse(warehouse)
+    g = replay_gate(
+        pipeline,
+        candidate_values,
+        kpi=kpi,
+        stable_param_set_id=stable_param_set_id,
+        candidate_param_set_id=candidate_param_set_id,
+        direction=direction,
+        tolerance=tolerance,
+        tolerance_mode=tolerance_mode,
+        exclude_run_ids=exclude_run_ids,
+        runs=runs,
+        proposal_id=proposal_id,
+        warehouse=wh,
+    )
+    if proposal_id is not None and g.outcome in ("passed", "stopped"):
+        rate(
+            wh,
+            proposal_id,
+            pipeline,
+            "replay_gate",
+            f"gate_{g.outcome}",
+            kpi,
+            direction,
+            g.effect,
+            g.relative_effect,
+            g.n_items,
+            g.n_items,
+        )
+    if g.stopped and proposal_id is not None:
+        from prefect_genopt.optimize.proposals import set_status
+
+        set_status(
+            wh, proposal_id, "rejected", reason=f"replay gate {g.outcome}: {g.reason}", actor=actor
+        )
+    return g
 
 
 def _replay(

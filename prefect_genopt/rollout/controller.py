@@ -32,7 +32,7 @@ import orjson
 
 from prefect_genopt import spool
 from prefect_genopt.locks import pipeline_lock
-from prefect_genopt.optimize.ratings import rate, rating_row
+from prefect_genopt.optimize.ratings import rating_row
 from prefect_genopt.records import current_user, row_record
 from prefect_genopt.redaction import clean
 from prefect_genopt.rollout import state as sm
@@ -396,42 +396,25 @@ def start_rollout(
         raise RolloutError(f"the candidate {canary} is the stable param set already")
     gate_note = "replay gate off"
     if gate:
-        from prefect_genopt.replay.gate import replay_gate
+        from prefect_genopt.replay.gate import gate_proposal
 
-        g = replay_gate(
+        g = gate_proposal(
             pipeline,
             canary_values,
             kpi=the_plan.kpi,
             stable_param_set_id=stable,
             candidate_param_set_id=canary,
+            proposal_id=proposal_id,
+            actor=actor,
             direction=the_plan.direction,
             tolerance=the_plan.tolerance,
             tolerance_mode=the_plan.tolerance_mode,
             exclude_run_ids=evidence,
             runs=gate_runs,
-            proposal_id=proposal_id,
             warehouse=wh,
         )
         gate_note = f"replay gate {g.outcome}: {g.reason}"
-        if proposal_id is not None and g.outcome in ("passed", "stopped"):
-            rate(
-                wh,
-                proposal_id,
-                pipeline,
-                "replay_gate",
-                f"gate_{g.outcome}",
-                the_plan.kpi,
-                the_plan.direction,
-                g.effect,
-                g.relative_effect,
-                g.n_items,
-                g.n_items,
-            )
         if g.stopped:
-            if proposal_id is not None:
-                from prefect_genopt.optimize.proposals import set_status
-
-                set_status(wh, proposal_id, "rejected", reason=gate_note, actor=actor)
             raise GateStopped(f"{canary} was not rolled out: {gate_note}")
     with _lock(pipeline):
         before = get_state(pipeline)

@@ -12,6 +12,7 @@ from prefect_genopt.optimize.credit import Credit, blame_contrast, blame_expecte
 from prefect_genopt.optimize.evidence import Step
 from tests.optimize import scripted
 from tests.optimize.steps3 import steps3
+from tests.optimize.test_runner import candidate_values
 
 
 def _steps(*outs: tuple[str, str, str]) -> list[Step]:
@@ -106,11 +107,6 @@ def test_step_focused_problem_fixes_the_step_2_fault(
     variables = prompt.split("#Variables\n", 1)[1].split("\n#", 1)[0]
     assert "min_len" in variables and "(string) case" not in variables
     # the candidate passes every item of a fresh batch
-    values = orjson.loads(
-        wh.sql(
-            'SELECT "values" FROM param_sets WHERE param_set_id = ?',
-            [proposal.candidate_param_set_id],
-        )[0]["values"]
-    )
+    values = candidate_values(proposal.candidate_param_set_id)
     with genopt.pinned_params(values, arm="offline"):
         assert steps3(n=8, seed=99) == 1.0

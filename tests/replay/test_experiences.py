@@ -190,6 +190,7 @@ def test_a_graded_kpi_needs_a_threshold(fresh: Path) -> None:
 def test_the_optimizer_picks_demos_from_verified_experiences(fresh: Path) -> None:
     from prefect_genopt.optimize import OptimizerSettings, optimize
     from tests.optimize import scripted
+    from tests.optimize.test_runner import candidate_values
 
     replayer(ITEMS)
     genopt.harvest("replayer", "correct")
@@ -207,12 +208,7 @@ def test_the_optimizer_picks_demos_from_verified_experiences(fresh: Path) -> Non
     prompt = scripted.PROMPTS["demos"][0][-1]["content"]
     assert "#Demo candidates" in prompt and "examples is a list of few-shot demos" in prompt
     wh = genopt.Warehouse()
-    values = orjson.loads(
-        wh.sql(
-            'SELECT "values" FROM param_sets WHERE param_set_id = ?',
-            [proposal.candidate_param_set_id],
-        )[0]["values"]
-    )
+    values = candidate_values(proposal.candidate_param_set_id)
     verified = {
         r["experience_id"]: r
         for r in wh.sql("SELECT experience_id, item_key FROM experiences WHERE status = 'verified'")
