@@ -380,7 +380,12 @@ def _instrument_task_fn(fn: Callable[..., Any], policy: StepPolicy) -> Callable[
         span = trace.get_current_span()
         reads: dict[str, Any] = {}
         # an item's arm, the params read and the models called stay in their task
-        token = (_reads.set(reads), item_var.set(None), step_var.set(StepState()))
+        # (a step record's item and models only for a recording step: no cost otherwise)
+        token = (
+            _reads.set(reads),
+            item_var.set(None),
+            step_var.set(StepState()) if policy.active else None,
+        )
         if span.is_recording():
             span.set_attributes(static)
             span.set_attribute(semconv.INPUTS, clean(_bind(sig, args, kwargs)))
@@ -389,7 +394,8 @@ def _instrument_task_fn(fn: Callable[..., Any], policy: StepPolicy) -> Callable[
     def after(span: Any, reads: dict[str, Any], token: Any) -> None:
         _reads.reset(token[0])
         item_var.reset(token[1])
-        step_var.reset(token[2])
+        if token[2] is not None:
+            step_var.reset(token[2])
         if reads and span.is_recording():
             span.set_attribute(semconv.PARAMS_READ, clean(reads))
 
@@ -403,8 +409,10 @@ def _instrument_task_fn(fn: Callable[..., Any], policy: StepPolicy) -> Callable[
 
     def replayed(span: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The replayed output, or _COMPUTE; records the decision on the span."""
+        if not policy.replay:
+            return _COMPUTE
         rc = run_var.get()
-        if not policy.replay or rc is None:
+        if rc is None:
             return _COMPUTE
         bound = _bind(sig, args, kwargs)
         hit, why = try_replay(policy, rc, task_name, version, bound)
@@ -428,8 +436,8 @@ def _instrument_task_fn(fn: Callable[..., Any], policy: StepPolicy) -> Callable[
         started: int,
         replay_id: str | None = None,
     ) -> None:
-        rc = run_var.get()
-        if policy.active and rc is not None:
+        rc = run_var.get() if policy.active else None
+        if rc is not None:
             try:
                 record_step(
                     policy,
