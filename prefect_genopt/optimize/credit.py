@@ -12,10 +12,16 @@ blame, in this order of preference:
    counts) lost the answer; a step that writes its output (a reasoning) and states
    the wrong final answer without the expected one concluded wrongly. When no step
    did either, the last step failed to produce it.
-3. ``contrast``: no expected answer, but passing units in the minibatch ran the
-   same steps. For each step, how much less its output resembles the passing
-   units' output of the same step than its input resembled theirs (word Jaccard);
-   the first step where that gap exceeds :data:`CONTRAST_GAP` deviated.
+3. ``ndtw``: no expected answer, but passing units in the minibatch ran the
+   same pipeline. The passing units on the most similar inputs (word Jaccard of
+   the pipeline inputs, at most :data:`REFERENCES`) are the references. The
+   failed unit's trajectory (its task steps, in order) is aligned with each by
+   dynamic time warping over step outputs, and the reference with the highest
+   normalised DTW score (nDTW, Ilharco et al. 2019) is kept. Along that alignment,
+   the first step whose output is further from its reference step's output than
+   its input was from the reference step's input, by more than
+   :data:`CONTRAST_GAP`, deviated. Retried or skipped steps do not shift the
+   comparison: the warping path aligns them.
 
 A unit no method can judge gets no credit. Credits are recorded in the
 ``step_credit`` table; the optimizer's step-focused problem then shows only the
@@ -34,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -50,6 +57,7 @@ __all__ = [
     "assign",
     "blame_expected",
     "blame_contrast",
+    "ndtw",
     "focus",
     "credit_rows",
     "CONTRAST_GAP",
@@ -59,6 +67,10 @@ __all__ = [
 EXTRACTIVE_SHARE = 0.5
 #: how much less alike (word Jaccard) a step's output may be than its input before it deviates
 CONTRAST_GAP = 0.3
+#: nDTW's distance threshold: an alignment whose mean step distance is this scores e**-1
+NDTW_THRESHOLD = 0.5
+#: how many passing units on the most similar inputs serve as references for ``ndtw``
+REFERENCES = 3
 _WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
 
 
@@ -169,30 +181,91 @@ def _jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
+def _distance(a: Step, b: Step, field: str) -> float:
+    """1 - word Jaccard of two steps' ``field`` (``inputs`` or ``output``); 1.0 between
+    steps of different names."""
+    if a.name != b.name:
+        return 1.0
+    return 1.0 - _jaccard(_words(getattr(a, field)), _words(getattr(b, field)))
+
+
+def _dtw(query: list[Step], ref: list[Step]) -> tuple[float, list[tuple[int, int]]]:
+    """Dynamic time warping of two trajectories over step outputs: the cost of the best
+    alignment and its path of (query index, reference index) pairs, in order."""
+    n, m = len(query), len(ref)
+    inf = math.inf
+    cost = [[inf] * (m + 1) for _ in range(n + 1)]
+    cost[0][0] = 0.0
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            d = _distance(query[i - 1], ref[j - 1], "output")
+            cost[i][j] = d + min(cost[i - 1][j], cost[i][j - 1], cost[i - 1][j - 1])
+    path, i, j = [], n, m
+    while i > 0 and j > 0:
+        path.append((i - 1, j - 1))
+        moves = {(i - 1, j - 1): cost[i - 1][j - 1], (i - 1, j): cost[i - 1][j]}
+        moves[(i, j - 1)] = cost[i][j - 1]
+        i, j = min(moves, key=lambda k: (moves[k], k != (i - 1, j - 1)))
+    return cost[n][m], path[::-1]
+
+
+def ndtw(query: list[Step], ref: list[Step]) -> float:
+    """Normalised DTW of two trajectories over step outputs, in [0, 1] (1: the same
+    outputs of the same steps): ``exp(-DTW / (len(ref) * NDTW_THRESHOLD))``.
+
+    Example:
+        >>> a = [Step("1", "task", "x", output='"a b"'), Step("2", "task", "y", output='"c"')]
+        >>> ndtw(a, a), round(ndtw(a, a[:1]), 3)
+        (1.0, 0.135)
+    """
+    if not query or not ref:
+        return 0.0
+    total, _ = _dtw(query, ref)
+    return math.exp(-total / (len(ref) * NDTW_THRESHOLD))
+
+
 def blame_contrast(steps: list[Step], good: list[list[Step]]) -> Credit | None:
-    """The first step whose output drifts from the passing units' same step more than
-    its input did (see the module docstring)."""
-    for i, s in enumerate(steps):
-        peers = [g for run in good for g in run if g.name == s.name]
-        if not peers:
+    """The first step of ``steps`` whose output departs from the best-aligned passing
+    trajectory in ``good`` more than its input did (see the module docstring)."""
+    refs = [g for g in good if g]
+    if not steps or not refs:
+        return None
+    ref = max(refs, key=lambda g: ndtw(steps, g))
+    score = ndtw(steps, ref)
+    _, path = _dtw(steps, ref)
+    gaps: dict[int, tuple[float, float, float]] = {}
+    for i, j in path:
+        s, r = steps[i], ref[j]
+        if s.name != r.name:
             continue
-        sim_in = max(_jaccard(_words(s.inputs), _words(p.inputs)) for p in peers)
-        sim_out = max(_jaccard(_words(s.output), _words(p.output)) for p in peers)
-        gap = sim_in - sim_out
+        d_in, d_out = _distance(s, r, "inputs"), _distance(s, r, "output")
+        if i not in gaps or d_out - d_in < gaps[i][0]:
+            gaps[i] = (d_out - d_in, d_in, d_out)
+    for i in sorted(gaps):
+        gap, d_in, d_out = gaps[i]
         if gap > CONTRAST_GAP:
+            s = steps[i]
             return Credit(
                 "",
                 None,
                 s.name,
                 i,
-                "contrast",
+                "ndtw",
                 gap,
-                f"step {s.name!r} is the first whose output departs from passing examples "
-                f"(input similarity {sim_in:.2f}, output similarity {sim_out:.2f})",
+                f"step {s.name!r} is the first whose output departs from the best-aligned "
+                f"passing example (nDTW {score:.2f}): input distance {d_in:.2f}, "
+                f"output distance {d_out:.2f}",
                 s.span_id,
                 tuple(sorted(s.params_read or {})),
             )
     return None
+
+
+def _references(unit: Unit, good: list[Unit]) -> list[list[Step]]:
+    """The task steps of the passing units whose pipeline inputs are most like ``unit``'s."""
+    words = _words(unit.inputs)
+    ranked = sorted(good, key=lambda g: -_jaccard(words, _words(g.inputs)))
+    return [task_steps(g) for g in ranked[:REFERENCES]]
 
 
 def _expected_and_step_feedback(
@@ -222,7 +295,7 @@ def assign(wh: Any, evidence: Evidence, batch: list[Unit]) -> list[Credit]:
     if not failed:
         return []
     expected, per_step = _expected_and_step_feedback(wh, evidence, batch)
-    good = [task_steps(u) for u in batch if _passed(evidence, u)]
+    good = [u for u in batch if _passed(evidence, u)]
     out = []
     for u in failed:
         steps = task_steps(u)
@@ -246,7 +319,7 @@ def assign(wh: Any, evidence: Evidence, batch: list[Unit]) -> list[Credit]:
         if credit is None and key in expected:
             credit = blame_expected(steps, expected[key], u.inputs, u.output)
         if credit is None and good:
-            credit = blame_contrast(steps, good)
+            credit = blame_contrast(steps, _references(u, good))
         if credit is not None:
             out.append(
                 Credit(

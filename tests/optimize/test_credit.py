@@ -8,7 +8,7 @@ import orjson
 
 import prefect_genopt as genopt
 from prefect_genopt.optimize import OptimizerSettings, optimize
-from prefect_genopt.optimize.credit import Credit, blame_contrast, blame_expected, focus
+from prefect_genopt.optimize.credit import Credit, blame_contrast, blame_expected, focus, ndtw
 from prefect_genopt.optimize.evidence import Step
 from tests.optimize import scripted
 from tests.optimize.steps3 import steps3
@@ -64,8 +64,35 @@ def test_contrast_blames_the_step_that_departs_from_passing_runs() -> None:
     good = [_steps(("a", '"x y"', '"x y"'), ("b", '"x y"', '"x y z"'))]
     bad = _steps(("a", '"x y"', '"x y"'), ("b", '"x y"', '"q"'))
     c = blame_contrast(bad, good)
-    assert c is not None and c.step == "b" and c.method == "contrast"
+    assert c is not None and (c.step, c.index, c.method) == ("b", 1, "ndtw")
+    assert "nDTW" in c.reason
     assert blame_contrast(good[0], good) is None
+    # a step whose input already differed is not blamed for its output differing too
+    shifted = _steps(("a", '"x y"', '"p q"'), ("b", '"p q"', '"p q r"'))
+    assert blame_contrast(shifted, good).step == "a"
+
+
+def test_ndtw_aligns_a_retried_step_instead_of_shifting_the_comparison() -> None:
+    ref = _steps(
+        ("fetch", '"id 7"', '"cat garden"'),
+        ("select", '"cat garden"', '"cat"'),
+        ("render", '"cat"', '"cat"'),
+    )
+    # fetch ran twice (a retry), then select lost the word the passing run kept
+    retried = _steps(
+        ("fetch", '"id 7"', '"cat garden"'),
+        ("fetch", '"id 7"', '"cat garden"'),
+        ("select", '"cat garden"', '"garden"'),
+        ("render", '"garden"', '"garden"'),
+    )
+    c = blame_contrast(retried, [ref])
+    assert (c.step, c.index) == ("select", 2)
+    assert ndtw(ref, ref) == 1.0
+    assert 0.0 < ndtw(retried, ref) < 1.0
+    # the best-aligned of several references is the one compared
+    other = _steps(("fetch", '"id 9"', '"dog park"'), ("select", '"dog park"', '"dog"'))
+    assert ndtw(retried, ref) > ndtw(retried, other)
+    assert blame_contrast(retried, [other, ref]).step == "select"
 
 
 def test_focus_picks_the_most_blamed_step_that_reads_an_editable_param() -> None:
