@@ -11,7 +11,8 @@ trainable nodes. Here the trace is a minibatch of units from the warehouse:
 * per unit ``#Inputs``, ``#Others`` (intermediate steps: tasks, LLM calls),
   ``#Outputs`` and ``#Feedback`` (KPI, text critique); then the minibatch's
   aggregate ``#Feedback``;
-* ``#Memory``: past proposals for the pipeline with their outcomes.
+* ``#Memory``: past proposals for the pipeline with their outcomes (left out while
+  there are none).
 
 Values are cut at the credit horizon with a visible mark. The answer is
 ``{"reasoning": ..., "suggestion": {name: value}}`` (an empty suggestion asks
@@ -405,8 +406,6 @@ class OptoPrime(Optimizer):
     def _memory(
         self, memory: list[MemoryEntry], settings: OptimizerSettings, problem: Problem
     ) -> str:
-        if not memory:
-            return "(no earlier proposals)"
         lines = []
         for m in memory:
             outcome = f"; outcome: {m.outcome}" if m.outcome else ""
@@ -545,7 +544,7 @@ class OptoPrime(Optimizer):
                 f"runs ({'higher' if evidence.direction == 'higher' else 'lower'} is better)."
             )
         sections.append(("#Feedback (this minibatch)", aggregate))
-        if settings.memory_size > 0:
+        if settings.memory_size > 0 and memory:  # an empty section still sways a small model
             sections.append(
                 ("#Memory (earlier proposals)", self._memory(memory, settings, problem))
             )

@@ -9,7 +9,7 @@ from prefect import flow
 
 import prefect_genopt as genopt
 from prefect_genopt.optimize import OptimizerSettings, OptoPrime, collect
-from prefect_genopt.optimize.optoprime import SYSTEM_PROMPT, answer_schema
+from prefect_genopt.optimize.optoprime import SYSTEM_PROMPT, MemoryEntry, answer_schema
 from tests.optimize import scripted
 
 SECTIONS = (
@@ -34,11 +34,16 @@ def knob_runs(prefect_api: str, warehouse_path: Path) -> Path:
     return warehouse_path
 
 
-def render(**kw: object) -> tuple[str, object]:
+MEMORY = [
+    MemoryEntry("p1", "2026-11-01", {"level": 0.9}, "push harder", "rolled_back", "closeness -0.2")
+]
+
+
+def render(memory: list[MemoryEntry] = MEMORY, **kw: object) -> tuple[str, object]:
     s = OptimizerSettings(pipeline="knob", **kw)
     ev = collect(genopt.Warehouse(), s)
     editable = kw.get("starting_artifact", {}).get("editable") or ["level", "note"]  # type: ignore[union-attr]
-    problem = OptoPrime().problem(ev, ev.minibatches[0], [], s, editable)
+    problem = OptoPrime().problem(ev, ev.minibatches[0], memory, s, editable)
     return problem.render(), problem
 
 
@@ -55,8 +60,12 @@ def test_problem_has_every_optoprime_section_in_order(knob_runs: Path) -> None:
     assert "critique: too low" in text
     assert "mean 0.5 over these 2 items" in text and "over 10 items in 2 runs" in text
     assert text.count("## Example") == 2
+    assert 'changed {"level":0.9}: status rolled_back; outcome: closeness -0.2' in text
     msgs = OptoPrime().messages(problem)
     assert msgs[0] == {"role": "system", "content": SYSTEM_PROMPT}
+    # no earlier proposal: no #Memory section at all (an empty one sways a small model)
+    bare, _ = render(memory=[], minibatch_size=2)
+    assert "#Memory" not in bare and "#Answer" in bare
 
 
 def test_credit_horizon_cuts_values_with_a_visible_mark(knob_runs: Path) -> None:
