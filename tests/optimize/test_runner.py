@@ -143,7 +143,7 @@ def test_a_proposal_is_complete_in_sql_with_its_lineage(knob_runs: Path) -> None
         ("oob", "rejected", "level: 7.5 is greater than the maximum of 1.0", 2),
         ("wrongtype", "rejected", "level: 'very high' is not of type 'number'", 2),
         ("empty", "no_change", "the model asked for no change", 1),
-        ("unchanged", "no_change", "every suggested value equals the current one", 2),
+        ("unchanged", "no_change", "every suggested value equals the current one", 1),
         ("cutoff", "rejected", "cut off at the token limit", 2),
     ],
 )
