@@ -160,14 +160,36 @@ def load_entrypoint(entrypoint: str | dict[str, Any]) -> Any:
     ep = orjson.loads(entrypoint) if isinstance(entrypoint, str) else entrypoint
     if os.getcwd() not in sys.path:  # entrypoints are relative to the project, as Prefect's
         sys.path.append(os.getcwd())
-    if ep["module"] == "__main__":  # a script run as `python script.py`: load it by its file
-        module = _load_script(ep.get("file") or "")
+    if ep["module"] == "__main__":  # a script run as `python script.py`
+        live = _running_script(ep.get("file") or "")
+        if live is not None:  # this process runs it: its flows as they are now (even
+            try:  # ones it made at run time), without importing it a second time
+                return _attr_path(live, ep["function"])
+            except AttributeError:
+                pass
+        module = _load_script(ep.get("file") or "")  # another process: load it by its file
     else:
         module = importlib.import_module(ep["module"])
-    obj = module
-    for part in ep["function"].split("."):
+    return _attr_path(module, ep["function"])
+
+
+def _attr_path(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _running_script(file: str) -> Any:
+    """This process's ``__main__`` module when it is the script ``file``, else None."""
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    if not file or not main_file:
+        return None
+    try:
+        same = Path(main_file).resolve() == Path(file).resolve()
+    except OSError:
+        return None
+    return main if same else None
 
 
 def _replayable(inputs: str | None) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import orjson
@@ -125,3 +126,30 @@ def test_a_flow_defined_in_a_script_run_as_main_is_loaded_from_its_file(tmp_path
     assert fn() == 42  # loaded by file, its __main__ block not run
     with pytest.raises(ImportError, match="not found from here"):
         load_entrypoint({"module": "__main__", "function": "my_flow", "file": "gone.py"})
+
+
+def test_the_running_script_s_flows_are_taken_as_they_are_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the process that runs the script, a flow it made at run time (not in the file) is
+    found, and the script is not imported a second time."""
+    import types
+
+    from prefect_genopt.replay.gate import load_entrypoint
+
+    script = tmp_path / "runner.py"
+    script.write_text("def in_file():\n    return 'from the file'\n")
+    main = types.ModuleType("__main__")
+    main.__file__ = str(script)
+    main.made_at_run_time = lambda: "live"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    ep = {"module": "__main__", "file": str(script)}
+    assert load_entrypoint({**ep, "function": "made_at_run_time"})() == "live"
+    # a name the live module lacks still comes from the file
+    assert load_entrypoint({**ep, "function": "in_file"})() == "from the file"
+    # another script than the running one: from its file, never the live module
+    other = tmp_path / "other.py"
+    other.write_text("def made_at_run_time():\n    return 'other file'\n")
+    assert load_entrypoint({**ep, "file": str(other), "function": "made_at_run_time"})() == (
+        "other file"
+    )
