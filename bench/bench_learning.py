@@ -577,6 +577,19 @@ def _vindex(key: str) -> int:
     return VARIANTS.index(v) if v in VARIANTS else len(VARIANTS)
 
 
+def merge(results: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with ``other``'s runs folded in (a run saved in both is an error)."""
+    both = set(results.get("runs_by_key", {})) & set(other.get("runs_by_key", {}))
+    if both:
+        raise SystemExit(f"runs saved in both files: {sorted(both)}")
+    results.setdefault("runs_by_key", {}).update(other.get("runs_by_key", {}))
+    results.setdefault("discarded", {}).update(other.get("discarded", {}))
+    results.setdefault("runs", []).extend(other.get("runs", []))
+    order = [*results.get("tasks_order", []), *other.get("tasks_order", [])]
+    results["tasks_order"] = list(dict.fromkeys(order))
+    return results
+
+
 def report(results: dict[str, Any]) -> str:
     """Markdown tables of the saved results: every (task, seed, variant), then the gates."""
     runs = results.get("runs_by_key", {})
@@ -651,6 +664,13 @@ def report(results: dict[str, Any]) -> str:
     not_run = results.get("not_run") or {}
     if not_run:
         out += ["", "Not run: " + "; ".join(f"{k}: {v}" for k, v in sorted(not_run.items()))]
+    for key, d in sorted((results.get("discarded") or {}).items()):
+        r = d["record"]
+        out += [
+            "",
+            f"Discarded and re-run: {key} (had scored {r['test_start']:.3f} → "
+            f"{r['test_final']:.3f}): {d['reason']}",
+        ]
     out += ["", f"Final params (first {PROMPT_SHOWN} characters; the JSON has them whole):", ""]
     for key in sorted(runs, key=lambda k: (k.split("/")[0], k.split("/")[1], _vindex(k))):
         fp = runs[key]["final_params"]
@@ -684,6 +704,12 @@ def main(argv: list[str] | None = None) -> int:
         help="do not test the gate's stopped candidates (and their parents) on the test set",
     )
     ap.add_argument("--report", action="store_true", help="print the saved results as Markdown")
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        metavar="OTHER_JSON",
+        help="fold the runs of another results file (a second process's --out) into --out",
+    )
     args = ap.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -697,6 +723,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (WORK_DIR / "learning_bbh.quick.json" if args.quick else OUT)
     if args.report:
         print(report(json.loads(out.read_text())))
+        return 0
+    if args.merge:
+        merged = merge(json.loads(out.read_text()), json.loads(args.merge.read_text()))
+        save_json(out, merged)
+        log(f"merged {args.merge} into {out}: {len(merged['runs_by_key'])} run(s)")
         return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     args.cache.parent.mkdir(parents=True, exist_ok=True)
