@@ -29,8 +29,8 @@ from typing import Any, ClassVar
 import orjson
 
 from prefect_genopt.optimize.config import OptimizerSettings
-from prefect_genopt.optimize.credit import Credit, focus
 from prefect_genopt.optimize.evidence import Evidence, Step, Unit
+from prefect_genopt.optimize.step_credit import Credit, focus
 from prefect_genopt.redaction import redact, truncate
 
 __all__ = [
@@ -232,7 +232,7 @@ class Optimizer(abc.ABC):
         credits: list[Credit] | None = None,
     ) -> Problem:
         """Build one update's problem from a minibatch (focused on one step when
-        ``credits`` blame one, see :mod:`prefect_genopt.optimize.credit`)."""
+        ``credits`` blame one, see :mod:`prefect_genopt.optimize.step_credit`)."""
 
     @abc.abstractmethod
     def messages(self, problem: Problem) -> list[dict[str, str]]:

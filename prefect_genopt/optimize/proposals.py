@@ -21,7 +21,6 @@ from typing import Any
 import orjson
 
 from prefect_genopt import spool
-from prefect_genopt.optimize.optoprime import MemoryEntry
 from prefect_genopt.records import current_user, row_record
 from prefect_genopt.redaction import clean
 from prefect_genopt.warehouse import Warehouse
@@ -37,7 +36,6 @@ __all__ = [
     "reject_proposal",
     "list_proposals",
     "get_proposal",
-    "memory",
     "markdown",
 ]
 
@@ -196,99 +194,6 @@ def list_proposals(
         f"SELECT * FROM proposals {clause} ORDER BY created_at DESC, proposal_id DESC LIMIT ?",
         [*params, limit],
     )
-
-
-def _rated_memory(wh: Warehouse, pipeline: str, size: int) -> list[MemoryEntry]:
-    """The best- and the worst-rated past reflections (Retroformer), best first."""
-    from prefect_genopt.optimize.ratings import reflections
-
-    rated = sorted(
-        (r for r in reflections(wh, pipeline) if r["rating"]["relative_effect"] is not None),
-        key=lambda r: -r["rating"]["relative_effect"],
-    )
-    best = rated[: (size + 1) // 2]
-    worst = [r for r in reversed(rated) if r not in best][: size - len(best)]
-    out = []
-    for r in [*best, *reversed(worst)]:
-        g = r["rating"]
-        n = f" on {g['n_candidate']} items" if g["n_candidate"] else ""
-        out.append(
-            MemoryEntry(
-                proposal_id=r["proposal_id"],
-                created_at=(r["created_at"] or "?")[:10],
-                diff=r["suggestion"] or {},
-                reasoning=r["reflection"] or "",
-                status=g["outcome"] or "",
-                outcome=f"rated by its {g['source'].replace('_', ' ')}: "
-                f"{r['evidence']['kpi']} {g['relative_effect']:+.1%} vs stable{n} "
-                f"({g['outcome']})",
-            )
-        )
-    return out
-
-
-def memory(wh: Warehouse, pipeline: str, size: int, kpi: str | None = None) -> list[MemoryEntry]:
-    """Past proposals with a change, and their outcomes, for the optimizer's #Memory.
-
-    First the best- and the worst-rated past reflections (a proposal is rated when
-    its replay gate or canary ends: its KPI delta against stable); the rest of the
-    ``size`` slots go to the most recent other proposals, whose outcome is the KPI
-    mean of the candidate's runs next to the parent's where the candidate ran,
-    else their status.
-    """
-    if size <= 0:
-        return []
-    rated = _rated_memory(wh, pipeline, size)
-    seen = {m.proposal_id for m in rated}
-    return (
-        rated
-        + [
-            m
-            for m in _recent_memory(wh, pipeline, size + len(seen), kpi)
-            if m.proposal_id not in seen
-        ][: size - len(rated)]
-    )
-
-
-def _recent_memory(
-    wh: Warehouse, pipeline: str, size: int, kpi: str | None = None
-) -> list[MemoryEntry]:
-    rows = wh.sql(
-        """
-        SELECT p.proposal_id, p.created_at, p.diff, p.reasoning, p.status, p.status_reason,
-               p.kpi, c.mean AS cand_mean, c.n AS cand_n, b.mean AS parent_mean, b.n AS parent_n
-        FROM proposals p
-        LEFT JOIN (SELECT param_set_id, kpi, avg(value) AS mean, count(*) AS n FROM feedback
-                   WHERE pipeline = ? AND value IS NOT NULL GROUP BY ALL) c
-          ON c.param_set_id = p.candidate_param_set_id AND c.kpi = p.kpi
-        LEFT JOIN (SELECT param_set_id, kpi, avg(value) AS mean, count(*) AS n FROM feedback
-                   WHERE pipeline = ? AND value IS NOT NULL GROUP BY ALL) b
-          ON b.param_set_id = p.parent_param_set_id AND b.kpi = p.kpi
-        WHERE p.pipeline = ? AND p.diff IS NOT NULL AND p.diff::VARCHAR <> 'null'
-        ORDER BY p.created_at DESC LIMIT ?
-        """,
-        [pipeline, pipeline, pipeline, size],
-    )
-    out = []
-    for r in rows:
-        outcome = None
-        if r["cand_n"]:
-            outcome = f"{r['kpi']} mean {r['cand_mean']:.3g} over {r['cand_n']} with the change"
-            if r["parent_n"]:
-                outcome += f" vs {r['parent_mean']:.3g} over {r['parent_n']} before"
-        elif r["status_reason"] and r["status"] in ("rejected", "rolled_back"):
-            outcome = r["status_reason"]
-        out.append(
-            MemoryEntry(
-                proposal_id=r["proposal_id"],
-                created_at=f"{r['created_at']:%Y-%m-%d}" if r["created_at"] else "?",
-                diff=(orjson.loads(r["diff"]) if r["diff"] else None) or {},
-                reasoning=r["reasoning"] or "",
-                status=r["status"],
-                outcome=outcome,
-            )
-        )
-    return out
 
 
 def _value(v: Any, limit: int = 300) -> str:

@@ -25,7 +25,6 @@ from typing import Any
 
 from prefect_genopt import spool
 from prefect_genopt.optimize.config import OptimizerSettings
-from prefect_genopt.optimize.credit import assign, credit_rows
 from prefect_genopt.optimize.evidence import Evidence, Unit, collect
 from prefect_genopt.optimize.instruction import current_instruction, tune_instruction
 from prefect_genopt.optimize.llm import (
@@ -40,8 +39,10 @@ from prefect_genopt.optimize.llm import (
     resolve_model,
     resolve_response_format,
 )
+from prefect_genopt.optimize.memory import memory
 from prefect_genopt.optimize.optoprime import Optimizer, OptoPrime, Problem, answer_schema
-from prefect_genopt.optimize.proposals import memory, new_proposal_id, record_proposal
+from prefect_genopt.optimize.proposals import new_proposal_id, record_proposal
+from prefect_genopt.optimize.step_credit import assign, credit_rows
 from prefect_genopt.optimize.validate import (
     Checked,
     SuggestionError,

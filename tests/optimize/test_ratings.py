@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from prefect_genopt.cli import main
-from prefect_genopt.optimize.proposals import memory, record_proposal
+from prefect_genopt.optimize.memory import memory
+from prefect_genopt.optimize.proposals import record_proposal
 from prefect_genopt.optimize.ratings import rate, reflections
 from prefect_genopt.warehouse import Warehouse
 
