@@ -105,3 +105,13 @@ def test_deploy_and_run_the_nightly_optimizer(
         ("triage", "scripted-opt/follow", "no_change")
     }
     assert '"editable":["prompt"]' in rows[0]["settings"]
+    # before optimizing, the nightly run harvested the example run's good tickets
+    harvested = genopt.Warehouse().sql(
+        "SELECT count(*) AS n, count(expires_at) AS expiring FROM experiences "
+        "WHERE pipeline = 'triage' AND status = 'verified'"
+    )[0]
+    assert harvested["n"] > 0 and harvested["expiring"] == harvested["n"], (
+        genopt.Warehouse().sql("SELECT status, reason FROM experiences"),
+        genopt.Warehouse().sql("SELECT count(*) n, any_value(step) s FROM step_values"),
+        genopt.Warehouse().sql("SELECT kpi, count(*) n, sum(value) ok FROM feedback GROUP BY ALL"),
+    )

@@ -5,11 +5,14 @@ Deploy it nightly (``deployments/prefect.yaml``), or run it now with
 progress, never overlaps itself for one pipeline (a Prefect global concurrency
 limit ``genopt-optimize-<pipeline>`` of 1, created when missing: Prefect's
 ``concurrency()`` on a limit that does not exist silently does nothing), and
-leaves a Markdown artifact of its proposals on the flow run.
+leaves a Markdown artifact of its proposals on the flow run. With ``harvest``, it
+first stores the pipeline's new good, checked runs as experiences (what verified
+replay and ``demos`` fields draw on), so the nightly job keeps them fresh.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -20,6 +23,7 @@ from prefect_genopt import locks
 from prefect_genopt.optimize.config import OptimizerSettings
 from prefect_genopt.optimize.proposals import markdown
 from prefect_genopt.optimize.runner import optimize
+from prefect_genopt.replay.experiences import harvest as harvest_experiences
 from prefect_genopt.warehouse import Warehouse
 
 __all__ = ["optimize_flow", "lock_name"]
@@ -41,6 +45,7 @@ def optimize_flow(
     settings: dict[str, Any] | None = None,
     wait_seconds: float = 30.0,
     warehouse: str | None = None,
+    harvest: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Propose better params for ``pipeline`` from the warehouse's evidence.
 
@@ -51,6 +56,9 @@ def optimize_flow(
         wait_seconds: How long to wait for another optimizer run of the same
             pipeline to finish before skipping this one.
         warehouse: The warehouse file (default: GENOPT_WAREHOUSE).
+        harvest: Before optimizing, harvest experiences with these
+            :func:`~prefect_genopt.harvest` arguments (``kpi``, and ``threshold``,
+            ``direction``, ``expires_in_hours`` as needed), e.g. ``{"kpi": "correct"}``.
     """
     logger = get_run_logger()
     config = OptimizerSettings(pipeline=pipeline, **(settings or {}))
@@ -59,6 +67,7 @@ def optimize_flow(
     run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
     try:
         with locks.pipeline_lock("optimize", pipeline, wait_seconds):
+            harvested = _harvest(pipeline, harvest, warehouse, logger) if harvest else None
             result = optimize(
                 config,
                 warehouse=warehouse,
@@ -102,6 +111,34 @@ def optimize_flow(
         "llm_seconds": round(result.llm_seconds, 3),
         "model": result.model,
         "rollout": rollout,
+        "harvest": harvested,
+    }
+
+
+def _harvest(
+    pipeline: str, args: dict[str, Any], warehouse: str | None, logger: Any
+) -> dict[str, Any]:
+    """Harvest experiences before optimizing (see ``optimize_flow``'s ``harvest``)."""
+    args = dict(args)
+    hours = args.pop("expires_in_hours", None)
+    unknown = set(args) - {"kpi", "threshold", "direction"}
+    if "kpi" not in args or unknown:
+        raise ValueError(
+            "harvest takes kpi (required), threshold, direction and expires_in_hours"
+            + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else "")
+        )
+    result = harvest_experiences(
+        pipeline,
+        expires_in=timedelta(hours=hours) if hours is not None else None,
+        warehouse=warehouse,
+        **args,
+    )
+    logger.info("harvested %s", result)
+    return {
+        "verified": result.verified,
+        "rejected": result.rejected,
+        "refused": result.refused,
+        "not_good": result.not_good,
     }
 
 

@@ -136,8 +136,8 @@ def _load_script(file: str) -> Any:
     path = Path(file)
     if not file or not path.is_file():
         raise ImportError(
-            f"the flow was defined in a script run as __main__ and its file {file!r} is not "
-            "found from here: run this from the project directory"
+            f"the flow was loaded from a script and its file {file!r} is not found from "
+            "here: run this from the project directory"
         )
     name = "genopt_script_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
     if name in sys.modules:
@@ -169,7 +169,16 @@ def load_entrypoint(entrypoint: str | dict[str, Any]) -> Any:
                 pass
         module = _load_script(ep.get("file") or "")  # another process: load it by its file
     else:
-        module = importlib.import_module(ep["module"])
+        try:
+            module = importlib.import_module(ep["module"])
+        except ModuleNotFoundError as exc:
+            # a flow Prefect loaded from a deployment's file path (`flows/x.py:flow`) has a
+            # module name of the file's stem, or `__prefect_loader_...`, not importable
+            # by name: load its file instead
+            missing = exc.name or ""
+            if not ep.get("file") or not f"{ep['module']}.".startswith(f"{missing}."):
+                raise
+            module = _load_script(ep["file"])
     return _attr_path(module, ep["function"])
 
 

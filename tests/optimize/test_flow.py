@@ -98,3 +98,8 @@ def test_flow_result_and_markdown_artifact(knob_runs: Path) -> None:
 def test_invalid_settings_fail_the_flow_clearly(knob_runs: Path) -> None:
     with pytest.raises(ValueError, match="minibatch_size"):
         optimize_flow("knob", settings={"minibatch_size": 0})
+
+
+def test_a_harvest_without_a_kpi_fails_the_flow_clearly(knob_runs: Path) -> None:
+    with pytest.raises(ValueError, match=r"harvest takes kpi \(required\).*unknown: kip"):
+        optimize_flow("knob", settings=SLOW, harvest={"kip": "closeness"})

@@ -188,31 +188,40 @@ def test_a_graded_kpi_needs_a_threshold(fresh: Path) -> None:
 
 
 def test_the_optimizer_picks_demos_from_verified_experiences(fresh: Path) -> None:
-    from prefect_genopt.optimize import OptimizerSettings, optimize
+    from prefect_genopt.optimize.flow import optimize_flow
     from tests.optimize import scripted
     from tests.optimize.test_runner import candidate_values
 
     replayer(ITEMS)
-    genopt.harvest("replayer", "correct")
     scripted.PROMPTS.pop("demos", None)
-    result = optimize(
-        OptimizerSettings(
-            pipeline="replayer",
-            model="scripted-opt/demos",
-            response_format="none",
-            starting_artifact={"editable": ["examples"]},
-            max_updates=1,
-        )
+    # the nightly flow harvests first, then optimizes with the fresh experiences
+    out = optimize_flow(
+        "replayer",
+        settings={
+            "model": "scripted-opt/demos",
+            "response_format": "none",
+            "starting_artifact": {"editable": ["examples"]},
+            "max_updates": 1,
+        },
+        harvest={"kpi": "correct", "expires_in_hours": 24},
     )
-    (proposal,) = result.proposals
+    assert out["harvest"]["verified"] > 0
+    (proposal_id,) = out["proposals"]
+    proposal = genopt.Warehouse().sql(
+        "SELECT candidate_param_set_id FROM proposals WHERE proposal_id = ?", [proposal_id]
+    )[0]
     prompt = scripted.PROMPTS["demos"][0][-1]["content"]
     assert "#Demo candidates" in prompt and "examples is a list of few-shot demos" in prompt
     wh = genopt.Warehouse()
-    values = candidate_values(proposal.candidate_param_set_id)
+    values = candidate_values(proposal["candidate_param_set_id"])
     verified = {
         r["experience_id"]: r
-        for r in wh.sql("SELECT experience_id, item_key FROM experiences WHERE status = 'verified'")
+        for r in wh.sql(
+            "SELECT experience_id, item_key, expires_at FROM experiences WHERE status = 'verified'"
+        )
     }
+    assert len(verified) == out["harvest"]["verified"]
+    assert all(r["expires_at"] is not None for r in verified.values())  # expires_in_hours
     assert len(values["examples"]) == 2
     for demo in values["examples"]:
         assert demo["experience_id"] in verified

@@ -126,6 +126,16 @@ def test_a_flow_defined_in_a_script_run_as_main_is_loaded_from_its_file(tmp_path
     assert fn() == 42  # loaded by file, its __main__ block not run
     with pytest.raises(ImportError, match="not found from here"):
         load_entrypoint({"module": "__main__", "function": "my_flow", "file": "gone.py"})
+    # a flow Prefect loaded from a deployment's file path: its module name (the file's stem,
+    # or __prefect_loader_<hash>__) does not import by name, so its file is loaded
+    for name in ("my_script_stem", "__prefect_loader_0123456789abcdef__"):
+        ep = {"module": name, "function": "my_flow", "file": str(script)}
+        assert load_entrypoint(ep)() == 42
+    # a module that is missing something it imports is not hidden behind its file
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_dependency_xyz\n\ndef my_flow():\n    return 1\n")
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
+        load_entrypoint({"module": "broken_stem", "function": "my_flow", "file": str(broken)})
 
 
 def test_the_running_script_s_flows_are_taken_as_they_are_now(
