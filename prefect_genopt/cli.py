@@ -281,6 +281,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from prefect_genopt.optimize import EvidenceError, LLMCallError, OptimizerSettings
+    from prefect_genopt.replay.experiences import ExperienceError
 
     settings = _settings_from_args(args)
     try:
@@ -291,8 +292,13 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
     try:
         with _progress_to_stderr(quiet=args.json):
-            out = optimize_flow(args.pipeline, settings=settings, wait_seconds=args.wait)
-    except (EvidenceError, LLMCallError) as exc:
+            out = optimize_flow(
+                args.pipeline,
+                settings=settings,
+                wait_seconds=args.wait,
+                harvest={"kpi": args.harvest} if args.harvest else None,
+            )
+    except (EvidenceError, LLMCallError, ExperienceError) as exc:
         raise CLIError(str(exc)) from None
     if args.json:
         sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -300,6 +306,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if out.get("skipped"):
         print(out["reason"])
         return 0
+    if out.get("harvest"):
+        h = out["harvest"]
+        print(
+            f"harvested {h['verified']} verified, {h['rejected']} rejected, {h['refused']} "
+            "refused experience(s)"
+        )
     for u in out["updates"]:
         print(f"{u['proposal_id']}: {u['status']}" + (f" ({u['reason']})" if u["reason"] else ""))
     cost = "unpriced" if out["cost_usd"] is None else f"${out['cost_usd']:.4f}"
@@ -685,6 +697,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--settings", help="optimizer settings as a JSON object or a JSON file")
     o.add_argument(
         "--wait", type=float, default=30.0, help="seconds to wait for a running optimizer (30)"
+    )
+    o.add_argument(
+        "--harvest",
+        metavar="KPI",
+        help="first store the runs good on KPI (0/1) as experiences, as `genopt experiences "
+        "harvest` does",
     )
     o.add_argument("--json", action="store_true", help="print the flow's result as JSON")
     o.set_defaults(func=cmd_optimize)
