@@ -378,8 +378,9 @@ def span_costs(spool_dir: Path, resource: Any, n: int) -> list[tuple[str, float]
         return go
 
     from prefect_genopt.pipeline import _instrument_task_fn
+    from prefect_genopt.replay.steps import StepPolicy
 
-    wrapped = _instrument_task_fn(step_body)
+    wrapped = _instrument_task_fn(step_body, StepPolicy())  # neither records nor replays
     ticket = TICKETS[0]
     with bare_tp.get_tracer("bench").start_as_current_span("task-span"):
         wrapper_us = per_call_us(lambda: wrapped(3, ticket), n) - per_call_us(
