@@ -128,7 +128,7 @@ def register_model() -> None:
                     "suggestion": {
                         "prompt": "Classify the ticket. billing: invoice, refund, charged, "
                         "bill, payment, card; bug: crash, error, broken, freezes, button. "
-                        f"Answer with the label only. (v{InstantOptimizer.calls})"
+                        f"Answer with the label only. (v{os.getpid()}.{InstantOptimizer.calls})"
                     },
                 }
             ).decode()
@@ -260,7 +260,8 @@ FROM r JOIN racc a ON a.i = r.i, (SELECT * FROM runs WHERE run_id = $run) x
 """
 
 _FEEDBACK_SQL = """
-INSERT INTO feedback
+INSERT INTO feedback (feedback_id, run_id, pipeline, param_set_id, arm, item_key, kpi, value,
+                      comment, source, idempotency_key, created_at, verified, ingested_at)
 SELECT md5(r.run_id || chr(0) || 'correct|' || ri.ticket_id || '|code'), r.run_id,
        x.pipeline, x.param_set_id, 'stable', ri.ticket_id, 'correct', ri.correct,
        ri.comment, 'code', 'correct|' || ri.ticket_id || '|code',
