@@ -178,7 +178,7 @@ def _attempt(
         except SuggestionError as exc:
             if exc.kind == "no_change":
                 # an empty suggestion, or every value the current one: a retry is not asked
-                # (the embedded optimizer repeated its echo on 30 of 30 retries in the BBH benches)
+                # (the embedded optimizer repeated its echo on 41 of 42 retries in the BBH benches)
                 upd.status = "no_change"
                 upd.reason = (
                     f"invalid suggestion: {exc}"
