@@ -32,8 +32,6 @@ from prefect_genopt.optimize.llm import (
     LLMTimeout,
     ReplyError,
     parse_reply,
-    resolve_model,
-    resolve_response_format,
 )
 from prefect_genopt.optimize.optoprime import (
     ANSWER_FORMAT,
@@ -41,10 +39,9 @@ from prefect_genopt.optimize.optoprime import (
     SYSTEM_PROMPT,
     answer_schema,
 )
-from prefect_genopt.optimize.ratings import reflections
+from prefect_genopt.optimize.ratings import best_and_worst, reflections
 from prefect_genopt.optimize.validate import SuggestionError, check_suggestion
 from prefect_genopt.records import row_record
-from prefect_genopt.settings import get_settings
 from prefect_genopt.tunables import Tunables, prompt
 from prefect_genopt.warehouse.schema import utcnow
 from prefect_genopt.warehouse.warehouse import Warehouse, as_warehouse
@@ -113,19 +110,15 @@ def current_instruction(wh: Warehouse, pipeline: str) -> tuple[str | None, str]:
 
 
 def _feedback(rated: list[dict[str, Any]]) -> str:
-    def effect(r: dict[str, Any]) -> float:
-        return float(r["rating"]["relative_effect"] or 0.0)
-
-    ranked = sorted(rated, key=effect, reverse=True)
-    best = ranked[:SHOWN_EACH_END]
-    worst = [r for r in ranked[::-1][:SHOWN_EACH_END] if r not in best]
+    best, worst = best_and_worst(rated, SHOWN_EACH_END, SHOWN_EACH_END)
     lines = []
-    for label, group in (("best rated", best), ("worst rated", worst)):
+    for label, group in (("best rated", best), ("worst rated", worst[::-1])):
         for r in group:
             rating = r["rating"]
             lines.append(
-                f"- {label}: KPI {effect(r):+.1%} against stable ({rating['outcome']} by "
-                f"{rating['source']}); suggested {r['suggestion']}; reflection: {r['reflection']}"
+                f"- {label}: KPI {rating['relative_effect']:+.1%} against stable "
+                f"({rating['outcome']} by {rating['source']}); suggested {r['suggestion']}; "
+                f"reflection: {r['reflection']}"
             )
     return "\n".join(lines)
 
@@ -182,16 +175,7 @@ def tune_instruction(
         return InstructionResult(
             "not_due", f"{n - seen} new rated proposal(s) since the last tuning; due at {every}", n
         )
-    settings = get_settings()
-    resolved = resolve_model(model)
-    client = LLMClient(
-        resolved,
-        resolve_response_format(resolved, response_format),
-        timeout_s=settings.llm_timeout,
-        max_tokens=2048,
-        api_base=settings.api_base,
-        num_retries=settings.llm_retries,
-    )
+    client = LLMClient.configured(model, response_format, max_tokens=2048)
     schema = OptimizerInstruction.schema_json()
     messages = [
         {"role": "system", "content": SYSTEM_PROMPT},
@@ -227,7 +211,7 @@ def tune_instruction(
                     "parent_id": parent_id,
                     "n_ratings": n,
                     "reasoning": reasoning[:4000],
-                    "model": resolved,
+                    "model": client.model,
                 },
             )
         ],

@@ -329,6 +329,31 @@ class LLMClient:
         self.temperature = temperature
         self.api_base = api_base
 
+    @classmethod
+    def configured(
+        cls,
+        model: str | None = None,
+        response_format: str | None = None,
+        *,
+        max_tokens: int = 1024,
+        temperature: float = 0.0,
+        timeout_s: float | None = None,
+    ) -> LLMClient:
+        """A client for ``model`` (default: GENOPT_MODEL, else the embedded model), with
+        the response format, timeout, API base and retries of the settings (env vars)
+        unless given here."""
+        settings = get_settings()
+        resolved = resolve_model(model)
+        return cls(
+            resolved,
+            resolve_response_format(resolved, response_format),
+            timeout_s=timeout_s or settings.llm_timeout,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            api_base=settings.api_base,
+            num_retries=settings.llm_retries,
+        )
+
     def _request(self, messages: list[dict[str, str]], schema: dict[str, Any] | None) -> dict:
         kwargs: dict[str, Any] = {
             "model": self.model,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import orjson
 
 from prefect_genopt.optimize.optoprime import MemoryEntry
-from prefect_genopt.optimize.ratings import reflections
+from prefect_genopt.optimize.ratings import best_and_worst, reflections
 from prefect_genopt.warehouse import Warehouse
 
 __all__ = ["memory"]
@@ -20,14 +20,9 @@ __all__ = ["memory"]
 
 def _rated_memory(wh: Warehouse, pipeline: str, size: int) -> list[MemoryEntry]:
     """The best- and the worst-rated past reflections (Retroformer), best first."""
-    rated = sorted(
-        (r for r in reflections(wh, pipeline) if r["rating"]["relative_effect"] is not None),
-        key=lambda r: -r["rating"]["relative_effect"],
-    )
-    best = rated[: (size + 1) // 2]
-    worst = [r for r in reversed(rated) if r not in best][: size - len(best)]
+    best, worst = best_and_worst(reflections(wh, pipeline), (size + 1) // 2, size // 2)
     out = []
-    for r in [*best, *reversed(worst)]:
+    for r in [*best, *worst]:
         g = r["rating"]
         n = f" on {g['n_candidate']} items" if g["n_candidate"] else ""
         out.append(
@@ -45,7 +40,7 @@ def _rated_memory(wh: Warehouse, pipeline: str, size: int) -> list[MemoryEntry]:
     return out
 
 
-def memory(wh: Warehouse, pipeline: str, size: int, kpi: str | None = None) -> list[MemoryEntry]:
+def memory(wh: Warehouse, pipeline: str, size: int) -> list[MemoryEntry]:
     """Past proposals with a change, and their outcomes, for the optimizer's #Memory.
 
     First the best- and the worst-rated past reflections (a proposal is rated when
@@ -60,17 +55,13 @@ def memory(wh: Warehouse, pipeline: str, size: int, kpi: str | None = None) -> l
     seen = {m.proposal_id for m in rated}
     return (
         rated
-        + [
-            m
-            for m in _recent_memory(wh, pipeline, size + len(seen), kpi)
-            if m.proposal_id not in seen
-        ][: size - len(rated)]
+        + [m for m in _recent_memory(wh, pipeline, size + len(seen)) if m.proposal_id not in seen][
+            : size - len(rated)
+        ]
     )
 
 
-def _recent_memory(
-    wh: Warehouse, pipeline: str, size: int, kpi: str | None = None
-) -> list[MemoryEntry]:
+def _recent_memory(wh: Warehouse, pipeline: str, size: int) -> list[MemoryEntry]:
     rows = wh.sql(
         """
         SELECT p.proposal_id, p.created_at, p.diff, p.reasoning, p.status, p.status_reason,

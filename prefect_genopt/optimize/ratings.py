@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -26,7 +26,7 @@ from prefect_genopt.records import row_record
 from prefect_genopt.warehouse import Warehouse
 from prefect_genopt.warehouse.schema import utcnow
 
-__all__ = ["rating_row", "rate", "reflections"]
+__all__ = ["rating_row", "rate", "reflections", "best_and_worst"]
 
 #: which rating counts when a proposal has several (the canary saw real traffic)
 SOURCE_RANK = {"canary": 0, "replay_gate": 1}
@@ -113,3 +113,26 @@ def reflections(wh: Warehouse, pipeline: str | None = None) -> Iterator[dict[str
                 "n_candidate": r["n_candidate"],
             },
         }
+
+
+def best_and_worst(
+    rated: Iterable[dict[str, Any]], best: int, worst: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``best`` highest- and the ``worst`` lowest-rated of :func:`reflections`'
+    records by relative effect (records without one left out; none in both), each list
+    best first.
+
+    Example:
+        >>> recs = [{"id": i, "rating": {"relative_effect": e}} for i, e in
+        ...         enumerate([0.1, None, -0.3, 0.2, 0.0])]
+        >>> top, bottom = best_and_worst(recs, 1, 2)
+        >>> [r["id"] for r in top], [r["id"] for r in bottom]
+        ([3], [4, 2])
+    """
+    ranked = sorted(
+        (r for r in rated if r["rating"]["relative_effect"] is not None),
+        key=lambda r: -r["rating"]["relative_effect"],
+    )
+    top = ranked[:best]
+    bottom = ranked[len(top) :][-worst:] if worst > 0 else []
+    return top, bottom

@@ -36,8 +36,6 @@ from prefect_genopt.optimize.llm import (
     LLMTimeout,
     ReplyError,
     parse_reply,
-    resolve_model,
-    resolve_response_format,
 )
 from prefect_genopt.optimize.memory import memory
 from prefect_genopt.optimize.optoprime import Optimizer, OptoPrime, Problem, answer_schema
@@ -50,7 +48,6 @@ from prefect_genopt.optimize.validate import (
     editable_fields,
 )
 from prefect_genopt.redaction import clean
-from prefect_genopt.settings import get_settings
 from prefect_genopt.tracing import setup_tracing, tracer
 from prefect_genopt.tunables import param_set_id
 from prefect_genopt.warehouse import Warehouse, WarehouseBusyError, as_warehouse
@@ -430,17 +427,12 @@ def optimize(
                 say(f"optimizer instruction not tuned: {tuned.reason}")
         instruction_id, text = current_instruction(wh, settings.pipeline)
         optimizer = OptoPrime(instruction=text)
-    base = get_settings()
-    model = resolve_model(settings.model)
-    fmt = resolve_response_format(model, settings.response_format)
-    client = LLMClient(
-        model,
-        fmt,
-        timeout_s=settings.timeout_s or base.llm_timeout,
+    client = LLMClient.configured(
+        settings.model,
+        settings.response_format,
         max_tokens=settings.max_output_tokens,
         temperature=settings.temperature,
-        api_base=base.api_base,
-        num_retries=base.llm_retries,
+        timeout_s=settings.timeout_s,
     )
     evidence = collect(wh, settings)
     start = settings.starting_artifact
@@ -462,16 +454,17 @@ def optimize(
         client=client,
         budget=Budget(settings.budget_tokens, settings.budget_usd),
         say=say,
-        result=OptimizeResult(model=model, evidence_units=evidence.population_units),
+        result=OptimizeResult(model=client.model, evidence_units=evidence.population_units),
         parent_id=parent_id,
         editable=editable_fields(evidence.pipeline.schema, start.editable),
-        memory=memory(wh, settings.pipeline, settings.memory_size, evidence.kpi),
+        memory=memory(wh, settings.pipeline, settings.memory_size),
         optimizer_run_id=optimizer_run_id,
         extra_sets=extra_sets,
     )
     result = run.result
     say(
-        f"optimizing {settings.pipeline!r} with {optimizer.name} on {model} ({fmt}): KPI "
+        f"optimizing {settings.pipeline!r} with {optimizer.name} on {client.model} "
+        f"({client.response_format}): KPI "
         f"{evidence.kpi!r} mean {evidence.population_mean:.3g} over {evidence.population_units} "
         f"{'items' if evidence.per_item else 'runs'} of param set {evidence.parent_param_set_id}; "
         f"editable: {', '.join(run.editable)}"
@@ -479,7 +472,7 @@ def optimize(
     span_attrs = {
         "genopt.optimizer.pipeline": settings.pipeline,
         "genopt.optimizer.name": optimizer.name,
-        "genopt.optimizer.model": model,
+        "genopt.optimizer.model": client.model,
     }
     with tracer().start_as_current_span("genopt.optimize", attributes=span_attrs) as root:
         run.trace_id = format(root.get_span_context().trace_id, "032x")

@@ -43,7 +43,7 @@ import hashlib
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -112,17 +112,10 @@ def _extractive(step: Step) -> bool:
     return len(out & _words(step.inputs)) / len(out) >= EXTRACTIVE_SHARE
 
 
-def _credit(s: Step, i: int, score: float, reason: str) -> Credit:
+def _credit(s: Step, i: int, method: str, score: float, reason: str) -> Credit:
+    """A credit blaming step ``s`` (the ``i``-th); :func:`assign` fills in the unit."""
     return Credit(
-        "",
-        None,
-        s.name,
-        i,
-        "expected",
-        score,
-        reason,
-        s.span_id,
-        tuple(sorted(s.params_read or {})),
+        "", None, s.name, i, method, score, reason, s.span_id, tuple(sorted(s.params_read or {}))
     )
 
 
@@ -151,6 +144,7 @@ def blame_expected(
                 return _credit(
                     s,
                     i,
+                    "expected",
                     best - r,
                     f"step {s.name!r} is the first whose output lost the expected answer "
                     f"{expected!r}: {best:.0%} of its words were there before it, {r:.0%} after",
@@ -159,6 +153,7 @@ def blame_expected(
             return _credit(
                 s,
                 i,
+                "expected",
                 1.0 - r,
                 f"step {s.name!r} is the first that states the wrong answer {got!r} "
                 f"without the expected {expected!r}",
@@ -171,6 +166,7 @@ def blame_expected(
     return _credit(
         last,
         len(steps) - 1,
+        "expected",
         1.0 - r,
         f"no earlier step lost the expected answer {expected!r} or stated a wrong one; the "
         f"last step {last.name!r} did not produce it",
@@ -220,19 +216,25 @@ def ndtw(query: list[Step], ref: list[Step]) -> float:
     """
     if not query or not ref:
         return 0.0
-    total, _ = _dtw(query, ref)
+    return _ndtw_score(_dtw(query, ref)[0], ref)
+
+
+def _ndtw_score(total: float, ref: list[Step]) -> float:
     return math.exp(-total / (len(ref) * NDTW_THRESHOLD))
 
 
 def blame_contrast(steps: list[Step], good: list[list[Step]]) -> Credit | None:
     """The first step of ``steps`` whose output departs from the best-aligned passing
     trajectory in ``good`` more than its input did (see the module docstring)."""
-    refs = [g for g in good if g]
-    if not steps or not refs:
+    best: tuple[float, list[Step], list[tuple[int, int]]] | None = None
+    for g in good if steps else []:
+        if g:
+            total, path = _dtw(steps, g)  # one alignment per reference
+            if best is None or _ndtw_score(total, g) > best[0]:
+                best = (_ndtw_score(total, g), g, path)
+    if best is None:
         return None
-    ref = max(refs, key=lambda g: ndtw(steps, g))
-    score = ndtw(steps, ref)
-    _, path = _dtw(steps, ref)
+    score, ref, path = best
     gaps: dict[int, tuple[float, float, float]] = {}
     for i, j in path:
         s, r = steps[i], ref[j]
@@ -244,19 +246,14 @@ def blame_contrast(steps: list[Step], good: list[list[Step]]) -> Credit | None:
     for i in sorted(gaps):
         gap, d_in, d_out = gaps[i]
         if gap > CONTRAST_GAP:
-            s = steps[i]
-            return Credit(
-                "",
-                None,
-                s.name,
+            return _credit(
+                steps[i],
                 i,
                 "ndtw",
                 gap,
-                f"step {s.name!r} is the first whose output departs from the best-aligned "
-                f"passing example (nDTW {score:.2f}): input distance {d_in:.2f}, "
+                f"step {steps[i].name!r} is the first whose output departs from the "
+                f"best-aligned passing example (nDTW {score:.2f}): input distance {d_in:.2f}, "
                 f"output distance {d_out:.2f}",
-                s.span_id,
-                tuple(sorted(s.params_read or {})),
             )
     return None
 
@@ -304,16 +301,12 @@ def assign(wh: Any, evidence: Evidence, batch: list[Unit]) -> list[Credit]:
         bad_steps = {k for k, v in per_step.get(key, {}).items() if not _passed_value(evidence, v)}
         for i, s in enumerate(steps):
             if s.name in bad_steps:
-                credit = Credit(
-                    "",
-                    None,
-                    s.name,
+                credit = _credit(
+                    s,
                     i,
                     "step_feedback",
                     1.0,
                     f"step {s.name!r} is the first with failing per-step feedback",
-                    s.span_id,
-                    tuple(sorted(s.params_read or {})),
                 )
                 break
         if credit is None and key in expected:
@@ -321,19 +314,7 @@ def assign(wh: Any, evidence: Evidence, batch: list[Unit]) -> list[Credit]:
         if credit is None and good:
             credit = blame_contrast(steps, _references(u, good))
         if credit is not None:
-            out.append(
-                Credit(
-                    u.run_id,
-                    u.item_key,
-                    credit.step,
-                    credit.index,
-                    credit.method,
-                    credit.score,
-                    credit.reason,
-                    credit.span_id,
-                    credit.params_read,
-                )
-            )
+            out.append(replace(credit, run_id=u.run_id, item_key=u.item_key))
     return out
 
 

@@ -92,15 +92,8 @@ def test_cli_shows_and_tunes_the_instruction(
         main(["instruction", "tune", "triage", "--every", "9", "--model", "scripted-opt/meta"]) == 0
     )
     assert capsys.readouterr().out.startswith("not_due: 5 new rated")
-    import os
-
-    os.environ["GENOPT_RESPONSE_FORMAT"] = "none"
-    try:
-        assert (
-            main(["instruction", "tune", "triage", "--force", "--model", "scripted-opt/meta"]) == 0
-        )
-    finally:
-        del os.environ["GENOPT_RESPONSE_FORMAT"]
+    monkeypatch.setenv("GENOPT_RESPONSE_FORMAT", "none")
+    assert main(["instruction", "tune", "triage", "--force", "--model", "scripted-opt/meta"]) == 0
     assert capsys.readouterr().out.startswith("tuned:")
     assert main(["instruction", "show", "triage"]) == 0
     assert "Lesson from the best-rated proposals" in capsys.readouterr().out

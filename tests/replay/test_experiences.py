@@ -206,14 +206,11 @@ def test_the_optimizer_picks_demos_from_verified_experiences(fresh: Path) -> Non
         harvest={"kpi": "correct", "expires_in_hours": 24},
     )
     assert out["harvest"]["verified"] > 0
-    (proposal_id,) = out["proposals"]
-    proposal = genopt.Warehouse().sql(
-        "SELECT candidate_param_set_id FROM proposals WHERE proposal_id = ?", [proposal_id]
-    )[0]
+    (candidate,) = out["candidates"]
     prompt = scripted.PROMPTS["demos"][0][-1]["content"]
     assert "#Demo candidates" in prompt and "examples is a list of few-shot demos" in prompt
     wh = genopt.Warehouse()
-    values = candidate_values(proposal["candidate_param_set_id"])
+    values = candidate_values(candidate)
     verified = {
         r["experience_id"]: r
         for r in wh.sql(
