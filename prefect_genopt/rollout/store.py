@@ -13,6 +13,10 @@ re-reads the revision before writing, so a stale writer fails instead of
 overwriting (``StaleStateError``). History goes to the warehouse through the
 spool, like every other write.
 
+Reads (the pointer, once per pipeline run; a param set, once per process) go
+through one started client per process and API address, so a run pays for the
+request (~3 ms on a local API) and not for building a client (~23 ms).
+
 Example:
     >>> variable_name("Ticket Triage")
     'genopt-route-ticket-triage-408eb2'
@@ -22,7 +26,9 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import os
 import threading
 from typing import Any, ClassVar
 
@@ -92,16 +98,92 @@ def _client(timeout: float | None = None) -> Any:
     return get_client(httpx_settings=settings, sync_client=True)
 
 
+# -- the read client every pipeline run shares ---------------------------------------------
+# Building a Prefect client costs ~23 ms (httpx loads the TLS trust store), ten times the
+# read itself (~3 ms on a local API), and every pipeline run reads the pointer once. So
+# reads go through one started client per process and API address, kept until the process
+# exits or a read through it fails (a new one is built on the next read).
+
+_reader: tuple[tuple[Any, ...], Any] | None = None
+_reader_lock = threading.Lock()
+
+
+def _reader_key(timeout: float | None) -> tuple[Any, ...]:
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
+
+    auth = PREFECT_API_AUTH_STRING.value()
+    key = PREFECT_API_KEY.value()
+    return (
+        os.getpid(),
+        PREFECT_API_URL.value(),
+        hashlib.sha256(f"{key}\0{auth}".encode()).hexdigest(),
+        timeout,
+    )
+
+
+def _shared_reader(timeout: float | None) -> Any:
+    """The started read client for the current API settings (built on first use)."""
+    global _reader
+    key = _reader_key(timeout)
+    with _reader_lock:
+        if _reader is not None and _reader[0] == key:
+            return _reader[1]
+        stale, _reader = _reader, None
+    if stale is not None and stale[0][0] == os.getpid():
+        _close(stale[1])
+    client = _client(timeout)
+    client.__enter__()
+    with _reader_lock:
+        if _reader is None:
+            _reader = (key, client)
+            return client
+        winner = _reader[1] if _reader[0] == key else None
+    if winner is None:  # the settings changed again meanwhile: use ours once
+        return client
+    _close(client)
+    return winner
+
+
+def _drop_reader(client: Any) -> None:
+    """Forget a client a read failed through (the next read builds a new one)."""
+    global _reader
+    with _reader_lock:
+        if _reader is None or _reader[1] is not client:
+            return
+        _reader = None
+    _close(client)
+
+
+def _close(client: Any) -> None:
+    try:
+        client.__exit__(None, None, None)
+    except Exception:  # noqa: BLE001 - closing a broken client must not fail a run
+        pass
+
+
+@atexit.register
+def _close_reader() -> None:
+    global _reader
+    held, _reader = _reader, None
+    if held is not None and held[0][0] == os.getpid():
+        _close(held[1])
+
+
 def read_state(pipeline: str, timeout: float | None = None) -> RoutingState:
     """The pipeline's pointer (an idle state at revision 0 when none was written).
+
+    Reads through the client the process shares for routing reads.
 
     Raises:
         RoutingUnavailable: The API cannot be reached or holds a malformed pointer.
     """
+    client = None
     try:
-        with _client(timeout) as client:
-            var = client.read_variable_by_name(variable_name(pipeline))
+        client = _shared_reader(timeout)
+        var = client.read_variable_by_name(variable_name(pipeline))
     except Exception as exc:  # noqa: BLE001 - every failure means "cannot route"
+        if client is not None:
+            _drop_reader(client)
         raise RoutingUnavailable(f"cannot read {variable_name(pipeline)}: {exc}") from exc
     if var is None:
         return RoutingState(pipeline=pipeline)
@@ -176,13 +258,16 @@ def load_param_set(
     if hit is not None:
         return dict(hit)
     name = block_name(pipeline, param_set_id)
+    client = None
     try:
-        with _client(timeout) as client:
-            doc = client.read_block_document_by_name(
-                name, block_type_slug=ParamSetBlock.get_block_type_slug()
-            )
+        client = _shared_reader(timeout)
+        doc = client.read_block_document_by_name(
+            name, block_type_slug=ParamSetBlock.get_block_type_slug()
+        )
         values = dict(doc.data["values"])
     except Exception as exc:  # noqa: BLE001
+        if client is not None:
+            _drop_reader(client)
         raise RoutingUnavailable(f"cannot load param set {param_set_id} ({name}): {exc}") from exc
     with _cache_lock:
         _values_cache[param_set_id] = values

@@ -131,3 +131,36 @@ def test_the_last_known_stable_survives_an_outage(
     ):
         route = resolve_route(pipeline_name, KnobParams)
     assert route.error and route.stable == promoted and route.canary is None
+
+
+def test_routing_reads_share_one_client_until_a_read_fails(
+    routing: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import prefect.settings as ps
+
+    built: list[object] = []
+    make = store._client
+
+    def counting(timeout: float | None = None) -> object:
+        built.append(make(timeout))
+        return built[-1]
+
+    monkeypatch.setattr(store, "_client", counting)
+    routing.append("shared-reader")
+    store._close_reader()
+    for _ in range(3):
+        assert store.read_state("shared-reader", 2.0).revision == 0
+    store.save_param_set("shared-reader", "ps_2222222222222222", {"quality": 0.5})
+    store._values_cache.clear()
+    assert store.load_param_set("shared-reader", "ps_2222222222222222", 2.0) == {"quality": 0.5}
+    assert len(built) == 1  # one client for three pointer reads and a param set
+    with ps.temporary_settings(
+        {ps.PREFECT_API_URL: "http://127.0.0.1:9/api", ps.PREFECT_CLIENT_MAX_RETRIES: 0}
+    ):
+        with pytest.raises(store.RoutingUnavailable):
+            store.read_state("shared-reader", 2.0)
+    assert len(built) == 2  # another API address gets its own client
+    assert built[0]._closed  # type: ignore[attr-defined]
+    assert store._reader is None  # the failed one is dropped, not kept
+    assert store.read_state("shared-reader", 2.0).revision == 0
+    assert len(built) == 3 and store._reader is not None and store._reader[1] is built[2]
