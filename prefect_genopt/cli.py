@@ -773,15 +773,38 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--params", help="(start) a hand-written param set: a JSON object or file")
     ro.add_argument("--kpi", help="(start) the feedback KPI that judges the arms")
     ro.add_argument("--direction", choices=("higher", "lower"), help="(start) which is better")
-    ro.add_argument("--steps", help="(start) canary weights, e.g. 10,25,50,100")
-    ro.add_argument("--tolerance", type=float, help="(start) regression to catch (0.05 = 5%%)")
-    ro.add_argument("--tolerance-mode", choices=("relative", "absolute"), help="(start)")
+    ro.add_argument(
+        "--steps", help="(start) canary weights in %%, e.g. 10,25,50,100 (default 10,25,50)"
+    )
+    ro.add_argument(
+        "--tolerance", type=float, help="(start) regression to catch (default 0.05 = 5%%)"
+    )
+    ro.add_argument(
+        "--tolerance-mode",
+        choices=("relative", "absolute"),
+        help="(start) tolerance as a fraction of stable's mean (relative, default) or in KPI units",
+    )
     ro.add_argument("--alpha", type=float, help="(start) false-rollback bound (0.01)")
-    ro.add_argument("--beta", type=float, help="(start) bound on promoting a bad candidate")
-    ro.add_argument("--min-sample", dest="min_sample_per_arm", type=int, help="(start) per arm")
-    ro.add_argument("--step-min-samples", type=int, help="(start) new values per arm per step")
-    ro.add_argument("--failure-limit", type=int, help="(start) abort on the N-th failed check")
-    ro.add_argument("--inconclusive-limit", type=int, help="(start) pause after N checks")
+    ro.add_argument(
+        "--beta",
+        type=float,
+        help="(start) bound on promoting a candidate worse by the tolerance (0.05)",
+    )
+    ro.add_argument(
+        "--min-sample",
+        dest="min_sample_per_arm",
+        type=int,
+        help="(start) KPI values each arm needs before any verdict (100)",
+    )
+    ro.add_argument(
+        "--step-min-samples", type=int, help="(start) new values per arm per step (100)"
+    )
+    ro.add_argument("--failure-limit", type=int, help="(start) abort on the N-th failed check (2)")
+    ro.add_argument(
+        "--inconclusive-limit",
+        type=int,
+        help="(start) pause after N checks in a row without a verdict (50)",
+    )
     ro.add_argument("--plan", help="(start) plan fields as a JSON object or file")
     ro.add_argument("--fast", action="store_true", help="(start) the small demo plan")
     ro.add_argument(
