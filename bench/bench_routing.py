@@ -13,7 +13,9 @@ call over the rounds, and the canary minus idle difference (what routing adds).
 **Per run.** Each pipeline run reads the routing state once at its start (a
 Prefect Variable; the param sets are cached after the first load). Timed: the
 wall time of ``resolve_route`` with the pointer cache off (``GENOPT_ROUTING_TTL=0``,
-one API read per run) and on (a cache hit), medians over ``--runs`` calls; next
+one API read per run, through the client the process shares), the same read through a
+client built for it (what every read cost before the shared client: the first read of a
+process still does), and a cache hit; medians over ``--runs`` calls, interleaved; next
 to it, the median wall time of a whole minimal pipeline run (one task) on this
 machine, for scale.
 
@@ -123,13 +125,24 @@ def main() -> None:
                     flush=True,
                 )
 
-            # per run: one Variable read, or a cache hit
-            reads: dict[str, list[float]] = {"api read (ttl 0)": [], "cache hit (ttl 5 s)": []}
+            # per run: one Variable read (through the process's shared client, or through
+            # a client built for the read, as before 6390681), or a cache hit
+            reads: dict[str, list[float]] = {
+                "api read (ttl 0)": [],
+                "api read, new client per read (before)": [],
+                "cache hit (ttl 5 s)": [],
+            }
             for _ in range(args.runs):
                 os.environ["GENOPT_ROUTING_TTL"] = "0"
                 t0 = time.perf_counter()
                 resolve_route("bench-routing", P)
                 reads["api read (ttl 0)"].append((time.perf_counter() - t0) * 1e3)
+                store._close_reader()
+                t0 = time.perf_counter()
+                resolve_route("bench-routing", P)
+                reads["api read, new client per read (before)"].append(
+                    (time.perf_counter() - t0) * 1e3
+                )
                 os.environ["GENOPT_ROUTING_TTL"] = "5"
                 resolve_route("bench-routing", P)
                 t0 = time.perf_counter()
