@@ -25,8 +25,11 @@ After warm-up runs of each arm, arms alternate in ABBA blocks (``bare, traced,
 [sdk, sdk,] traced, bare``), so drift on this shared machine hits both arms alike.
 Before each run the script waits until the API server process is idle (it persists
 task-run events for seconds after a flow returns; that backlog would otherwise set the
-timings). Inside the traced runs, genopt's export time is also measured in place
-(wrappers around ``GenoptSpanProcessor.on_end`` and the spool writer's ``append``).
+timings). Inside the traced runs, genopt's own work is also measured in place, so the
+traced - sdk difference can be accounted for: wrappers around ``GenoptSpanProcessor``'s
+``on_start`` and ``on_end``, the spool writer's ``append``, the run's routing-state read
+(``resolve_route``), the ``@genopt.task`` wrapper (its time minus the step's own, timed
+separately), and the flush of queued spans after the flow returns.
 Then genopt's own per-span cost is timed directly on a realistic finished SDK span
 (attributes and events copied from a task span the traced arm wrote):
 ``SpoolSpanExporter().export([span])`` and ``GenoptSpanProcessor.on_end(span)``,
@@ -122,7 +125,12 @@ def build_flows() -> dict[str, Any]:
 
     if not isinstance(provider, TracerProvider):
         raise SystemExit(f"genopt did not install an SDK TracerProvider: {provider!r}")
-    return {"bare": bare_flow, "traced": traced_flow, "genopt_provider": provider}
+    return {
+        "bare": bare_flow,
+        "traced": traced_flow,
+        "traced_step": traced_step,
+        "genopt_provider": provider,
+    }
 
 
 class Arms:
@@ -180,18 +188,38 @@ def wait_server_idle(pid: int | None) -> float:
 
 
 class Probe:
-    """Times genopt's export inside the traced runs (instance attributes wrap
-    ``GenoptSpanProcessor.on_end`` and this process's ``SpoolWriter.append``; two
-    ``perf_counter`` calls per span, well under 1 µs)."""
+    """Times genopt's work inside the traced runs (instance attributes wrap
+    ``GenoptSpanProcessor.on_start``/``on_end``, this process's ``SpoolWriter.append``,
+    the task's ``fn`` (genopt's wrapper) and ``resolve_route``; two ``perf_counter``
+    calls per wrapped call, well under 1 µs)."""
+
+    PARTS = ("on_start", "on_end", "spool_append", "task_wrapper", "routing_read")
 
     def __init__(self) -> None:
-        self.on_end_s = 0.0
-        self.write_s = 0.0
+        self.s = dict.fromkeys(self.PARTS, 0.0)
         self.spans = 0
+        self.tasks = 0
         self.installed = False
 
-    def install(self) -> None:
+    def _timed(self, part: str, fn: Callable[..., Any], count: str | None = None) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.s[part] += time.perf_counter() - t0
+                if count == "spans":
+                    self.spans += 1
+                elif count == "tasks":
+                    self.tasks += 1
+
+        return timed
+
+    def install(self, traced_step: Any) -> None:
+        import functools
+
         from prefect_genopt import spool
+        from prefect_genopt.rollout import router
         from prefect_genopt.settings import get_settings
         from prefect_genopt.tracing import get_processor
 
@@ -199,31 +227,26 @@ class Probe:
         writer = spool.writer_for(get_settings().spool_dir)
         if processor is None:
             raise SystemExit("genopt's span processor is not installed")
-        on_end, append = processor.on_end, writer.append
-
-        def timed_on_end(span: Any) -> None:
-            t0 = time.perf_counter()
-            on_end(span)
-            self.on_end_s += time.perf_counter() - t0
-            self.spans += 1
-
-        def timed_append(records: list[dict[str, Any]]) -> None:
-            t0 = time.perf_counter()
-            append(records)
-            self.write_s += time.perf_counter() - t0
-
-        processor.on_end = timed_on_end  # type: ignore[method-assign]
-        writer.append = timed_append  # type: ignore[method-assign]
+        processor.on_start = self._timed("on_start", processor.on_start)  # type: ignore[method-assign]
+        processor.on_end = self._timed("on_end", processor.on_end, "spans")  # type: ignore[method-assign]
+        writer.append = self._timed("spool_append", writer.append)  # type: ignore[method-assign]
+        router.resolve_route = self._timed("routing_read", router.resolve_route)
+        # Prefect calls task.fn (genopt's wrapper); keep its signature for parameter binding
+        traced_step.fn = functools.wraps(traced_step.fn)(
+            self._timed("task_wrapper", traced_step.fn, "tasks")
+        )
         self.installed = True
 
     def take(self) -> dict[str, float]:
-        out = {"on_end_s": self.on_end_s, "spool_append_s": self.write_s, "spans": self.spans}
-        self.on_end_s = self.write_s = 0.0
-        self.spans = 0
+        out: dict[str, float] = {f"{k}_s": v for k, v in self.s.items()}
+        out.update(spans=self.spans, tasks=self.tasks)
+        self.s = dict.fromkeys(self.PARTS, 0.0)
+        self.spans = self.tasks = 0
         return out
 
 
 PROBE = Probe()
+STEP_BODY_ROW = "(the step's own body, per call)"
 
 
 class SpoolCounter:
@@ -259,7 +282,7 @@ def run_once(
     _seen.clear()
     spool.new_lines()
     if arm == "traced" and not PROBE.installed and spool.directory.exists():
-        PROBE.install()
+        PROBE.install(flows["traced_step"])
     PROBE.take()
     gc.collect()
     t0 = time.perf_counter()
@@ -291,10 +314,39 @@ def run_once(
         "recording_tasks": recording,
         "spool_spans": spans,
         "settle_wait_s": settle,
+        "flush_s": seconds - flow_seconds,
         "genopt_on_end_s": probe["on_end_s"],
         "spool_append_s": probe["spool_append_s"],
+        "genopt_on_start_s": probe["on_start_s"],
+        "task_wrapper_s": probe["task_wrapper_s"],
+        "routing_read_s": probe["routing_read_s"],
         "probed_spans": probe["spans"],
+        "probed_tasks": probe["tasks"],
     }
+
+
+def genopt_account(
+    traced_runs: list[dict[str, Any]], q: dict[str, dict[str, float]], arm_names: list[str]
+) -> dict[str, float]:
+    """Median ms per traced run of each part of genopt's work, their sum, and the
+    differences between the arms' medians it should explain."""
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] * 1000 for r in traced_runs)
+
+    parts = {
+        "routing-state read (resolve_route)": med("routing_read_s"),
+        "span processor on_start": med("genopt_on_start_s"),
+        "span processor on_end": med("genopt_on_end_s"),
+        "task wrapper (minus the step's body)": med("task_wrapper_s"),
+        "flush of queued spans after the flow": med("flush_s"),
+    }
+    out = dict(parts)
+    out["sum of genopt's parts"] = sum(parts.values())
+    if "sdk" in arm_names:
+        out["traced - sdk (medians)"] = (q["traced"]["median"] - q["sdk"]["median"]) * 1000
+    out["traced - bare (medians)"] = (q["traced"]["median"] - q["bare"]["median"]) * 1000
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -383,9 +435,8 @@ def span_costs(spool_dir: Path, resource: Any, n: int) -> list[tuple[str, float]
     wrapped = _instrument_task_fn(step_body, StepPolicy())  # neither records nor replays
     ticket = TICKETS[0]
     with bare_tp.get_tracer("bench").start_as_current_span("task-span"):
-        wrapper_us = per_call_us(lambda: wrapped(3, ticket), n) - per_call_us(
-            lambda: step_body(3, ticket), n
-        )
+        body_us = per_call_us(lambda: step_body(3, ticket), n)
+        wrapper_us = per_call_us(lambda: wrapped(3, ticket), n) - body_us
     _seen.clear()
 
     rows = [
@@ -407,6 +458,7 @@ def span_costs(spool_dir: Path, resource: Any, n: int) -> list[tuple[str, float]
             per_call_us(lambda: writer.append([record]), n),
         ),
         ("genopt.task wrapper itself (record inputs/output), per task call", wrapper_us),
+        (STEP_BODY_ROW, body_us),
         ("SDK span start+events+end, no processor", per_call_us(lifecycle(bare_tp), n)),
         ("SDK span start+events+end, genopt processor", per_call_us(lifecycle(genopt_tp), n)),
     ]
@@ -565,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         in_situ["spool_append_ms_per_run"] * 1000 / in_situ["spans_per_run"]
     )
     met = ratio_medians <= TARGET_RATIO and ratio_pairs <= TARGET_RATIO
+    account = genopt_account(traced_runs, q, arm_names)
     _common.print_table(
         ["measure", "value", "target", "met"],
         [
@@ -601,6 +654,15 @@ def main(argv: list[str] | None = None) -> int:
         [[k, v] for k, v in costs],
         title=f"Per-span cost, median of 5 rounds x {n_calls} calls",
     )
+    body_us = dict(costs).get(STEP_BODY_ROW, 0.0)
+    account["task wrapper (minus the step's body)"] -= body_us * N_TASKS / 1000
+    account["sum of genopt's parts"] -= body_us * N_TASKS / 1000
+    _common.print_table(
+        ["genopt's work inside a traced run", "median ms per run"],
+        [[k, v] for k, v in account.items()],
+        title="Where traced - sdk goes (in place; on_end includes the spool append when "
+        "it runs on the task thread)",
+    )
     print(f"\nlanded in the warehouse after the runs: {landed}")
     _common.write_results(
         NAME,
@@ -622,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
             "median_pair_ratio": ratio_pairs,
             "extra_ms_per_task": extra_ms,
             "in_situ_export": in_situ,
+            "in_situ_genopt_ms_per_run": account,
             "target_ratio": TARGET_RATIO,
             "target_met": met,
             "span_cost_us": dict(costs),
