@@ -729,7 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ro = sub.add_parser(
         "rollout",
-        help="canary rollouts: start, status, analyze, promote, abort, pause, resume, pin",
+        help="canary rollouts: start, status, analyze, promote, abort, pause, resume, pin, unpin",
         description="Roll a candidate param set out behind a canary. `start` sends a share of "
         "the items (or runs) to the candidate, growing by steps; `analyze` runs one check now "
         "(the genopt-canary flow does it on a schedule) and continues, advances, promotes, "
