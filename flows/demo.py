@@ -9,7 +9,8 @@
    the embedded local model, and proposes a new prompt;
 5. the proposal goes out behind a canary: each ticket of later runs goes to the stable or
    the candidate prompt by a stable hash, and a check after each run advances, promotes,
-   rolls back or pauses it (a fast demo plan: few tickets, big effects only);
+   rolls back or pauses it (a fast demo plan: few tickets, big effects only); a rollout
+   left without a verdict is a person's call: the demo aborts it and keeps stable;
 6. a deliberately bad hand-written prompt is stopped by the replay gate (the candidate
    re-run offline on a recorded run, before any real ticket), then, with the gate off,
    rolled back by the canary; if the proposal was not promoted, a good hand-written one
@@ -129,6 +130,29 @@ def canary_loop(first_seed: int, max_runs: int = 40) -> str:
     return decision
 
 
+def settle(decision: str) -> str:
+    """A rollout the canary left without a verdict (paused as inconclusive, or still
+    running when the demo's runs are up) is a person's call: the demo keeps stable."""
+    if decision not in ("promote", "abort"):
+        print("  no verdict: the candidate is neither shown better nor shown worse within the")
+        print("  demo's few tickets; a person decides. Here: keep stable.")
+        genopt_cli("rollout", "abort", "triage", "--reason", "no verdict in the demo: keep stable")
+    return decision
+
+
+def start_rollout(*args: str) -> bool:
+    """`genopt rollout start ...`: True when the canary started, False when the replay
+    gate stopped the candidate; any other failure ends the demo."""
+    from prefect_genopt.cli import EXIT_GATE_STOPPED
+
+    proc = genopt_cli(
+        "rollout", "start", "triage", "--fast", "--kpi", "correct", *args, check=False
+    )
+    if proc.returncode not in (0, EXIT_GATE_STOPPED):
+        raise SystemExit(f"genopt rollout start failed with exit code {proc.returncode}")
+    return proc.returncode == 0
+
+
 def main() -> None:
     _setup_env()
     t0 = time.monotonic()
@@ -235,17 +259,8 @@ def main() -> None:
             "7. The proposal: replayed offline on a recorded run (the replay gate), then "
             "behind a canary (fast demo plan: 30% -> 50% -> 100%)"
         )
-        start = ["rollout", "start", "triage", "--fast", "--kpi", "correct"]
-        gated = genopt_cli(
-            *start,
-            "--proposal",
-            rows[0]["proposal_id"],
-            "--reason",
-            "tonight's proposal",
-            check=False,
-        )
-        if gated.returncode == 0:
-            promoted = canary_loop(first_seed=1000 + demo_seed * 100) == "promote"
+        if start_rollout("--proposal", rows[0]["proposal_id"], "--reason", "tonight's proposal"):
+            promoted = settle(canary_loop(first_seed=1000 + demo_seed * 100)) == "promote"
         else:
             print("the replay gate stopped it: no real ticket saw it")
 
@@ -256,33 +271,25 @@ def main() -> None:
     bad = HOME / "bad-candidate.json"
     bad.write_text(orjson.dumps({"prompt": BAD_PROMPT}).decode())
     print(f"{bad.name}: {bad.read_text()}")
-    start = ["rollout", "start", "triage", "--fast", "--kpi", "correct", "--params", str(bad)]
-    gated = genopt_cli(*start, "--reason", "a person's idea", check=False)
-    if gated.returncode != 0:
+    if not start_rollout("--params", str(bad), "--reason", "a person's idea"):
         print(
             "the replay gate stopped it. With the gate off, the canary catches it on real traffic:"
         )
-        genopt_cli(*start, "--reason", "a person's idea, gate off", "--no-gate")
-    canary_loop(first_seed=2000 + demo_seed * 100)
+        if not start_rollout(
+            "--params", str(bad), "--reason", "a person's idea, gate off", "--no-gate"
+        ):
+            raise SystemExit("the gate stopped a rollout started with --no-gate")
+    settle(canary_loop(first_seed=2000 + demo_seed * 100))
 
     if not promoted:
-        step("9. A good hand-written prompt instead: it is promoted")
+        step("9. A good hand-written prompt instead (what a support lead might write)")
         good = HOME / "good-candidate.json"
         good.write_text(orjson.dumps({"prompt": GOOD_PROMPT}).decode())
         print(f"{good.name}: {good.read_text()}")
-        genopt_cli(
-            "rollout",
-            "start",
-            "triage",
-            "--params",
-            str(good),
-            "--fast",
-            "--kpi",
-            "correct",
-            "--reason",
-            "rules from the support lead",
-        )
-        canary_loop(first_seed=3000 + demo_seed * 100)
+        if start_rollout("--params", str(good), "--reason", "rules from the support lead"):
+            settle(canary_loop(first_seed=3000 + demo_seed * 100))
+        else:
+            print("the replay gate stopped it: no real ticket saw it")
 
     step("10. The record: every check and decision, and the kill switch")
     genopt_cli("rollout", "status", "triage")

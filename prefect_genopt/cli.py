@@ -50,6 +50,10 @@ class CLIError(Exception):
     """A user-facing error: printed without a traceback, exit code 2."""
 
 
+#: `genopt rollout start`: the replay gate found the candidate worse; nothing was rolled out
+EXIT_GATE_STOPPED = 3
+
+
 def _cell(value: Any, width: int) -> str:
     if value is None:
         text = "NULL"
@@ -487,6 +491,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         elif verb != "status":
             raise CLIError(f"unknown rollout verb {verb!r}")
         status = rollout_status(pipeline)
+    except controller.GateStopped as exc:
+        print(f"genopt rollout: stopped: {exc}", file=sys.stderr)
+        return EXIT_GATE_STOPPED
     except (controller.RolloutError, LockTimeout) as exc:
         raise CLIError(str(exc)) from None
     if args.json:
@@ -749,7 +756,10 @@ def build_parser() -> argparse.ArgumentParser:
         "100 values per arm before any verdict and 100 new ones per step; abort on the 2nd\n"
         "failed check; pause after 50 checks in a row without a verdict (one counted per 100\n"
         "new canary values). Arms are compared within steps. --fast: a small plan for demos\n"
-        "(30%, 50%; 8 values per arm; tolerance 20%, alpha 0.05): it misses small regressions.",
+        "(30%, 50%; 8 values per arm; tolerance 20%, alpha 0.05): it misses small regressions.\n\n"
+        f"exit codes: 0 done; 2 an error (nothing changed); {EXIT_GATE_STOPPED} `start` only: "
+        "the replay gate\nfound the candidate worse than stable, so no item saw it (a proposal "
+        "is rejected).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ro.add_argument(

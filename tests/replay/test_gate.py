@@ -10,6 +10,7 @@ import pytest
 
 import prefect_genopt as genopt
 from flows.examples.triage import triage
+from prefect_genopt.cli import EXIT_GATE_STOPPED, main
 from prefect_genopt.optimize import OptimizerSettings, optimize
 from prefect_genopt.replay.gate import _replayable, judge
 from prefect_genopt.rollout import FAST_PLAN, controller
@@ -59,14 +60,17 @@ def _proposal(mode: str) -> str:
 
 
 def test_the_gate_stops_a_bad_proposal_before_any_real_item_sees_it(
-    routing: list[str], warehouse_path: Path
+    routing: list[str], warehouse_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     routing.append("triage")
     for seed in range(7):
         triage(n=8, seed=seed)
     proposal_id = _proposal("swap")
-    with pytest.raises(controller.GateStopped, match="replay gate stopped"):
-        controller.start_rollout("triage", proposal_id=proposal_id, plan=PLAN, gate_runs=3)
+    capsys.readouterr()
+    # from the shell (the controller raises GateStopped; the CLI says so with its own code)
+    start = ["rollout", "start", "triage", "--proposal", proposal_id, "--fast", "--kpi"]
+    assert main([*start, "correct", "--gate-runs", "3"]) == EXIT_GATE_STOPPED == 3
+    assert "replay gate stopped" in capsys.readouterr().err
     wh = genopt.Warehouse()
     (prop,) = wh.sql("SELECT status, status_reason, evidence_run_ids FROM proposals")
     assert prop["status"] == "rejected" and "worse than stable" in prop["status_reason"]
