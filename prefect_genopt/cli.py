@@ -447,6 +447,27 @@ def _plan_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return plan
 
 
+#: how long a command waits for Prefect to send the events it emitted before it exits
+EVENTS_FLUSH_TIMEOUT = 5.0
+
+
+def _send_events(timeout: float = EVENTS_FLUSH_TIMEOUT) -> None:
+    """Wait until Prefect's events worker has sent what this command emitted (at most
+    ``timeout`` seconds): a short-lived command would otherwise exit with the events still
+    queued, and Prefect's exit-time drain warns "Still processing items"."""
+    import threading
+
+    from prefect.events.worker import EventsWorker
+
+    try:
+        worker = EventsWorker.instance()
+    except Exception:  # noqa: BLE001 - best effort: the record is in the warehouse anyway
+        return
+    waiter = threading.Thread(target=worker.wait_until_empty, daemon=True)
+    waiter.start()
+    waiter.join(timeout)
+
+
 def cmd_rollout(args: argparse.Namespace) -> int:
     from prefect_genopt.locks import LockTimeout
     from prefect_genopt.rollout import controller
@@ -480,6 +501,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
                     "state": result.state.model_dump(mode="json"),
                 }
                 sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+                _send_events()
                 return 0
             print(result.summary())
         elif verb == "pin":
@@ -490,6 +512,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             getattr(controller, verb)(pipeline, args.reason or "", actor=args.actor)
         elif verb != "status":
             raise CLIError(f"unknown rollout verb {verb!r}")
+        if verb != "status":
+            _send_events()
         status = rollout_status(pipeline)
     except controller.GateStopped as exc:
         print(f"genopt rollout: stopped: {exc}", file=sys.stderr)

@@ -257,6 +257,22 @@ def test_rollout_verbs_from_the_command_line(
     assert kinds[:3] == ["abort", "unpin", "pin"] and kinds[-1] == "started"
 
 
+def test_rollout_verbs_from_a_shell_send_their_events_before_exit(
+    pipeline_name: str, warehouse_path: Path, child_env: dict[str, str]
+) -> None:
+    """A verb emits a Prefect event; the command waits for it to be sent, so Prefect's
+    exit-time drain has nothing to warn about."""
+    from tests.rollout.pipelines import KnobParams, make_pipeline
+
+    make_pipeline(pipeline_name)(n=2, batch=0)
+    stable_id = KnobParams().param_set_id
+    for verb in (["pin", pipeline_name, stable_id], ["unpin", pipeline_name]):
+        out = genopt("rollout", *verb, "--reason", "from a shell", env=child_env)
+        assert out.returncode == 0, out.stderr
+        assert "Still processing items" not in out.stderr + out.stdout
+    assert "last decision: unpin: unpinned" in out.stdout
+
+
 def test_rollout_start_refuses_a_bad_params_file(
     pipeline_name: str, warehouse_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
