@@ -447,27 +447,6 @@ def _plan_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return plan
 
 
-#: how long a command waits for Prefect to send the events it emitted before it exits
-EVENTS_FLUSH_TIMEOUT = 5.0
-
-
-def _send_events(timeout: float = EVENTS_FLUSH_TIMEOUT) -> None:
-    """Wait until Prefect's events worker has sent what this command emitted (at most
-    ``timeout`` seconds): a short-lived command would otherwise exit with the events still
-    queued, and Prefect's exit-time drain warns "Still processing items"."""
-    import threading
-
-    from prefect.events.worker import EventsWorker
-
-    try:
-        worker = EventsWorker.instance()
-    except Exception:  # noqa: BLE001 - best effort: the record is in the warehouse anyway
-        return
-    waiter = threading.Thread(target=worker.wait_until_empty, daemon=True)
-    waiter.start()
-    waiter.join(timeout)
-
-
 def cmd_rollout(args: argparse.Namespace) -> int:
     from prefect_genopt.locks import LockTimeout
     from prefect_genopt.rollout import controller
@@ -501,7 +480,6 @@ def cmd_rollout(args: argparse.Namespace) -> int:
                     "state": result.state.model_dump(mode="json"),
                 }
                 sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
-                _send_events()
                 return 0
             print(result.summary())
         elif verb == "pin":
@@ -512,8 +490,6 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             getattr(controller, verb)(pipeline, args.reason or "", actor=args.actor)
         elif verb != "status":
             raise CLIError(f"unknown rollout verb {verb!r}")
-        if verb != "status":
-            _send_events()
         status = rollout_status(pipeline)
     except controller.GateStopped as exc:
         print(f"genopt rollout: stopped: {exc}", file=sys.stderr)
@@ -938,6 +914,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"genopt {args.command}: SQL error: {exc}", file=sys.stderr)
             return 2
         raise
+    finally:
+        # rollout verbs (and `optimize` with rollout: auto) emit genopt.rollout.* events;
+        # the controller is only loaded by the commands that can
+        controller = sys.modules.get("prefect_genopt.rollout.controller")
+        if controller is not None:
+            controller.flush_events()
 
 
 if __name__ == "__main__":

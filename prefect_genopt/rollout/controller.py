@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,9 +61,13 @@ __all__ = [
     "measure",
     "Measurement",
     "EVENT_NAMES",
+    "flush_events",
 ]
 
 logger = logging.getLogger("prefect_genopt.rollout")
+
+#: set once this process has emitted a genopt.rollout.* event (see :func:`flush_events`)
+_emitted = threading.Event()
 
 #: decision kind -> the Prefect event it emits
 EVENT_NAMES = {
@@ -150,6 +155,7 @@ def _emit(kind: str, state: sm.RoutingState, reason: str, extra: Mapping[str, An
                     "prefect.resource.role": "rollout",
                 }
             )
+        _emitted.set()
         emit_event(
             event=EVENT_NAMES.get(
                 kind, CHECKED_EVENT if kind == "checked" else f"genopt.rollout.{kind}"
@@ -173,6 +179,23 @@ def _emit(kind: str, state: sm.RoutingState, reason: str, extra: Mapping[str, An
         )
     except Exception as exc:  # noqa: BLE001 - events are best effort; the record is the warehouse
         logger.warning("could not emit the %s event: %s", kind, exc)
+
+
+def flush_events(timeout: float = 5.0) -> None:
+    """Wait, at most ``timeout`` seconds, until Prefect has sent the events this process
+    emitted. A short-lived process (a ``genopt`` command) would otherwise exit with them
+    still queued, and Prefect's exit-time drain warns "Still processing items"."""
+    if not _emitted.is_set():
+        return
+    from prefect.events.worker import EventsWorker
+
+    try:
+        worker = EventsWorker.instance()
+    except Exception:  # noqa: BLE001 - best effort: the record is in the warehouse anyway
+        return
+    waiter = threading.Thread(target=worker.wait_until_empty, daemon=True)
+    waiter.start()
+    waiter.join(timeout)
 
 
 def _event_row(
