@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,14 +44,13 @@ from prefect_genopt.tracing import DROPS_SPAN, get_processor
 from prefect_genopt.warehouse.access import connect
 from prefect_genopt.warehouse.schema import ROW_TABLES, migrate, utcnow
 
-__all__ = ["Ingester", "IngestResult", "ingest", "FAULT_ENV"]
+__all__ = ["Ingester", "IngestResult", "ingest", "FAULT_POINTS", "set_fault_hook"]
 
 logger = logging.getLogger("prefect_genopt.ingest")
 
-#: Testing hook: ``GENOPT_FAULT=ingest:<point>`` kills the ingesting process
-#: (SIGKILL) at that point inside the load transaction. Points:
-#: ``after-spans``, ``after-runs``, ``before-commit``.
-FAULT_ENV = "GENOPT_FAULT"
+#: Named points inside the load transaction where the fault hook is called (tests kill
+#: the ingesting process there: :func:`prefect_genopt.testing.kill_at`).
+FAULT_POINTS = ("after-spans", "after-runs", "before-commit")
 MAX_LINE_BYTES = 64 * 1024 * 1024
 _KINDS = {"span", "feedback", "row"}
 
@@ -67,9 +66,20 @@ WHERE k IS NULL OR k NOT IN ({", ".join(f"'{k}'" for k in sorted(_KINDS))})
 """
 
 
+_fault_hook: Callable[[str], None] | None = None
+
+
+def set_fault_hook(hook: Callable[[str], None] | None) -> Callable[[str], None] | None:
+    """Call ``hook(point)`` at each of :data:`FAULT_POINTS` (``None``: no hook); returns
+    the hook it replaces. For tests that crash an ingest on purpose."""
+    global _fault_hook
+    previous, _fault_hook = _fault_hook, hook
+    return previous
+
+
 def _fault(point: str) -> None:
-    if os.environ.get(FAULT_ENV) == f"ingest:{point}":
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _fault_hook is not None:
+        _fault_hook(point)
 
 
 @dataclass

@@ -7,11 +7,11 @@ from pathlib import Path
 import orjson
 
 import prefect_genopt as genopt
+from flows.examples.steps3 import steps3
 from prefect_genopt.optimize import OptimizerSettings, optimize
 from prefect_genopt.optimize.evidence import Step
 from prefect_genopt.optimize.step_credit import Credit, blame_contrast, blame_expected, focus, ndtw
 from tests.optimize import scripted
-from tests.optimize.steps3 import steps3
 from tests.optimize.test_runner import candidate_values
 
 

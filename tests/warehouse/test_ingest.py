@@ -151,6 +151,10 @@ def test_live_writers_partial_line_waits(warehouse_path: Path) -> None:
 
 
 INGEST_CHILD = "from prefect_genopt.warehouse import Ingester; print(Ingester().ingest())"
+#: the same ingest, in a process that SIGKILLs itself at ``sys.argv[1]`` of the transaction
+KILLED_INGEST_CHILD = (
+    "import sys; from prefect_genopt.testing import kill_at; kill_at(sys.argv[1]); " + INGEST_CHILD
+)
 
 
 @pytest.mark.parametrize("point", ["after-spans", "after-runs", "before-commit"])
@@ -166,8 +170,7 @@ def test_killed_mid_transaction_then_rerun_loads_exactly_once(
     w.append([_feedback(i, run_id) for i in range(50)])
     w.close()
 
-    env = {**os.environ, "GENOPT_FAULT": f"ingest:{point}"}
-    proc = subprocess.run([sys.executable, "-c", INGEST_CHILD], env=env, capture_output=True)
+    proc = subprocess.run([sys.executable, "-c", KILLED_INGEST_CHILD, point], capture_output=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     assert _count(warehouse_path, "spans") == 0  # rolled back: nothing half-loaded
 
