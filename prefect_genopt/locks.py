@@ -21,12 +21,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from prefect_genopt.errors import BusyError
+
 __all__ = ["slug", "lock_name", "pipeline_lock", "LockTimeout"]
 
 logger = logging.getLogger("prefect_genopt.locks")
 
 
-class LockTimeout(TimeoutError):
+class LockTimeout(BusyError, TimeoutError):
     """Another holder kept the lock longer than we were willing to wait."""
 
 

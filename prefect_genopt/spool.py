@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from prefect_genopt.errors import UnavailableError
 from prefect_genopt.records import HOST
 
 __all__ = [
@@ -50,7 +51,7 @@ SEALED_SUFFIX = ".jsonl"
 DEFAULT_ROTATE_BYTES = 64 * 1024 * 1024
 
 
-class SpoolError(OSError):
+class SpoolError(UnavailableError, OSError):
     """The spool could not be written (disk full, permissions, ...)."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from prefect_genopt.errors import NotFoundError
 from prefect_genopt.optimize.config import OptimizerSettings
 from prefect_genopt.warehouse import Warehouse
 from prefect_genopt.warehouse.schema import utcnow
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 
-class EvidenceError(RuntimeError):
+class EvidenceError(NotFoundError, RuntimeError):
     """There is no usable evidence (unknown pipeline, no feedback in the window...)."""
 
 

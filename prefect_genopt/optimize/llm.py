@@ -32,6 +32,7 @@ from typing import Any
 import litellm
 import orjson
 
+from prefect_genopt.errors import BadInputError, BudgetError, UnavailableError
 from prefect_genopt.settings import get_settings
 
 __all__ = [
@@ -67,19 +68,19 @@ SCHEMA_PROVIDERS = frozenset(
 )
 
 
-class LLMTimeout(TimeoutError):
+class LLMTimeout(UnavailableError, TimeoutError):
     """An LLM call took longer than its timeout."""
 
 
-class LLMCallError(RuntimeError):
+class LLMCallError(UnavailableError, RuntimeError):
     """The provider refused or failed the call (auth, connection, bad request...)."""
 
 
-class ReplyError(ValueError):
+class ReplyError(BadInputError, ValueError):
     """An answer that is not a usable ``{"reasoning", "suggestion"}`` object."""
 
 
-class BudgetExhausted(RuntimeError):
+class BudgetExhausted(BudgetError, RuntimeError):
     """The optimizer run's token or USD budget does not allow another call."""
 
 

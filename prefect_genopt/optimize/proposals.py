@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from prefect_genopt import spool
+from prefect_genopt.errors import BadInputError
 from prefect_genopt.records import current_user, row_record
 from prefect_genopt.redaction import clean
 from prefect_genopt.warehouse import Warehouse
@@ -49,7 +50,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
-class ProposalError(ValueError):
+class ProposalError(BadInputError, ValueError):
     """An unknown proposal, or a status change its current status does not allow."""
 
 

@@ -30,10 +30,12 @@ from typing import Any
 
 import jsonschema
 
+from prefect_genopt.errors import BadInputError
+
 __all__ = ["SuggestionError", "Checked", "check_suggestion", "editable_fields"]
 
 
-class SuggestionError(ValueError):
+class SuggestionError(BadInputError, ValueError):
     """A suggestion that cannot become a candidate; the message says why."""
 
     def __init__(self, reason: str, kind: str = "invalid") -> None:

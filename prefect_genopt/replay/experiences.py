@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from prefect_genopt import spool
+from prefect_genopt.errors import BadInputError
 from prefect_genopt.records import row_record
 from prefect_genopt.replay.checks import failed, run_checks
 from prefect_genopt.replay.steps import clear_cache, params_fingerprint
@@ -49,7 +50,7 @@ __all__ = ["harvest", "HarvestResult", "ExperienceError", "verified_demos"]
 logger = logging.getLogger("prefect_genopt.replay")
 
 
-class ExperienceError(ValueError):
+class ExperienceError(BadInputError, ValueError):
     """Harvesting cannot proceed as asked (an unknown KPI, a threshold that is needed)."""
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from prefect_genopt import spool
+from prefect_genopt.errors import BadInputError, GateStoppedError
 from prefect_genopt.locks import pipeline_lock
 from prefect_genopt.optimize.ratings import rating_row
 from prefect_genopt.records import current_user, row_record
@@ -84,11 +85,11 @@ CHECKED_EVENT = "genopt.rollout.checked"
 _PROPOSAL_STATUS = {"started": "canary", "promote": "promoted", "abort": "rolled_back"}
 
 
-class RolloutError(ValueError):
+class RolloutError(BadInputError, ValueError):
     """A rollout command that cannot be carried out as asked (the message says why)."""
 
 
-class GateStopped(RolloutError):
+class GateStopped(GateStoppedError, RolloutError):
     """The replay gate found the candidate worse than stable: it was not rolled out."""
 
 

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefect_genopt.errors import ConflictError
 from prefect_genopt.rollout.analysis import Assessment
 from prefect_genopt.rollout.plan import RolloutPlan
 
@@ -77,7 +78,7 @@ DECISIONS = (
 MAX_REASON_CHARS = 1500
 
 
-class RolloutStateError(ValueError):
+class RolloutStateError(ConflictError, ValueError):
     """A transition the current state does not allow (e.g. a second start)."""
 
 

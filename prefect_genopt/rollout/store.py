@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from prefect_genopt.errors import ConflictError, UnavailableError
 from prefect_genopt.locks import slug
 from prefect_genopt.rollout.state import RoutingState
 
@@ -51,11 +52,11 @@ __all__ = [
 ]
 
 
-class StaleStateError(RuntimeError):
+class StaleStateError(ConflictError, RuntimeError):
     """The pointer changed since it was read: the decision is dropped, not applied."""
 
 
-class RoutingUnavailable(RuntimeError):
+class RoutingUnavailable(UnavailableError, RuntimeError):
     """The routing state could not be read (API down, bad value, missing param set)."""
 
 

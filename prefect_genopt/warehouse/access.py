@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 
+from prefect_genopt.errors import BusyError, NotFoundError
 from prefect_genopt.settings import get_settings
 
 __all__ = [
@@ -32,11 +33,11 @@ __all__ = [
 process_lock = threading.RLock()
 
 
-class WarehouseBusyError(TimeoutError):
+class WarehouseBusyError(BusyError, TimeoutError):
     """The warehouse stayed locked by another process for longer than the timeout."""
 
 
-class WarehouseMissingError(FileNotFoundError):
+class WarehouseMissingError(NotFoundError, FileNotFoundError):
     """A read-only open of a warehouse file that does not exist yet."""
 
 

@@ -58,6 +58,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from prefect_genopt.errors import BadInputError
 from prefect_genopt.records import span_record
 
 __all__ = [
@@ -110,7 +111,7 @@ _STATUS_BY_NAME = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERR
 }
 
 
-class OTLPDecodeError(ValueError):
+class OTLPDecodeError(BadInputError, ValueError):
     """An OTLP request body that cannot be decoded; the message says why."""
 
 

@@ -1,0 +1,137 @@
+"""One error tree: every exception class the package defines is a GenoptError of one kind,
+and keeps its old name, module and builtin bases."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import prefect_genopt
+from prefect_genopt import errors as e
+
+#: class name -> (defining module, kind, the builtin base it had before the tree)
+TREE: dict[str, tuple[str, type[e.GenoptError], type[BaseException]]] = {
+    "CLIError": ("prefect_genopt.cli", e.BadInputError, Exception),
+    "FeedbackError": ("prefect_genopt.feedback", e.BadInputError, ValueError),
+    "UnknownRunError": ("prefect_genopt.feedback", e.NotFoundError, ValueError),
+    "OTLPDecodeError": ("prefect_genopt.warehouse.otlp", e.BadInputError, ValueError),
+    "UnsupportedMediaTypeError": ("prefect_genopt.warehouse.otlp", e.BadInputError, ValueError),
+    "PayloadTooLargeError": ("prefect_genopt.warehouse.otlp", e.BadInputError, ValueError),
+    "RolloutError": ("prefect_genopt.rollout.controller", e.BadInputError, ValueError),
+    "GateStopped": ("prefect_genopt.rollout.controller", e.GateStoppedError, ValueError),
+    "ExperienceError": ("prefect_genopt.replay.experiences", e.BadInputError, ValueError),
+    "ProposalError": ("prefect_genopt.optimize.proposals", e.BadInputError, ValueError),
+    "SuggestionError": ("prefect_genopt.optimize.validate", e.BadInputError, ValueError),
+    "ReplyError": ("prefect_genopt.optimize.llm", e.BadInputError, ValueError),
+    "WarehouseMissingError": (
+        "prefect_genopt.warehouse.access",
+        e.NotFoundError,
+        FileNotFoundError,
+    ),
+    "EvidenceError": ("prefect_genopt.optimize.evidence", e.NotFoundError, RuntimeError),
+    "RolloutStateError": ("prefect_genopt.rollout.state", e.ConflictError, ValueError),
+    "StaleStateError": ("prefect_genopt.rollout.store", e.ConflictError, RuntimeError),
+    "WarehouseBusyError": ("prefect_genopt.warehouse.access", e.BusyError, TimeoutError),
+    "LockTimeout": ("prefect_genopt.locks", e.BusyError, TimeoutError),
+    "RoutingUnavailable": ("prefect_genopt.rollout.store", e.UnavailableError, RuntimeError),
+    "LLMTimeout": ("prefect_genopt.optimize.llm", e.UnavailableError, TimeoutError),
+    "LLMCallError": ("prefect_genopt.optimize.llm", e.UnavailableError, RuntimeError),
+    "LocalModelError": ("prefect_genopt.local_model", e.UnavailableError, RuntimeError),
+    "SpoolError": ("prefect_genopt.spool", e.UnavailableError, OSError),
+    "BudgetExhausted": ("prefect_genopt.optimize.llm", e.BudgetError, RuntimeError),
+}
+
+#: exception classes that are not errors the library raises to its callers
+NOT_IN_TREE = {
+    # an HTTP status carried from a request handler to its reply, never raised outside it
+    "prefect_genopt.warehouse.receiver._HTTPError",
+}
+
+KINDS = (
+    e.BadInputError,
+    e.NotFoundError,
+    e.ConflictError,
+    e.BusyError,
+    e.UnavailableError,
+    e.BudgetError,
+    e.GateStoppedError,
+)
+
+
+def _defined_exceptions() -> dict[str, type[BaseException]]:
+    """Every exception class defined in a module of the package, by qualified name."""
+    found: dict[str, type[BaseException]] = {}
+    names = [prefect_genopt.__name__] + [
+        m.name
+        for m in pkgutil.walk_packages(prefect_genopt.__path__, prefix="prefect_genopt.")
+        if not m.name.endswith("__main__")  # importing it would run the command
+    ]
+    for name in names:
+        module = importlib.import_module(name)
+        for obj in vars(module).values():
+            if (
+                inspect.isclass(obj)
+                and issubclass(obj, BaseException)
+                and obj.__module__ == name
+                and obj.__module__ != e.__name__
+            ):
+                found[f"{name}.{obj.__qualname__}"] = obj
+    return found
+
+
+def _builtin_ancestors(cls: type) -> set[type]:
+    return {c for c in cls.__mro__ if c.__module__ == "builtins"}
+
+
+def test_every_exception_the_package_defines_is_in_the_tree() -> None:
+    found = _defined_exceptions()
+    outside = sorted(qn for qn, cls in found.items() if not issubclass(cls, e.GenoptError))
+    assert set(outside) == NOT_IN_TREE, "an exception class outside the GenoptError tree"
+    listed = {f"{module}.{name}" for name, (module, _, _) in TREE.items()}
+    assert set(found) - NOT_IN_TREE == listed, "TREE (this test) lists every error class"
+
+
+@pytest.mark.parametrize("name", sorted(TREE))
+def test_each_error_keeps_name_module_and_builtin_base(name: str) -> None:
+    module, kind, builtin = TREE[name]
+    cls = getattr(importlib.import_module(module), name)
+    assert cls.__name__ == name and cls.__module__ == module
+    assert issubclass(cls, kind) and issubclass(cls, e.GenoptError)
+    # exactly the builtin ancestors it had: no `except` clause catches more or less than before
+    assert _builtin_ancestors(cls) == set(builtin.__mro__)
+    kinds = [k for k in KINDS if issubclass(cls, k)]
+    if name == "UnknownRunError":  # a FeedbackError (bad input) about a run that does not exist
+        assert kinds == [e.BadInputError, e.NotFoundError]
+    elif name == "GateStopped":  # a RolloutError (bad input) that is the gate's verdict
+        assert kinds == [e.BadInputError, e.GateStoppedError]
+    else:
+        assert kinds == [kind]
+
+
+def test_old_except_clauses_still_catch() -> None:
+    from prefect_genopt.feedback import FeedbackError, UnknownRunError
+    from prefect_genopt.rollout.controller import GateStopped, RolloutError
+    from prefect_genopt.warehouse import WarehouseMissingError
+
+    with pytest.raises(FeedbackError):
+        raise UnknownRunError("no flow run")
+    with pytest.raises(RolloutError):
+        raise GateStopped("worse")
+    with pytest.raises(FileNotFoundError):
+        raise WarehouseMissingError("no warehouse")
+    with pytest.raises(e.NotFoundError):
+        raise WarehouseMissingError("no warehouse")
+
+
+def test_the_kinds_add_no_builtin_base_and_the_module_imports_nothing() -> None:
+    for kind in KINDS:
+        assert kind.__bases__ == (e.GenoptError,)
+    assert e.GenoptError.__bases__ == (Exception,)
+    tree = ast.parse(Path(e.__file__).read_text())
+    imports = [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
+    assert [getattr(n, "module", None) for n in imports] == ["__future__"]
