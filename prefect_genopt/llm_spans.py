@@ -8,10 +8,14 @@ model, provider, input/output tokens (new and old GenAI convention names),
 cost in USD (``None`` when litellm does not know the price), latency, the
 messages and the answer (redacted and truncated at storage).
 
-The wrapping happens when litellm is imported (an import hook installed with
-:func:`install`), so ``from litellm import completion`` written after
-``import prefect_genopt`` is traced too. Calls bound before genopt was imported
-are not.
+:func:`install` wraps them when tracing is set up
+(:func:`prefect_genopt.setup_tracing`, which ``@genopt.pipeline`` and
+``@genopt.task`` call), never at ``import prefect_genopt``: at once if litellm
+is imported, else through an import hook as soon as it is. Calls through the
+module (``litellm.completion(...)``) are traced wherever they were written;
+a name bound before tracing was set up (``from litellm import completion``
+above the first decorated function) keeps the unwrapped function, so bind it
+after, or call :func:`prefect_genopt.setup_tracing` first.
 
 Example:
     >>> install()

@@ -1,26 +1,34 @@
-"""Tracing: genopt's span processor and exporters, and installing them.
+"""Tracing: genopt's span processors and exporters, and installing them.
 
 Prefect 3 already opens one OpenTelemetry span per flow run and per task run,
 but through the no-op API until an SDK ``TracerProvider`` exists.
-:func:`setup_tracing` installs one (or joins the application's own) with a
-:class:`GenoptSpanProcessor`, which
+:func:`setup_tracing` installs one (or joins the application's own) with two
+span processors, each with one job, as the OTel SDK separates enriching spans
+from its ``BatchSpanProcessor``:
 
-* stamps every span started inside a pipeline run with the run id, pipeline,
-  param-set id and arm (Prefect's task spans do not carry the flow-run id);
-* hands finished spans to a :class:`~opentelemetry.sdk.trace.export.SpanExporter`
-  (the :class:`SpoolSpanExporter` by default, the standard OTLP exporter with
+* :class:`RunContextSpanProcessor` stamps every span started inside a pipeline
+  run with the run id, pipeline, param-set id and arm (Prefect's task spans do
+  not carry the flow-run id);
+* :class:`ExportSpanProcessor` hands finished spans to a
+  :class:`~opentelemetry.sdk.trace.export.SpanExporter` (the
+  :class:`SpoolSpanExporter` by default, the standard OTLP exporter with
   ``GENOPT_OTLP_ENDPOINT``) through a bounded queue and a background thread, so
   the task thread only enqueues; run boundaries (run start and end, flow spans)
   are exported synchronously, so a killed run keeps its record. A span that
-  does not fit in the queue is dropped and counted;
-* reports dropped spans as a ``genopt.drops`` span so ``genopt status`` shows them.
+  does not fit in the queue is dropped and counted, and reported as a
+  ``genopt.drops`` span so ``genopt status`` shows it.
+
+:class:`GenoptSpanProcessor` chains the two in one processor, for a provider
+built by hand. :func:`setup_tracing` also starts tracing litellm calls
+(:mod:`prefect_genopt.llm_spans`).
 
 Example:
     >>> from opentelemetry.sdk.trace import TracerProvider
     >>> from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     >>> exporter = InMemorySpanExporter()
     >>> provider = TracerProvider()
-    >>> provider.add_span_processor(GenoptSpanProcessor(exporter))
+    >>> provider.add_span_processor(RunContextSpanProcessor())
+    >>> provider.add_span_processor(ExportSpanProcessor(exporter))
     >>> with provider.get_tracer("demo").start_as_current_span("step"):
     ...     pass
     >>> [s.name for s in exporter.get_finished_spans()]
@@ -35,6 +43,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -46,16 +55,19 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanContext, TraceFlags
 
-from prefect_genopt import semconv, spool
+from prefect_genopt import llm_spans, semconv, spool
 from prefect_genopt.context import item_var, run_var
 from prefect_genopt.records import from_readable_span
 from prefect_genopt.settings import get_settings
 
 __all__ = [
+    "RunContextSpanProcessor",
+    "ExportSpanProcessor",
     "GenoptSpanProcessor",
     "SpoolSpanExporter",
     "setup_tracing",
     "get_processor",
+    "get_stamper",
     "tracer",
     "DROPS_SPAN",
 ]
@@ -96,51 +108,36 @@ class SpoolSpanExporter(SpanExporter):
         return True
 
 
-class GenoptSpanProcessor(SpanProcessor):
-    """Stamps run context on spans and exports them, counting what is lost.
+class RunContextSpanProcessor(SpanProcessor):
+    """Stamps genopt's run context on every span started inside a pipeline run.
 
-    Args:
-        exporter: Where finished spans go.
-        queue_size: ``None`` exports synchronously in ``on_end``. A number
-            buffers up to that many spans for a background thread that exports
-            them in batches (the task thread only enqueues); a span that does
-            not fit is dropped and counted.
-        batch_size: Most spans per background export call.
-        interval: Seconds the background thread waits for a batch to fill.
-        immediate: With a queue, spans for which this returns True are still
-            exported synchronously (genopt's run boundaries, so a killed run
-            keeps its record).
+    A span gets the run id when it is a Prefect flow-run span, when it starts
+    inside a pipeline run (the run context variable), or when its parent got
+    one (Prefect's task spans do not carry the flow-run id). Spans of the run
+    of this context also get its pipeline, param-set id and arm (an item's own
+    arm inside a canary). It only writes attributes: exporting is
+    :class:`ExportSpanProcessor`'s work, added after it to the same provider.
+
+    Example:
+        >>> from opentelemetry.sdk.trace import TracerProvider
+        >>> from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        >>> from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        ...     InMemorySpanExporter,
+        ... )
+        >>> exporter = InMemorySpanExporter()
+        >>> provider = TracerProvider()
+        >>> provider.add_span_processor(RunContextSpanProcessor())
+        >>> provider.add_span_processor(SimpleSpanProcessor(exporter))
+        >>> flow = {semconv.PREFECT_RUN_TYPE: "flow", semconv.PREFECT_RUN_ID: "run-1"}
+        >>> with provider.get_tracer("demo").start_as_current_span("flow", attributes=flow):
+        ...     with provider.get_tracer("demo").start_as_current_span("task"):
+        ...         pass
+        >>> [s.attributes[semconv.RUN_ID] for s in exporter.get_finished_spans()]
+        ['run-1', 'run-1']
     """
 
-    def __init__(
-        self,
-        exporter: SpanExporter,
-        queue_size: int | None = None,
-        batch_size: int = 512,
-        interval: float = 1.0,
-        immediate: Callable[[ReadableSpan], bool] | None = None,
-    ) -> None:
-        self.exporter = exporter
-        self.immediate = immediate
-        self.queue_size = queue_size
-        self.batch_size = batch_size
-        self.interval = interval
-        self.dropped = 0
-        self._reported_drops = 0
+    def __init__(self) -> None:
         self._run_ids: dict[int, str] = {}
-        self._lock = threading.Lock()
-        self._queue: collections.deque[ReadableSpan] = collections.deque()
-        self._wake = threading.Condition(self._lock)
-        self._idle = threading.Condition(self._lock)
-        self._exporting = 0
-        self._stop = False
-        self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
-        if queue_size is not None:
-            self._start_thread()
-            os.register_at_fork(after_in_child=self._after_fork)
-
-    # -- stamping ---------------------------------------------------------------------
 
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
         attrs = span.attributes or {}
@@ -170,10 +167,76 @@ class GenoptSpanProcessor(SpanProcessor):
                 }
             )
 
-    # -- exporting --------------------------------------------------------------------
-
     def on_end(self, span: ReadableSpan) -> None:
         self._run_ids.pop(span.context.span_id, None)
+
+
+class ExportSpanProcessor(SpanProcessor):
+    """Hands finished spans to an exporter, synchronously or through a queue, counting losses.
+
+    It reads spans as they are; stamping them is :class:`RunContextSpanProcessor`'s
+    work. A span that does not fit in the queue, or whose export fails, is
+    counted in :attr:`dropped`; :meth:`force_flush` reports new drops as one
+    ``genopt.drops`` span.
+
+    Args:
+        exporter: Where finished spans go.
+        queue_size: ``None`` exports synchronously in ``on_end``. A number
+            buffers up to that many spans for a background thread that exports
+            them in batches (the task thread only enqueues); a span that does
+            not fit is dropped and counted.
+        batch_size: Most spans per background export call.
+        interval: Seconds the background thread waits for a batch to fill.
+        immediate: With a queue, spans for which this returns True are still
+            exported synchronously (genopt's run boundaries, so a killed run
+            keeps its record).
+
+    The background thread keeps the processor alive until :meth:`shutdown`;
+    the hook that restarts it in a forked child holds only a weak reference.
+
+    Example:
+        >>> from opentelemetry.sdk.trace import TracerProvider
+        >>> from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+        ...     InMemorySpanExporter,
+        ... )
+        >>> exporter = InMemorySpanExporter()
+        >>> provider = TracerProvider()
+        >>> provider.add_span_processor(ExportSpanProcessor(exporter))
+        >>> with provider.get_tracer("demo").start_as_current_span("step"):
+        ...     pass
+        >>> [s.name for s in exporter.get_finished_spans()]
+        ['step']
+    """
+
+    def __init__(
+        self,
+        exporter: SpanExporter,
+        queue_size: int | None = None,
+        batch_size: int = 512,
+        interval: float = 1.0,
+        immediate: Callable[[ReadableSpan], bool] | None = None,
+    ) -> None:
+        self.exporter = exporter
+        self.immediate = immediate
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.interval = interval
+        self.dropped = 0
+        self._reported_drops = 0
+        self._lock = threading.Lock()
+        self._queue: collections.deque[ReadableSpan] = collections.deque()
+        self._wake = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
+        self._exporting = 0
+        self._stop = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        if queue_size is not None:
+            self._start_thread()
+            self._register_fork_hook()
+
+    def on_end(self, span: ReadableSpan) -> None:
         if not span.context.trace_flags.sampled:
             return
         if self.queue_size is None or (self.immediate is not None and self.immediate(span)):
@@ -194,6 +257,20 @@ class GenoptSpanProcessor(SpanProcessor):
         )
         self._thread.start()
 
+    def _register_fork_hook(self) -> None:
+        """Restart the background thread in a forked child, without keeping ``self`` alive.
+
+        ``os.register_at_fork`` hooks cannot be removed, so the hook holds a weak
+        reference: a processor nothing else refers to is still collected.
+        """
+        after_fork = weakref.WeakMethod(self._after_fork)
+
+        def after_in_child() -> None:
+            if (reinit := after_fork()) is not None:
+                reinit()
+
+        os.register_at_fork(after_in_child=after_in_child)
+
     def _after_fork(self) -> None:
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -201,7 +278,9 @@ class GenoptSpanProcessor(SpanProcessor):
         self._idle = threading.Condition(self._lock)
         self._queue.clear()
         self._exporting = 0
-        self._start_thread()
+        self._thread = None
+        if not self._closed:
+            self._start_thread()
 
     def _worker(self) -> None:
         while True:
@@ -281,6 +360,7 @@ class GenoptSpanProcessor(SpanProcessor):
 
     def shutdown(self) -> None:
         self.force_flush()
+        self._closed = True
         if self._thread is not None and self._pid == os.getpid():
             with self._lock:
                 self._stop = True
@@ -289,11 +369,40 @@ class GenoptSpanProcessor(SpanProcessor):
         self.exporter.shutdown()
 
 
-_processor: GenoptSpanProcessor | None = None
+class GenoptSpanProcessor(ExportSpanProcessor):
+    """Both in one processor: stamps run context, then exports (for a provider built by hand).
+
+    :func:`setup_tracing` adds a :class:`RunContextSpanProcessor` and an
+    :class:`ExportSpanProcessor` to the provider instead; this class is the two
+    chained, for code that adds one processor itself. Arguments are those of
+    :class:`ExportSpanProcessor`.
+    """
+
+    def __init__(
+        self,
+        exporter: SpanExporter,
+        queue_size: int | None = None,
+        batch_size: int = 512,
+        interval: float = 1.0,
+        immediate: Callable[[ReadableSpan], bool] | None = None,
+    ) -> None:
+        self.stamper = RunContextSpanProcessor()
+        super().__init__(exporter, queue_size, batch_size, interval, immediate)
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        self.stamper.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.stamper.on_end(span)
+        super().on_end(span)
+
+
+_processor: ExportSpanProcessor | None = None
+_stamper: RunContextSpanProcessor | None = None
 _setup_lock = threading.Lock()
 
 
-def _make_processor() -> GenoptSpanProcessor | None:
+def _make_processor() -> ExportSpanProcessor | None:
     settings = get_settings()
     mode = settings.export_mode
     if mode == "none":
@@ -304,12 +413,12 @@ def _make_processor() -> GenoptSpanProcessor | None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         endpoint = settings.otlp_endpoint.rstrip("/") + "/v1/traces"
-        return GenoptSpanProcessor(
+        return ExportSpanProcessor(
             OTLPSpanExporter(endpoint=endpoint), queue_size=settings.span_queue_size
         )
     if settings.spool_flush_interval <= 0:
-        return GenoptSpanProcessor(SpoolSpanExporter())
-    return GenoptSpanProcessor(
+        return ExportSpanProcessor(SpoolSpanExporter())
+    return ExportSpanProcessor(
         SpoolSpanExporter(),
         queue_size=settings.span_queue_size,
         interval=settings.spool_flush_interval,
@@ -325,24 +434,29 @@ def is_run_boundary(span: ReadableSpan) -> bool:
     return attrs.get(semconv.PREFECT_RUN_TYPE) == "flow"
 
 
-def setup_tracing(provider: TracerProvider | None = None) -> GenoptSpanProcessor | None:
-    """Install genopt's span processor (idempotent); returns it, or None when off.
+def setup_tracing(provider: TracerProvider | None = None) -> ExportSpanProcessor | None:
+    """Install genopt's span processors (idempotent); returns the exporting one, or None when off.
 
-    If the application already installed an SDK ``TracerProvider`` (or passes
-    one), genopt adds its processor to it; otherwise genopt installs a new
-    provider as the global one. Called by ``@genopt.pipeline`` and
-    ``@genopt.task`` at decoration time, so Prefect's flow span of the very
-    first run is recorded too.
+    Adds a :class:`RunContextSpanProcessor` then an :class:`ExportSpanProcessor`
+    to the application's SDK ``TracerProvider`` when it already installed one
+    (or passes one); otherwise installs a new provider with them as the global
+    one. Also traces litellm calls from now on (:func:`prefect_genopt.llm_spans.install`),
+    whatever the export mode. Called by ``@genopt.pipeline`` and ``@genopt.task``
+    at decoration time, so Prefect's flow span of the very first run is
+    recorded too.
     """
-    global _processor
+    global _processor, _stamper
+    llm_spans.install()
     with _setup_lock:
         if _processor is not None and provider is None:
             return _processor
         proc = _processor or _make_processor()
         if proc is None:
             return None
+        stamper = _stamper or RunContextSpanProcessor()
         target = provider or trace.get_tracer_provider()
         if isinstance(target, TracerProvider):
+            target.add_span_processor(stamper)
             target.add_span_processor(proc)
         elif isinstance(target, trace.ProxyTracerProvider):
             new = TracerProvider(
@@ -350,6 +464,7 @@ def setup_tracing(provider: TracerProvider | None = None) -> GenoptSpanProcessor
                     {"service.name": os.environ.get("OTEL_SERVICE_NAME", "prefect-genopt")}
                 )
             )
+            new.add_span_processor(stamper)
             new.add_span_processor(proc)
             trace.set_tracer_provider(new)
         else:
@@ -359,16 +474,21 @@ def setup_tracing(provider: TracerProvider | None = None) -> GenoptSpanProcessor
                 type(target).__name__,
             )
             return None
-        _processor = proc
+        _processor, _stamper = proc, stamper
         # Queued spans are written at exit even if the provider is not shut down then
         # (an application's provider may be created with shutdown_on_exit=False).
         atexit.register(proc.force_flush)
         return proc
 
 
-def get_processor() -> GenoptSpanProcessor | None:
-    """The processor installed by :func:`setup_tracing`, if any."""
+def get_processor() -> ExportSpanProcessor | None:
+    """The exporting processor installed by :func:`setup_tracing`, if any (to flush it)."""
     return _processor
+
+
+def get_stamper() -> RunContextSpanProcessor | None:
+    """The stamping processor installed by :func:`setup_tracing`, if any."""
+    return _stamper
 
 
 def tracer() -> trace.Tracer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,12 +58,17 @@ def test_async_calls_are_recorded(warehouse_path: Path) -> None:
     assert rows == [{"llm_model": "gpt-4o-mini"}]
 
 
-def test_from_import_after_genopt_is_traced() -> None:
+def test_litellm_is_traced_once_a_decorator_sets_up_tracing(tmp_path: Path) -> None:
     code = (
-        "import prefect_genopt\n"
+        "import prefect_genopt as genopt, litellm\n"
+        "from prefect_genopt.llm_spans import is_instrumented\n"
+        "print(is_instrumented(litellm))\n"  # importing genopt patches nothing
+        "@genopt.task\n"  # no explicit setup_tracing(): the decorator calls it
+        "def step() -> None: ...\n"
         "from litellm import completion, acompletion\n"
-        "print(getattr(completion, '__genopt_traced__', False),"
+        "print(is_instrumented(litellm), getattr(completion, '__genopt_traced__', False),"
         " getattr(acompletion, '__genopt_traced__', False))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout.split() == ["True", "True"], out.stderr[-2000:]
+    env = {**os.environ, "GENOPT_WAREHOUSE": str(tmp_path / "w.duckdb")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.split() == ["False", "True", "True", "True"], out.stderr[-2000:]

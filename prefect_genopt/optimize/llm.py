@@ -29,9 +29,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import litellm
 import orjson
 
+from prefect_genopt._litellm import litellm
 from prefect_genopt.errors import BadInputError, BudgetError, UnavailableError
 from prefect_genopt.settings import get_settings
 
