@@ -17,8 +17,9 @@ minibatch and is the optimizer's ``seed``).
 Everything goes through the library: ``@flow`` + ``@genopt.pipeline`` +
 ``@genopt.task``, ``genopt.current_params``, ``genopt.feedback``,
 ``pinned_params``, ``optimize(OptimizerSettings(...))`` and the warehouse
-(one fresh warehouse file per task and seed under /tmp, one Prefect test harness
-for the whole process).
+(one fresh warehouse file per task and seed in ``<work>/bbh``, one Prefect test harness
+for the whole process). The data is read from ``<data>/bbh`` (directories: see
+:mod:`bench.common`).
 
 The task model is deterministic at temperature 0, so its replies are cached by
 (instruction, input) in ``bench/results/bbh_cache.json``; a cached reply is
@@ -27,43 +28,56 @@ replayed through ``litellm.completion(mock_response=...)`` so the run's trace
 calls are counted separately.
 
 Results are saved after each task+seed to ``bench/results/bbh.json`` (the run is
-resumable: finished task+seed pairs are skipped). ``--quick`` (1 seed, 2 updates)
-writes ``bench/results/bbh.quick.json``.
+resumable: finished task+seed pairs are skipped).
 
-    GENOPT_LOCAL_THREADS=2 python bench/bench_bbh.py                 # ~1.5-3 h on 2 cores
-    GENOPT_LOCAL_THREADS=2 python bench/bench_bbh.py --quick         # plumbing check
-    python bench/bench_bbh.py --tasks navigate --seeds 0,1
+``--quick`` is a plumbing check without the embedded model: 1 task, 1 seed, 2 updates on
+6 train / 3 validation / 5 test examples, answered by scripted models (the task model
+answers yes or no by a hash of instruction and question; the optimizer appends a sentence
+to the instruction, see :func:`quick_model`); it starts afresh each time and writes
+``bbh.quick.json`` and its own cache in the work directory. Without the BBH data it runs on
+synthetic questions.
+
+    GENOPT_LOCAL_THREADS=2 python -m bench.bench_bbh                 # ~1.5-3 h on 2 cores
+    python -m bench.bench_bbh --quick                                # plumbing check, < 1 min
+    python -m bench.bench_bbh --tasks navigate --seeds 0,1
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import random
 import re
 import shutil
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-# Before litellm (and prefect_genopt, which imports it) is imported.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("GENOPT_LOCAL_THREADS", "2")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-DATA_DIR = Path("/work/shared/data/bbh")
-WAREHOUSE_DIR = Path("/tmp/genopt-bbh")
+from bench import common
+from bench.common import library_state, log, mean, save_json
 
 START_INSTRUCTION = "Answer the question."
-N_TRAIN, N_VAL, N_TEST = 15, 10, 50
+
+
+class Split(NamedTuple):
+    """How many examples, in file order, go to train, validation and test."""
+
+    train: int
+    val: int
+    test: int
+
+    @property
+    def total(self) -> int:
+        return self.train + self.val + self.test
+
+
+SPLIT = Split(15, 10, 50)
+QUICK_SPLIT = Split(6, 3, 5)
 MINIBATCH = 3
 UPDATES = 5
 SEEDS = (0, 1, 2)
@@ -76,14 +90,15 @@ CREDIT_HORIZON = {"max_steps": 12, "max_value_chars": 1200, "include_llm_message
 OPTIMIZER_TIMEOUT_S = 900.0  # the shared 2-core machine is slow; the default is 300 s
 
 ANSWER_RE = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+#: the scripted provider of ``--quick``: routes ``task`` and ``optimizer``
+QUICK_PROVIDER = "bench-bbh"
+#: optimizer settings of ``--quick`` (the scripted optimizer answers plain text)
+QUICK_OPTIMIZER = {"response_format": "none"}
 
-_T0 = time.perf_counter()
 
-
-def log(msg: str) -> None:
-    """One progress line with a UTC timestamp and the elapsed minutes."""
-    now = datetime.now(UTC).strftime("%H:%M:%S")
-    print(f"[{now} +{(time.perf_counter() - _T0) / 60:5.1f}m] {msg}", flush=True)
+def data_dir() -> Path:
+    """The BBH task files: ``<data>/bbh`` (``GENOPT_BENCH_DATA``)."""
+    return common.settings().data / "bbh"
 
 
 def parse_answer(text: str) -> str | None:
@@ -97,36 +112,76 @@ def parse_answer(text: str) -> str | None:
     return m.group(1).lower() if m else None
 
 
-def git_info() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-            ).stdout.rstrip("\n")
-        except (OSError, subprocess.CalledProcessError):
-            return ""
+def synthetic_examples(task: str, n: int) -> list[dict[str, str]]:
+    """``n`` yes/no questions made up here, for ``--quick`` without the BBH data.
 
-    src = ROOT / "prefect_genopt" / "optimize" / "optoprime.py"
-    return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "dirty_files": [line[3:] for line in git("status", "--porcelain").splitlines()],
-        "optoprime_sha256": hashlib.sha256(src.read_bytes()).hexdigest()[:16],
-    }
+    Example:
+        >>> synthetic_examples("navigate", 1)[0]["target"] in ("Yes", "No")
+        True
+    """
+    rng = random.Random(task)
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        out.append({"input": f"Is {a} greater than {b}?", "target": "Yes" if a > b else "No"})
+    return out
 
 
-def load_examples(task: str) -> list[dict[str, str]]:
-    data = json.loads((DATA_DIR / f"{task}.json").read_text())
-    examples = data["examples"][: N_TRAIN + N_VAL + N_TEST]
+def load_examples(task: str, n: int = SPLIT.total, synthetic: bool = False) -> list[dict[str, str]]:
+    """The first ``n`` examples of a BBH task (``synthetic``: made-up ones when the data
+    file is missing)."""
+    path = data_dir() / f"{task}.json"
+    if synthetic and not path.is_file():
+        examples = synthetic_examples(task, n)
+    else:
+        examples = json.loads(path.read_text())["examples"][:n]
     return [
         {"id": f"{task[:5]}-{i:03d}", "input": e["input"], "target": str(e["target"])}
         for i, e in enumerate(examples)
     ]
 
 
-def save_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+def quick_answer(call: Any) -> str:
+    """The ``--quick`` task model: ``yes`` or ``no`` by a hash of the messages (so a new
+    instruction changes some answers)."""
+    digest = hashlib.sha256(f"{call.system}\0{call.user}".encode()).digest()
+    return "Yes." if digest[0] % 2 else "No."
+
+
+_REWRITES = itertools.count(1)
+_STRING_VARIABLE = re.compile(r'^\(string\) (\w+) = ("(?:[^"\\]|\\.)*")$', re.M)
+
+
+def quick_optimizer(call: Any) -> str:
+    """The ``--quick`` optimizer: at once, every string variable of the problem's
+    #Variables gets a sentence added, numbered by the calls so far (so every answer
+    proposes a new candidate).
+
+    Example:
+        >>> from prefect_genopt.testing import Call
+        >>> problem = '#Variables\n(string) instruction = "Answer."\n'
+        >>> reply = quick_optimizer(Call("o/x", "x", [{"role": "user", "content": problem}]))
+        >>> json.loads(reply)["suggestion"]["instruction"].startswith("Answer. Reply with yes")
+        True
+    """
+    prompt = next((str(m["content"]) for m in call.messages if m["role"] == "user"), "")
+    n = next(_REWRITES)
+    suggestion = {
+        name: json.loads(value) + f" Reply with yes or no first. ({n})"
+        for name, value in _STRING_VARIABLE.findall(prompt)
+    }
+    return json.dumps({"reasoning": "state the answer format", "suggestion": suggestion})
+
+
+def quick_model() -> tuple[str, str]:
+    """Register the ``--quick`` scripted models; returns (task model, optimizer model)."""
+    from prefect_genopt import testing
+
+    def respond(call: testing.Call) -> str:
+        return quick_optimizer(call) if call.route == "optimizer" else quick_answer(call)
+
+    testing.register(QUICK_PROVIDER, respond)
+    return f"{QUICK_PROVIDER}/task", f"{QUICK_PROVIDER}/optimizer"
 
 
 # -- the task-call cache -------------------------------------------------------------
@@ -158,7 +213,7 @@ class Cache:
         return hashlib.sha256(f"{instruction}\0{question}".encode()).hexdigest()
 
     def save(self) -> None:
-        save_json(self.path, self.data)
+        save_json(self.path, self.data, indent=1)
 
     def complete(
         self, key: str, model: str, messages: list[dict[str, str]], max_tokens: int
@@ -221,15 +276,16 @@ class Cache:
 # -- the pipeline ----------------------------------------------------------------------
 
 
-def build(cache: Cache) -> tuple[Any, Any, Any]:
-    """Import the library and define the pipeline; returns (genopt, make_flow, MODEL)."""
+def build(cache: Cache, quick: bool = False) -> tuple[Any, Any, str, str]:
+    """Import the library and define the pipeline; returns (genopt, make_flow, task model,
+    optimizer model): the embedded model for both, or with ``quick`` the scripted ones."""
     from prefect import flow
     from prefect.runtime import flow_run
 
     import prefect_genopt as genopt
     from prefect_genopt import local_model
 
-    model = local_model.register()
+    model, optimizer_model = quick_model() if quick else (local_model.register(),) * 2
 
     class BBHParams(genopt.Tunables):
         """What the optimizer may change in the BBH pipeline."""
@@ -287,7 +343,7 @@ def build(cache: Cache) -> tuple[Any, Any, Any]:
         bbh.__name__ = bbh.__qualname__ = name.replace("-", "_")
         return flow(name=name, log_prints=False)(genopt.pipeline(name=name, params=BBHParams)(bbh))
 
-    return genopt, make_flow, model
+    return genopt, make_flow, model, optimizer_model
 
 
 # -- one task + seed -------------------------------------------------------------------
@@ -370,15 +426,18 @@ def run_seed(
     task: str,
     seed: int,
     updates: int,
+    optimizer_model: str | None = None,
+    quick: bool = False,
 ) -> dict[str, Any]:
     from prefect_genopt.optimize import OptimizerSettings, optimize
 
-    examples = load_examples(task)
-    train = examples[:N_TRAIN]
-    val = examples[N_TRAIN : N_TRAIN + N_VAL]
-    test = examples[N_TRAIN + N_VAL :]
-    WAREHOUSE_DIR.mkdir(parents=True, exist_ok=True)
-    wpath = WAREHOUSE_DIR / f"{task}-s{seed}-{datetime.now(UTC):%Y%m%d%H%M%S}.duckdb"
+    split = QUICK_SPLIT if quick else SPLIT
+    examples = load_examples(task, split.total, synthetic=quick)
+    train = examples[: split.train]
+    val = examples[split.train : split.train + split.val]
+    test = examples[split.train + split.val :]
+    folder = common.work_dir("bbh")
+    wpath = folder / f"{task}-s{seed}-{datetime.now(UTC):%Y%m%d%H%M%S}.duckdb"
     for p in (wpath, wpath.with_name(wpath.name + ".spool"), wpath.with_name(wpath.name + ".wal")):
         if p.is_dir():
             shutil.rmtree(p)
@@ -389,7 +448,7 @@ def run_seed(
     pipe = make_flow(task)
     t_start = time.perf_counter()
     rng = random.Random(seed)
-    order = list(range(N_TRAIN))
+    order = list(range(split.train))
     rng.shuffle(order)
 
     current = START_INSTRUCTION
@@ -400,7 +459,7 @@ def run_seed(
     history: list[dict[str, Any]] = []
     opt_seconds = 0.0
     for u in range(updates):
-        idx = [order[(u * MINIBATCH + j) % N_TRAIN] for j in range(MINIBATCH)]
+        idx = [order[(u * MINIBATCH + j) % split.train] for j in range(MINIBATCH)]
         batch = [train[i] for i in idx]
         mb = run_pinned(genopt, pipe, cache, current, batch, "train")
         log(
@@ -409,7 +468,7 @@ def run_seed(
         )
         settings = OptimizerSettings(
             pipeline=f"bbh-{task}",
-            model=model,
+            model=optimizer_model or model,
             max_updates=1,
             minibatch_size=MINIBATCH,
             memory_size=MEMORY_SIZE,
@@ -420,6 +479,7 @@ def run_seed(
             max_output_tokens=MAX_OUTPUT_TOKENS,
             credit_horizon=CREDIT_HORIZON,
             timeout_s=OPTIMIZER_TIMEOUT_S,
+            **(QUICK_OPTIMIZER if quick else {}),
         )
         step: dict[str, Any] = {
             "update": u + 1,
@@ -520,10 +580,6 @@ def run_seed(
 # -- main ------------------------------------------------------------------------------
 
 
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
-
-
 def report(results: dict[str, Any]) -> str:
     """Markdown tables of the saved results: one per task, one row per seed, then the mean."""
     out: list[str] = []
@@ -557,12 +613,12 @@ def report(results: dict[str, Any]) -> str:
             )
         if rows:
             out.append(
-                f"| **mean** | {_mean([r['test_before'] for r in rows]):.3f} → "
-                f"**{_mean([r['test_after'] for r in rows]):.3f}** | → "
-                f"{_mean([r['final_val'] for r in rows]):.2f} | | | | | "
-                f"{_mean([r['optimizer_calls'] for r in rows]):.1f} | "
-                f"{_mean([r['optimizer_input_tokens'] for r in rows]):.0f} + "
-                f"{_mean([r['optimizer_output_tokens'] for r in rows]):.0f} | | |"
+                f"| **mean** | {mean([r['test_before'] for r in rows]):.3f} → "
+                f"**{mean([r['test_after'] for r in rows]):.3f}** | → "
+                f"{mean([r['final_val'] for r in rows]):.2f} | | | | | "
+                f"{mean([r['optimizer_calls'] for r in rows]):.1f} | "
+                f"{mean([r['optimizer_input_tokens'] for r in rows]):.0f} + "
+                f"{mean([r['optimizer_output_tokens'] for r in rows]):.0f} | | |"
             )
         out += ["", "Final instructions:", ""]
         out += [f"- seed {r['seed']}: `{r['final_instruction']}`" for r in rows]
@@ -627,23 +683,30 @@ def replies(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    settings = common.settings()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--tasks",
         default=",".join(TASKS),
-        help=f"comma-separated BBH tasks in {DATA_DIR} (default: {','.join(TASKS)})",
+        help=f"comma-separated BBH tasks in {data_dir()} (default: {','.join(TASKS)})",
     )
     ap.add_argument(
         "--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds (default 0,1,2)"
     )
     ap.add_argument("--updates", type=int, default=UPDATES, help="optimizer updates per seed")
-    ap.add_argument("--quick", action="store_true", help="1 seed, 2 updates, writes bbh.quick.json")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 task, 1 seed, 2 updates, few examples, scripted models; writes bbh.quick.json "
+        "in the work directory (a plumbing check)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="results file (default bbh.json)")
     ap.add_argument(
         "--cache",
         type=Path,
-        default=RESULTS / "bbh_cache.json",
-        help="task-call cache (deterministic replies at temperature 0)",
+        default=None,
+        help="task-call cache (deterministic replies at temperature 0; default "
+        "bench/results/bbh_cache.json, quick: its own in the work directory)",
     )
     ap.add_argument(
         "--report", action="store_true", help="print the saved results as Markdown and exit"
@@ -657,24 +720,37 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     updates = args.updates
+    split = SPLIT
     if args.quick:
-        seeds, updates = seeds[:1], 2
-    out = args.out or RESULTS / ("bbh.quick.json" if args.quick else "bbh.json")
+        tasks, seeds, updates, split = tasks[:1], seeds[:1], 2, QUICK_SPLIT
+    out = args.out or common.results_path("bbh", quick=args.quick)
+    cache_path = args.cache or (
+        common.work_dir("bbh") / "cache.quick.json"
+        if args.quick
+        else settings.results / "bbh_cache.json"
+    )
     if args.report:
         print(report(json.loads(out.read_text())))
         return 0
     if args.replies:
         print(replies(json.loads(out.read_text())))
         return 0
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    available = sorted(p.stem for p in DATA_DIR.glob("*.json"))
+    common.prefect_env()
+    os.environ.setdefault("GENOPT_LOCAL_THREADS", "2")
+    if args.quick:  # a plumbing check starts afresh, and never shares the real cache
+        out.unlink(missing_ok=True)
+        cache_path.unlink(missing_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    available = sorted(p.stem for p in data_dir().glob("*.json"))
     missing = [t for t in tasks if t not in available]
-    if missing:
-        log(f"tasks missing from {DATA_DIR}: {missing} (available: {available}); skipping them")
+    if missing and args.quick:
+        log(f"tasks missing from {data_dir()}: {missing}; --quick runs on synthetic questions")
+    elif missing:
+        log(f"tasks missing from {data_dir()}: {missing} (available: {available}); skipping them")
         tasks = [t for t in tasks if t in available]
 
     results: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
-    info = git_info()
+    info = library_state()
     results.setdefault("runs", []).append(
         {
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -685,6 +761,7 @@ def main(argv: list[str] | None = None) -> int:
             "updates": updates,
             "missing_tasks": missing,
             "local_threads": os.environ.get("GENOPT_LOCAL_THREADS"),
+            "quick": args.quick,
         }
     )
     results["protocol"] = {
@@ -693,14 +770,16 @@ def main(argv: list[str] | None = None) -> int:
         r"\b(yes|no)\b (case-insensitive) in the reply; exact match with the target "
         "(lower-cased)",
         "start_instruction": START_INSTRUCTION,
-        "split": f"first {N_TRAIN} train, next {N_VAL} validation, next {N_TEST} test",
+        "split": f"first {split.train} train, next {split.val} validation, next {split.test} test",
         "updates": updates,
         "minibatch": MINIBATCH,
         "seed": "permutation of the train examples into minibatches, and the optimizer's seed",
         "selection": "a proposed candidate is kept when its validation accuracy >= the current "
         "best's (ties go to the newer); rejected/no_change keep the current one",
         "optimizer": {
-            "model": "embedded Qwen2.5-Coder-1.5B-Instruct Q4_K_M (also the task model)",
+            "model": "scripted (--quick)"
+            if args.quick
+            else "embedded Qwen2.5-Coder-1.5B-Instruct Q4_K_M (also the task model)",
             "memory_size": MEMORY_SIZE,
             "max_output_tokens": MAX_OUTPUT_TOKENS,
             "credit_horizon": CREDIT_HORIZON,
@@ -716,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory never sees test feedback",
     }
     results.setdefault("tasks", {})
-    save_json(out, results)
+    save_json(out, results, indent=1)
 
     todo = [(t, s) for t in tasks for s in seeds if str(s) not in results["tasks"].get(t, {})]
     done = [(t, s) for t in tasks for s in seeds if (t, s) not in todo]
@@ -726,20 +805,22 @@ def main(argv: list[str] | None = None) -> int:
         print(report(results))
         return 0
     log(
-        f"commit {info['commit']} (dirty: {', '.join(info['dirty_files']) or 'none'}); "
+        f"{common.describe_library(info)}; "
         f"GENOPT_LOCAL_THREADS={os.environ.get('GENOPT_LOCAL_THREADS')}; todo {todo}"
     )
-    cache = Cache(args.cache)
-    genopt, make_flow, model = build(cache)
+    cache = Cache(cache_path)
+    genopt, make_flow, model, optimizer_model = build(cache, quick=args.quick)
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=180):
         log("prefect test harness up")
         for task, seed in todo:
-            rec = run_seed(genopt, make_flow, model, cache, task, seed, updates)
+            rec = run_seed(
+                genopt, make_flow, model, cache, task, seed, updates, optimizer_model, args.quick
+            )
             rec["git_at_start"] = info
             results["tasks"].setdefault(task, {})[str(seed)] = rec
-            save_json(out, results)
+            save_json(out, results, indent=1)
             log(f"saved {task} seed {seed} to {out} ({rec['seconds'] / 60:.1f} min)")
     print(report(results))
     return 0

@@ -41,12 +41,13 @@ rollout gets before it pauses.
 
 Run (single process; the full run takes a few minutes on one core)::
 
-    .venv/bin/python bench/bench_canary.py             # 1000 rollouts per scenario
-    .venv/bin/python bench/bench_canary.py --quick     # 100 rollouts (smoke check)
-    .venv/bin/python bench/bench_canary.py --profile   # cProfile of a small slice only
+    python -m bench.bench_canary             # 1000 rollouts per scenario
+    python -m bench.bench_canary --quick     # 100 rollouts (smoke check)
+    python -m bench.bench_canary --profile   # cProfile of a small slice only
 
-Writes ``bench/results/bench_canary.json`` (``bench_canary.quick.json`` with
-``--quick``) and prints one Markdown table per KPI type and the target lines.
+Writes ``bench/results/bench_canary.json`` (with ``--quick``: ``bench_canary.quick.json``
+in the work directory, see :mod:`bench.common`) and prints one Markdown table per KPI
+type and the target lines.
 """
 
 from __future__ import annotations
@@ -56,22 +57,17 @@ import cProfile
 import math
 import pstats
 import statistics
-import sys
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from random import Random
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common  # noqa: E402
-
-from prefect_genopt.rollout.analysis import ArmStats, assess  # noqa: E402
-from prefect_genopt.rollout.plan import RolloutPlan  # noqa: E402
-from prefect_genopt.rollout.state import RoutingState, decide, start  # noqa: E402
+from bench import common
+from prefect_genopt.rollout.analysis import ArmStats, assess
+from prefect_genopt.rollout.plan import RolloutPlan
+from prefect_genopt.rollout.state import RoutingState, decide, start
 
 NAME = "bench_canary"
 STABLE_MEAN = 0.80
@@ -741,11 +737,9 @@ def main(argv: list[str] | None = None) -> int:
         profile(p)
         return 0
 
-    info = _common.machine_info()
+    info = common.machine_info()
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    command = (
-        ".venv/bin/python bench/bench_canary.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
-    )
+    command = common.command_line("bench_canary", argv)
     print(
         f"bench_canary: {rollouts} rollouts per scenario, {calib_rollouts} calibration A/A "
         f"rollouts, a check every {p.interval} items, cap {p.max_items:,} items"
@@ -805,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- {text}: {'yes' if met else 'no'} ({detail})")
     print(f"\nwall time {wall:.1f}s, CPU {cpu:.1f}s")
 
-    _common.write_results(
+    common.write_results(
         NAME,
         {
             "benchmark": NAME,
@@ -850,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
             "targets": [{"target": t, "met": m, "detail": d} for t, m, d in lines],
             "wall_s": wall,
             "cpu_s": cpu,
-            "loadavg_at_end": _common.loadavg(),
+            "loadavg_at_end": common.loadavg(),
         },
         quick=args.quick,
     )

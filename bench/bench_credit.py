@@ -1,9 +1,10 @@
 """Step-level credit (STeCa) against whole-trace OptoPrime on a synthetic 3-step pipeline.
 
-``tests/optimize/steps3.py``: ``clean`` (reads ``case``) -> ``select`` (reads
+``flows/examples/steps3.py``: ``clean`` (reads ``case``) -> ``select`` (reads
 ``min_len``) -> ``render`` (reads ``sep``); ``min_len`` starts wrong (6 instead of
 3), so items with 3-5 letter words fail. The optimizer model is the scripted
-``scripted-opt/onevar`` (tests/optimize/scripted.py): it computes its answer from
+``scripted-opt/onevar`` (:func:`prefect_genopt.testing.scripted_optimizer`, mode
+``onevar``): it computes its answer from
 the prompt it receives, changes one variable per answer, never retries a variable
 its #Memory shows it changed, and picks among the untried variables by a coin
 from the prompt's hash (it does not know which step is at fault).
@@ -17,8 +18,9 @@ Reported: rounds to fix, optimizer LLM calls and tokens (in + out, as litellm
 counts them for the scripted model: words), and how often step credit blamed
 the right step.
 
-    .venv/bin/python bench/bench_credit.py              # 10 seeds, ~3 min
-    .venv/bin/python bench/bench_credit.py --seeds 3    # quicker
+    python -m bench.bench_credit              # 10 seeds, ~3 min
+    python -m bench.bench_credit --seeds 3    # quicker
+    python -m bench.bench_credit --quick      # 1 seed (smoke run; results in the work dir)
 """
 
 from __future__ import annotations
@@ -26,32 +28,23 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
-os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-from bench._common import machine_info, write_results  # noqa: E402
+from bench import common
 
 MAX_ROUNDS = 6
 TRAIN_ITEMS, VAL_ITEMS = 6, 12
 
 
-def one(seed: int, mode: str, tmp: Path) -> dict[str, Any]:
+def one(seed: int, mode: str, tmp: Path, model: str) -> dict[str, Any]:
     """Rounds until the step-2 fault is fixed, for one seed and mode."""
     import orjson
 
     import prefect_genopt as genopt
+    from flows.examples.steps3 import RIGHT, Steps3Params, steps3
     from prefect_genopt.optimize import OptimizerSettings, optimize
-    from tests.optimize.steps3 import RIGHT, Steps3Params, steps3
 
     os.environ["GENOPT_WAREHOUSE"] = str(tmp / f"w-{mode}-{seed}.duckdb")
     current = Steps3Params().values()
@@ -68,7 +61,7 @@ def one(seed: int, mode: str, tmp: Path) -> dict[str, Any]:
         result = optimize(
             OptimizerSettings(
                 pipeline="steps3",
-                model="scripted-opt/onevar",
+                model=model,
                 response_format="none",
                 minibatch_size=4,
                 max_updates=1,
@@ -117,22 +110,24 @@ def one(seed: int, mode: str, tmp: Path) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, default=10, help="seeds per mode (default 10)")
-    args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="genopt-credit-"))
-    os.environ["PREFECT_HOME"] = str(tmp / "prefect")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds per mode (default 10)")
+    ap.add_argument("--quick", action="store_true", help="1 seed (a smoke run)")
+    args = ap.parse_args(argv)
+    seeds = args.seeds or (1 if args.quick else 10)
+    tmp = common.scratch_dir("bench-credit-")
+    common.prefect_env(tmp / "prefect", level="ERROR")
     from prefect.testing.utilities import prefect_test_harness
 
-    import tests.optimize.scripted  # noqa: F401  (registers scripted-opt)
+    model = common.scripted_optimizer("onevar")
 
     t0 = time.perf_counter()
     rows = []
     with prefect_test_harness(server_startup_timeout=120):
-        for seed in range(args.seeds):
+        for seed in range(seeds):
             for mode in ("trace", "step"):
-                row = one(seed, mode, tmp)
+                row = one(seed, mode, tmp, model)
                 rows.append(row)
                 print(
                     f"seed {seed} {mode:5}: fixed in {row['rounds']} round(s), "
@@ -173,7 +168,16 @@ def main() -> None:
             f"tokens (mean) {st['tokens_mean'] / t['tokens_mean']:.2f}x"
         )
     print(f"wall {time.perf_counter() - t0:.0f} s")
-    write_results("credit", {"machine": machine_info(), "rows": rows, "summary": summary})
+    common.write_results(
+        "credit",
+        {
+            "command": common.command_line("bench_credit", argv),
+            "machine": common.machine_info(),
+            "rows": rows,
+            "summary": summary,
+        },
+        quick=args.quick,
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,12 @@ then run on the same 5 ticket batches (in-sample) and on 5 new ones (held out), 
 stable prompt on those new ones. Results go to bench/results/demo.json, one entry per seed,
 saved as they come (the script resumes).
 
-    python bench/bench_demo.py --seeds 0 1 2 3 4
+    python -m bench.bench_demo --seeds 0 1 2 3 4
+    python -m bench.bench_demo --quick     # seed 0, the scripted rule-writing optimizer
+
+``--quick`` is a smoke run: the optimizer is :func:`prefect_genopt.testing.scripted_optimizer`
+in mode ``rules`` instead of a real model, and the results go to the work directory (see
+:mod:`bench.common`), never into demo.json.
 """
 
 from __future__ import annotations
@@ -15,28 +20,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results" / "demo.json"
+from bench import common
+from bench.common import log, mean
 
 
-def log(msg: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
-
-
-def one_seed(seed: int) -> dict:
+def one_seed(seed: int, model: str | None = None) -> dict:
     import orjson
 
     import prefect_genopt as genopt
     from flows.examples.triage import TriageParams, triage
     from prefect_genopt.optimize import OptimizerSettings, optimize
 
-    home = Path(tempfile.mkdtemp(prefix=f"genopt-demo-bench-{seed}-"))
+    home = common.scratch_dir(f"bench-demo-{seed}-")
     os.environ["GENOPT_WAREHOUSE"] = str(home / "warehouse.duckdb")
     train = [seed * 100 + i for i in range(5)]
     held_out = [seed * 100 + 50 + i for i in range(5)]
@@ -48,6 +45,7 @@ def one_seed(seed: int) -> dict:
             starting_artifact={"editable": ["prompt"]},
             max_updates=3,
             seed=seed,
+            **({"model": model} if model else {}),
         ),
         progress=lambda m: log(f"  {m[:160]}"),
     )
@@ -78,36 +76,32 @@ def one_seed(seed: int) -> dict:
     return entry
 
 
-def mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    args = ap.parse_args()
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 3 4")
+    ap.add_argument("--quick", action="store_true", help="seed 0, scripted optimizer (smoke)")
+    args = ap.parse_args(argv)
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2, 3, 4])
+    common.prefect_env()
     import prefect.settings as ps
     from prefect.testing.utilities import prefect_test_harness
 
-    done = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": []}
+    model = common.scripted_optimizer("rules") if args.quick else None
+    results = common.results_path("demo", quick=args.quick)
+    done = json.loads(results.read_text()) if results.exists() and not args.quick else {"runs": []}
     seen = {r["seed"] for r in done["runs"]}
     with prefect_test_harness(server_startup_timeout=180):
         with ps.temporary_settings({ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            for seed in args.seeds:
+            for seed in seeds:
                 if seed in seen:
                     continue
                 log(f"seed {seed}")
-                entry = one_seed(seed)
+                entry = one_seed(seed, model)
                 done["runs"].append(entry)
-                done["command"] = "python bench/bench_demo.py --seeds " + " ".join(
-                    map(str, args.seeds)
-                )
-                RESULTS.parent.mkdir(parents=True, exist_ok=True)
-                RESULTS.write_text(json.dumps(done, indent=2))
+                done["command"] = common.command_line("bench_demo", argv)
+                common.save_json(results, done)
                 log(
                     f"seed {seed}: {entry['updates']} train {mean(entry['train_before']):.3f} -> "
                     f"{mean(entry.get('train_after', entry['train_before'])):.3f}"

@@ -1,6 +1,6 @@
 """The replay gate's judgement: how many truly worse candidates it stops, and its false stops.
 
-    .venv/bin/python bench/bench_gate.py [--candidates 40] [--gate-runs 1] [--seed 0]
+    python -m bench.bench_gate [--candidates 40] [--gate-runs 1] [--seed 0] [--quick]
 
 **Pipeline.** The example triage pipeline (``flows/examples/triage.py``) with its offline
 keyword model (it follows the prompt's ``label: cue words`` rules literally), inside one
@@ -22,29 +22,19 @@ items. Reported: the share of worse candidates stopped (target: most), the share
 not-worse candidates stopped (false stops), the gate's LLM calls per candidate (target:
 at most one pipeline run's worth, 8 calls here) and its wall time.
 
-Results go to ``bench/results/bench_gate.json``.
+Results go to ``bench/results/bench_gate.json`` (``--quick``: 4 candidates, 2 held-out runs,
+into the work directory).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
-os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-from bench._common import machine_info, write_results  # noqa: E402
+from bench import common
 
 #: cue words per label, from the ticket templates (flows/examples/tickets.py)
 CUES = {
@@ -66,20 +56,22 @@ def candidate_prompt(rng: random.Random, swap: float) -> str:
     return "Classify the ticket as billing, bug or other. " + "; ".join(clauses)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--candidates", type=int, default=40)
+    ap.add_argument("--candidates", type=int, default=None, help="candidates (40; quick 4)")
     ap.add_argument("--gate-runs", type=int, default=1)
-    ap.add_argument("--holdout", type=int, default=10, help="held-out runs of 8 tickets (10)")
+    ap.add_argument("--holdout", type=int, default=None, help="held-out runs of 8 tickets (10)")
     ap.add_argument("--swap", type=float, default=0.3, help="chance a rule's label is wrong")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 4 candidates, 2 held out")
+    args = ap.parse_args(argv)
+    args.candidates = args.candidates or (4 if args.quick else 40)
+    args.holdout = args.holdout or (2 if args.quick else 10)
 
-    tmp = Path(tempfile.mkdtemp(prefix="genopt-bench-gate-"))
-    os.environ["GENOPT_WAREHOUSE"] = str(tmp / "warehouse.duckdb")
-    os.environ["PREFECT_HOME"] = str(tmp / "prefect")
+    tmp = common.scratch_dir("bench-gate-")
+    common.prefect_env(tmp / "prefect", tmp / "warehouse.duckdb", level="ERROR")
     import prefect.settings as ps
     from prefect.testing.utilities import prefect_test_harness
 
@@ -145,8 +137,8 @@ def main() -> None:
     fine = [r for r in rows if not r["truly_worse"]]
     judged = [r for r in rows if r["gate"] != "skipped"]
     out = {
-        "command": "python bench/bench_gate.py " + " ".join(sys.argv[1:]),
-        "machine": machine_info(),
+        "command": common.command_line("bench_gate", argv),
+        "machine": common.machine_info(),
         "params": vars(args) | {"tolerance": TOLERANCE},
         "stable_holdout_accuracy": stable_acc,
         "candidates": len(rows),
@@ -159,7 +151,7 @@ def main() -> None:
         "wall_s": time.perf_counter() - t_start,
         "rows": rows,
     }
-    write_results("bench_gate", out)
+    common.write_results("bench_gate", out, quick=args.quick)
     print(
         f"\nstable held-out accuracy {stable_acc:.3f}; {len(worse)} of {len(rows)} candidates "
         f"truly worse (by > {TOLERANCE:.0%})"

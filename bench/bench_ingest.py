@@ -24,27 +24,22 @@ into several sealed spool files, then times, each on a fresh warehouse file:
 Each load is timed from ``duckdb.connect`` to ``close`` (the close checkpoints the
 file), median of ``--repeats`` repeats, each on a fresh file.
 
-Usage: ``python bench/bench_ingest.py [--quick] [--n N] [--repeats R]``
+Usage: ``python -m bench.bench_ingest [--quick] [--n N] [--repeats R]``
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import common
 
-import _common  # noqa: E402
+common.prefect_env()
 
 NAME = "bench_ingest"
 TARGET_SPANS_PER_S = 100_000
@@ -59,8 +54,8 @@ def generate_spool(directory: Path, n_spans: int, n_files: int) -> dict[str, Any
     t0 = time.perf_counter()
     n = runs = 0
     kinds: dict[str, int] = {}
-    with _common.settings_lookup_cached():
-        for i, (_run_id, _start, _ps, recs) in enumerate(_common.runs(n_spans, 50)):
+    with common.settings_lookup_cached():
+        for i, (_run_id, _start, _ps, recs) in enumerate(common.runs(n_spans, 50)):
             writers[i % n_files].append(recs)
             n += len(recs)
             runs += 1
@@ -137,9 +132,7 @@ def ingest_breakdown(gen: Path, directory: Path, n_records: int) -> list[tuple[s
     copy_spool(gen, directory / "spool")
     ingest_mod.connect = timed_connect
     try:
-        total = _common.ingest_all(directory / "w.duckdb", directory / "spool", n_records)[
-            "seconds"
-        ]
+        total = common.ingest_all(directory / "w.duckdb", directory / "spool", n_records)["seconds"]
     finally:
         ingest_mod.connect = original
     per: dict[str, float] = {}
@@ -189,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import duckdb
 
-    info = _common.machine_info()
+    info = common.machine_info()
     print(f"bench_ingest: {n_spans:,} spans, {args.repeats} repeats, {args.files} spool files")
     print(
         f"machine: {info['nproc']} cores, python {info['python']}, duckdb "
@@ -197,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{info['versions']['pyarrow']}, load {info['loadavg_at_start']}"
     )
 
-    tmp = Path(tempfile.mkdtemp(prefix="genopt-bench-ingest-"))
+    tmp = common.scratch_dir("bench-ingest-")
     try:
         gen = tmp / "generated"
         gen.mkdir()
@@ -224,14 +217,14 @@ def main(argv: list[str] | None = None) -> int:
             wh = d / "warehouse.duckdb"
             spool_dir = d / "spool"
             copy_spool(gen, spool_dir)
-            res = _common.ingest_all(wh, spool_dir, n_spans)
+            res = common.ingest_all(wh, spool_dir, n_spans)
             if res["spans"] != n_spans or res["rejected"]:
                 raise SystemExit(f"ingest stored {res['spans']} spans, rejected {res['rejected']}")
             samples["ingester"].append(res["seconds"])
             left = list(spool_dir.iterdir())
             # the same files again: every span is a duplicate
             copy_spool(gen, spool_dir)
-            res2 = _common.ingest_all(wh, spool_dir, n_spans)
+            res2 = common.ingest_all(wh, spool_dir, n_spans)
             if res2["spans"] != 0 or res2["records"] != n_spans:
                 raise SystemExit(f"reload stored {res2['spans']} new spans of {res2['records']}")
             samples["ingester_reload"].append(res2["seconds"])
@@ -259,13 +252,13 @@ def main(argv: list[str] | None = None) -> int:
                     "files_left_after_ingest": len(left),
                     "counts": counts,
                     "warehouse_bytes": wh.stat().st_size,
-                    "loadavg": _common.loadavg(),
+                    "loadavg": common.loadavg(),
                 }
             )
             print(
                 f"  repeat {rep}: ingest {res['seconds']:.2f}s in {res['calls']} call(s) "
                 f"({n_spans / res['seconds']:,.0f}/s), reload {res2['seconds']:.2f}s in "
-                f"{res2['calls']} call(s); tables {counts}; load {_common.loadavg()}"
+                f"{res2['calls']} call(s); tables {counts}; load {common.loadavg()}"
             )
             shutil.rmtree(d)
 
@@ -328,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows_out = []
     for k in samples:
-        q = _common.quantiles(samples[k])
+        q = common.quantiles(samples[k])
         extra = ""
         if k in append_only:
             extra = f"{n_spans / statistics.median(append_only[k]):,.0f}"
@@ -343,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra or "-",
             ]
         )
-    _common.print_table(
+    common.print_table(
         [
             "load path",
             "median s",
@@ -359,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {
         k: rate["ingester"] / rate[k] for k in ("appender_rows", "append_pandas_df", "insert_arrow")
     }
-    _common.print_table(
+    common.print_table(
         ["ratio", "value", "target", "met"],
         [
             [
@@ -380,16 +373,16 @@ def main(argv: list[str] | None = None) -> int:
         ],
         title="Targets",
     )
-    _common.print_table(
+    common.print_table(
         ["step", "seconds", "share"],
         [[k, v, f"{v / breakdown[0][1]:.0%}"] for k, v in breakdown],
         title="Where one ingest's time goes (an extra instrumented run, not in the medians)",
     )
-    _common.write_results(
+    common.write_results(
         NAME,
         {
             "benchmark": NAME,
-            "command": "python bench/bench_ingest.py" + (" --quick" if args.quick else ""),
+            "command": common.command_line("bench_ingest", argv),
             "machine": info,
             "n_spans": n_spans,
             "repeats": args.repeats,
@@ -402,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             "targets": {"spans_per_s": TARGET_SPANS_PER_S, "ratio_vs_appender": TARGET_RATIO},
             "details": details,
             "ingest_breakdown_seconds": breakdown,
-            "loadavg_at_end": _common.loadavg(),
+            "loadavg_at_end": common.loadavg(),
         },
         quick=args.quick,
     )

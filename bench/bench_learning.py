@@ -9,12 +9,13 @@ tokens); the first ``yes``/``no`` of its reply is the answer. Each item gets
 ``genopt.feedback("correct", 0/1, item_key=..., comment=..., expected=target)``,
 each run ``accuracy``. Two steps give step credit something to credit.
 
-Protocol (one fresh warehouse per task, seed and variant under /tmp):
+Protocol (one fresh warehouse per task, seed and variant in ``<work>/bbh-learning``; the
+data in ``<data>/bbh``, see :mod:`bench.common`):
 
 * split: the first 60 examples in file order: 15 train, 5 validation, 40 test
-  (the same order as ``bench_bbh.py``);
+  (the same order as ``bench_bbh``);
 * 3 updates of minibatch 3; the seed permutes the train examples into
-  minibatches (as in ``bench_bbh.py``) and is the optimizer's seed, so the same
+  minibatches (as in ``bench_bbh``) and is the optimizer's seed, so the same
   seed gives every variant the same minibatches;
 * each update runs the pipeline on the minibatch pinned to the current params
   (arm ``train``) and calls ``optimize()`` on that run alone (``evidence_run_ids``,
@@ -53,16 +54,20 @@ Task replies are deterministic (temperature 0) and cached by (system prompt,
 user content) with ``bench_bbh.Cache``; a cached reply is replayed through
 ``litellm.completion(mock_response=...)``, so the traces the optimizer and the
 gate read are the same as for a real call. Real and cached calls are counted
-separately. The optimizer is never cached. The cache lives in /tmp (see
-``--cache``); results are saved to ``bench/results/learning_bbh.json`` after each
-(task, seed, variant), in the order task, seed, variant, and finished ones are
-skipped on a re-run.
+separately. The optimizer is never cached. The cache lives in the work directory
+(``<work>/bbh-learning/cache.json``, see ``--cache``); results are saved to
+``bench/results/learning_bbh.json`` after each (task, seed, variant), in the order task,
+seed, variant, and finished ones are skipped on a re-run.
 
-    cd /work/bbh && make setup-local
-    nice -n 10 .venv/bin/python bench/bench_learning.py --quick          # plumbing check
-    nice -n 10 .venv/bin/python bench/bench_learning.py \\
+``--quick`` is a plumbing check without the embedded model: 1 task, 1 seed, 1 update,
+5 test items, every variant, with ``bench_bbh``'s scripted models; it starts afresh and
+writes ``learning_bbh.quick.json`` and its own cache in the work directory.
+
+    make setup-local
+    python -m bench.bench_learning --quick                               # plumbing check
+    nice -n 10 .venv/bin/python -m bench.bench_learning \\
         > bench/results/learning_bbh.log 2>&1 &                            # hours
-    .venv/bin/python bench/bench_learning.py --report                    # Markdown tables
+    python -m bench.bench_learning --report                              # Markdown tables
 """
 
 from __future__ import annotations
@@ -79,20 +84,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-# Before bench_bbh, litellm or prefect_genopt is imported: one model thread leaves a
-# core free on the shared 2-core machine (bench_bbh's own default is 2).
-os.environ.setdefault("GENOPT_LOCAL_THREADS", "1")
+from bench import bench_bbh, common
+from bench.bench_bbh import Cache, parse_answer
+from bench.common import library_state, log, mean, save_json
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR))
-
-import bench_bbh  # noqa: E402 - after the environment above
-from bench_bbh import Cache, log, parse_answer, save_json  # noqa: E402
-
-ROOT = bench_bbh.ROOT
-RESULTS = ROOT / "bench" / "results"
-OUT = RESULTS / "learning_bbh.json"
-WORK_DIR = Path("/tmp/genopt-bbh-learning")
+NAME = "learning_bbh"
+#: one model thread leaves a core free on the shared 2-core machine (bench_bbh's is 2)
+LOCAL_THREADS = "1"
 
 TASKS = ("navigate", "sports_understanding")
 SEEDS = (0, 1)
@@ -153,9 +151,10 @@ def make_completer(cache: StepCache, model: str) -> Callable[[str, str, int, str
     return complete
 
 
-def build(cache: StepCache) -> tuple[Any, Callable[[str], Any], str, type]:
-    """Import the library and define the pipeline; returns (genopt, make_flow, model,
-    params class). Each flow is also a global of this module under its function name, so
+def build(cache: StepCache, quick: bool = False) -> tuple[Any, Callable[[str], Any], str, str]:
+    """Import the library and define the pipeline; returns (genopt, make_flow, task model,
+    optimizer model): the embedded model for both, or with ``quick`` ``bench_bbh``'s
+    scripted ones. Each flow is also a global of this module under its function name, so
     the replay gate can import it from the recorded entrypoint."""
     from prefect import flow
     from prefect.runtime import flow_run
@@ -163,7 +162,7 @@ def build(cache: StepCache) -> tuple[Any, Callable[[str], Any], str, type]:
     import prefect_genopt as genopt
     from prefect_genopt import local_model
 
-    model = local_model.register()
+    model, optimizer_model = bench_bbh.quick_model() if quick else (local_model.register(),) * 2
     complete = make_completer(cache, model)
 
     class BBH2Params(genopt.Tunables):
@@ -241,7 +240,7 @@ def build(cache: StepCache) -> tuple[Any, Callable[[str], Any], str, type]:
         globals()[fn_name] = obj  # load_entrypoint: getattr(module, fn_name)
         return obj
 
-    return genopt, make_flow, model, BBH2Params
+    return genopt, make_flow, model, optimizer_model
 
 
 def run_pinned(pipe: Any, cache: Cache, values: dict[str, str], examples: list, arm: str) -> dict:
@@ -264,8 +263,8 @@ def step_credit_available() -> bool:
 
 
 def _fresh_warehouse(task: str, seed: int, variant: str) -> Path:
-    WORK_DIR.mkdir(parents=True, exist_ok=True)
-    wpath = WORK_DIR / f"{task}-s{seed}-{variant}-{datetime.now(UTC):%Y%m%d%H%M%S}.duckdb"
+    stamp = f"{datetime.now(UTC):%Y%m%d%H%M%S}"
+    wpath = common.work_dir("bbh-learning") / f"{task}-s{seed}-{variant}-{stamp}.duckdb"
     for p in (wpath, wpath.with_name(wpath.name + ".spool"), wpath.with_name(wpath.name + ".wal")):
         if p.is_dir():
             shutil.rmtree(p)
@@ -359,10 +358,12 @@ def run_variant(
     n_test: int,
     step_credit: bool,
     judge_stops: bool,
+    optimizer_model: str | None = None,
+    quick: bool = False,
 ) -> dict[str, Any]:
     from prefect_genopt.optimize import OptimizerSettings, optimize
 
-    examples = bench_bbh.load_examples(task)[: N_TRAIN + N_VAL + N_TEST]
+    examples = bench_bbh.load_examples(task, N_TRAIN + N_VAL + N_TEST, synthetic=quick)
     train = examples[:N_TRAIN]
     val = examples[N_TRAIN : N_TRAIN + N_VAL]
     test = examples[N_TRAIN + N_VAL :][:n_test]
@@ -401,7 +402,7 @@ def run_variant(
         extra: dict[str, Any] = {"step_credit": True} if use_step else {}
         settings = OptimizerSettings(
             pipeline=f"bbh2-{task}",
-            model=model,
+            model=optimizer_model or model,
             max_updates=1,
             minibatch_size=MINIBATCH,
             memory_size=memory_size,
@@ -413,6 +414,7 @@ def run_variant(
             credit_horizon=CREDIT_HORIZON,
             timeout_s=OPTIMIZER_TIMEOUT_S,
             **extra,
+            **(bench_bbh.QUICK_OPTIMIZER if quick else {}),
         )
         t_opt = time.perf_counter()
         said: list[str] = []
@@ -560,10 +562,6 @@ def _blamed(history: list[dict[str, Any]]) -> dict[str, int]:
 # -- report ------------------------------------------------------------------------------
 
 
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
-
-
 PROMPT_SHOWN = 90
 
 
@@ -627,12 +625,12 @@ def report(results: dict[str, Any]) -> str:
             by_variant.setdefault(r["variant"], []).append(r)
         for v, rs in by_variant.items():
             out.append(
-                f"| mean ({len(rs)}) | {v} | {_mean([r['test_start'] for r in rs]):.3f} → "
-                f"**{_mean([r['test_final'] for r in rs]):.3f}** | | "
-                f"{_mean([r['accepted'] for r in rs]):.1f} | | "
-                f"{_mean([r['optimizer_calls'] for r in rs]):.1f} | "
-                f"{_mean([r['optimizer_input_tokens'] for r in rs]):.0f} + "
-                f"{_mean([r['optimizer_output_tokens'] for r in rs]):.0f} | | | |"
+                f"| mean ({len(rs)}) | {v} | {mean([r['test_start'] for r in rs]):.3f} → "
+                f"**{mean([r['test_final'] for r in rs]):.3f}** | | "
+                f"{mean([r['accepted'] for r in rs]):.1f} | | "
+                f"{mean([r['optimizer_calls'] for r in rs]):.1f} | "
+                f"{mean([r['optimizer_input_tokens'] for r in rs]):.0f} + "
+                f"{mean([r['optimizer_output_tokens'] for r in rs]):.0f} | | | |"
             )
         out.append("")
     gates = [(r, g) for r in runs.values() for g in r.get("gates", [])]
@@ -694,10 +692,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="1 task, 1 seed, 1 update, 5 test items; writes to /tmp (a plumbing check)",
+        help="1 task, 1 seed, 1 update, 5 test items, scripted models; writes to the work "
+        "directory (a plumbing check)",
     )
-    ap.add_argument("--out", type=Path, default=None, help=f"results file (default {OUT})")
-    ap.add_argument("--cache", type=Path, default=WORK_DIR / "cache.json", help="task cache")
+    ap.add_argument(
+        "--out", type=Path, default=None, help=f"results file (default {common.results_path(NAME)})"
+    )
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="task cache (default <work>/bbh-learning/cache.json; quick: cache.quick.json)",
+    )
     ap.add_argument(
         "--no-judge-stops",
         action="store_true",
@@ -720,20 +726,28 @@ def main(argv: list[str] | None = None) -> int:
     updates, n_test = args.updates, args.test_n
     if args.quick:
         tasks, seeds, updates, n_test = tasks[:1], seeds[:1], 1, 5
-    out = args.out or (WORK_DIR / "learning_bbh.quick.json" if args.quick else OUT)
+    out = args.out or common.results_path(NAME, quick=args.quick)
+    cache_path = args.cache or common.work_dir("bbh-learning") / (
+        "cache.quick.json" if args.quick else "cache.json"
+    )
     if args.report:
         print(report(json.loads(out.read_text())))
         return 0
     if args.merge:
         merged = merge(json.loads(out.read_text()), json.loads(args.merge.read_text()))
-        save_json(out, merged)
+        save_json(out, merged, indent=1)
         log(f"merged {args.merge} into {out}: {len(merged['runs_by_key'])} run(s)")
         return 0
+    common.prefect_env()
+    os.environ.setdefault("GENOPT_LOCAL_THREADS", LOCAL_THREADS)
+    if args.quick:  # a plumbing check starts afresh, and never shares the real cache
+        out.unlink(missing_ok=True)
+        cache_path.unlink(missing_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    args.cache.parent.mkdir(parents=True, exist_ok=True)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
 
     results: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
-    info = bench_bbh.git_info()
+    info = library_state()
     step_credit = step_credit_available()
     results.setdefault("runs", []).append(
         {
@@ -742,6 +756,7 @@ def main(argv: list[str] | None = None) -> int:
             "argv": sys.argv[1:],
             "step_credit_in_library": step_credit,
             "local_threads": os.environ.get("GENOPT_LOCAL_THREADS"),
+            "quick": args.quick,
         }
     )
     results["tasks_order"] = list(dict.fromkeys([*results.get("tasks_order", []), *tasks]))
@@ -765,7 +780,9 @@ def main(argv: list[str] | None = None) -> int:
             "candidate becomes current only if the gate does not stop it",
         },
         "optimizer": {
-            "model": "embedded Qwen2.5-Coder-1.5B-Instruct Q4_K_M (also the task model)",
+            "model": "scripted (--quick)"
+            if args.quick
+            else "embedded Qwen2.5-Coder-1.5B-Instruct Q4_K_M (also the task model)",
             "max_output_tokens": MAX_OUTPUT_TOKENS,
             "credit_horizon": CREDIT_HORIZON,
             "timeout_s": OPTIMIZER_TIMEOUT_S,
@@ -779,10 +796,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     # Candidate prompts may quote parts of BBH examples (the optimizer copies them): the
     # results carry the data's canary string, read from the data file.
-    results["canary"] = json.loads((bench_bbh.DATA_DIR / f"{tasks[0]}.json").read_text())["canary"]
+    data_file = bench_bbh.data_dir() / f"{tasks[0]}.json"
+    if data_file.is_file() or not args.quick:
+        results["canary"] = json.loads(data_file.read_text())["canary"]
+    else:
+        log(f"{data_file} is missing; --quick runs on synthetic questions")
     results.setdefault("runs_by_key", {})
     results.setdefault("not_run", {})
-    save_json(out, results)
+    save_json(out, results, indent=1)
 
     todo = [
         (t, s, v)
@@ -806,17 +827,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for k in [k for k in results["not_run"] if k.endswith("/step")]:
             results["not_run"].pop(k)
-    save_json(out, results)
+    save_json(out, results, indent=1)
     if not todo:
         print(report(results))
         return 0
     log(
-        f"commit {info['commit']} (dirty: {', '.join(info['dirty_files']) or 'none'}); "
+        f"{common.describe_library(info)}; "
         f"GENOPT_LOCAL_THREADS={os.environ.get('GENOPT_LOCAL_THREADS')}; step_credit "
         f"{step_credit}; todo {[f'{t}/{s}/{v}' for t, s, v in todo]}"
     )
-    cache = StepCache(args.cache)
-    genopt, make_flow, model, _ = build(cache)
+    cache = StepCache(cache_path)
+    genopt, make_flow, model, optimizer_model = build(cache, quick=args.quick)
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=180):
@@ -836,10 +857,12 @@ def main(argv: list[str] | None = None) -> int:
                 n_test,
                 step_credit,
                 not args.no_judge_stops,
+                optimizer_model,
+                args.quick,
             )
             rec["git_at_start"] = info
             results["runs_by_key"][key] = rec
-            save_json(out, results)
+            save_json(out, results, indent=1)
             log(
                 f"saved {key}: test {rec['test_start']:.3f} -> {rec['test_final']:.3f} "
                 f"({rec['seconds'] / 60:.1f} min)"

@@ -19,9 +19,10 @@ server stopped before the timed calls), per size: one warm-up call, then
 ``--repeats`` calls of ``prefect_genopt.optimize.optimize(settings,
 warehouse=path)`` (the library call, no flow) with ``OptimizerSettings(pipeline=
 "triage", model="bench-opt/prompt", response_format="none", max_updates=1,
-minibatch_size=4)``. ``bench-opt`` is a litellm ``CustomLLM`` defined here that
-answers at once with a valid JSON suggestion of a new ``prompt``, so each call
-records one ``proposed`` proposal (and a candidate param set) in the warehouse.
+minibatch_size=4)``. ``bench-opt`` is a scripted litellm provider
+(:func:`prefect_genopt.testing.register`) whose responder, defined here, answers at once
+with a valid JSON suggestion of a new ``prompt``, so each call records one ``proposed``
+proposal (and a candidate param set) in the warehouse.
 Reported: total seconds, ``result.llm_seconds`` and their difference, the
 *overhead*, and the process's CPU time during the call (all threads: a check on how
 much a busy machine stretched the wall time). A full ``gc.collect()`` runs before
@@ -39,17 +40,17 @@ call inside it (timed by a wrapper around the name the flow module calls) is
 Prefect's start-up and wrap-up plus the flow's own extra work (concurrency limit,
 reading back the proposals, the Markdown artifact).
 
-Usage: ``python bench/bench_optimizer.py [--quick] [--sizes 1000,10000,100000]
+Usage: ``python -m bench.bench_optimizer [--quick] [--sizes 1000,10000,100000]
 [--repeats R] [--breakdown-repeats B] [--flow-children C] [--keep DIR]``
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import functools
 import gc
+import itertools
 import json
 import os
 import shlex
@@ -57,32 +58,19 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench import common
+
 _CHILD = "--flow-child" in sys.argv
-_TMP = Path(tempfile.mkdtemp(prefix="genopt-bench-optimizer-")) if not _CHILD else None
+_TMP = common.scratch_dir("bench-optimizer-") if not _CHILD else None
 if _TMP is not None:  # Prefect reads its settings at import: set them first
-    os.environ.update(
-        {
-            "PREFECT_HOME": str(_TMP / "prefect-home"),
-            "PREFECT_LOGGING_LEVEL": "WARNING",
-            "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-        }
-    )
+    os.environ.update({"PREFECT_HOME": str(_TMP / "prefect-home"), **common.QUIET_ENV})
     os.environ["GENOPT_WAREHOUSE"] = str(_TMP / "seed.duckdb")
-    atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common  # noqa: E402
-
-sys.path.insert(0, str(_common.ROOT))  # flows.examples
 
 NAME = "optimizer"
 TARGET_OVERHEAD_S = 2.0
@@ -104,56 +92,38 @@ DEFAULT_SIZES = (1_000, 10_000, 100_000)
 # ---------------------------------------------------------------------------------------
 
 
-def register_model() -> None:
-    """Register litellm provider ``bench-opt``: an instant answer suggesting a new prompt.
+_ANSWERS = itertools.count(1)
+
+
+def instant_answer(call: Any) -> Any:
+    """The ``bench-opt`` responder: a valid JSON suggestion of a new ``prompt``, at once.
 
     Each answer's prompt carries a counter, so every call proposes a new candidate.
     """
-    import litellm
     import orjson
-    from litellm import CustomLLM, ModelResponse
 
-    if any(p.get("provider") == "bench-opt" for p in litellm.custom_provider_map):
-        return
+    from prefect_genopt.testing import Reply
 
-    class InstantOptimizer(CustomLLM):
-        calls = 0
+    text = orjson.dumps(
+        {
+            "reasoning": "The prompt names the labels but not what marks each one, so "
+            "billing and bug tickets fall back to other.",
+            "suggestion": {
+                "prompt": "Classify the ticket. billing: invoice, refund, charged, "
+                "bill, payment, card; bug: crash, error, broken, freezes, button. "
+                f"Answer with the label only. (v{os.getpid()}.{next(_ANSWERS)})"
+            },
+        }
+    ).decode()
+    n_in = sum(len(str(m.get("content", ""))) for m in call.messages) // 4
+    return Reply(text, prompt_tokens=n_in, completion_tokens=len(text) // 4)
 
-        def completion(self, *args: Any, **kwargs: Any) -> ModelResponse:
-            InstantOptimizer.calls += 1
-            text = orjson.dumps(
-                {
-                    "reasoning": "The prompt names the labels but not what marks each one, so "
-                    "billing and bug tickets fall back to other.",
-                    "suggestion": {
-                        "prompt": "Classify the ticket. billing: invoice, refund, charged, "
-                        "bill, payment, card; bug: crash, error, broken, freezes, button. "
-                        f"Answer with the label only. (v{os.getpid()}.{InstantOptimizer.calls})"
-                    },
-                }
-            ).decode()
-            messages = kwargs.get("messages") or []
-            n_in = sum(len(str(m.get("content", ""))) for m in messages) // 4
-            n_out = len(text) // 4
-            return ModelResponse(
-                model=str(kwargs.get("model") or MODEL),
-                choices=[
-                    {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                ],
-                usage={
-                    "prompt_tokens": n_in,
-                    "completion_tokens": n_out,
-                    "total_tokens": n_in + n_out,
-                },
-            )
 
-        async def acompletion(self, *args: Any, **kwargs: Any) -> ModelResponse:
-            return self.completion(*args, **kwargs)
+def register_model() -> None:
+    """Register litellm provider ``bench-opt``: :func:`instant_answer`."""
+    from prefect_genopt import testing
 
-    litellm.custom_provider_map = [
-        *litellm.custom_provider_map,
-        {"provider": "bench-opt", "custom_handler": InstantOptimizer()},
-    ]
+    testing.register(MODEL.split("/")[0], instant_answer)
 
 
 # ---------------------------------------------------------------------------------------
@@ -615,10 +585,10 @@ def measure_size(path: Path, repeats: int, breakdown_repeats: int, probe: Probe)
     return {
         "warmup": warm,
         "calls": calls,
-        "total": _common.quantiles([c["total_s"] for c in calls]),
-        "llm": _common.quantiles([c["llm_s"] for c in calls]),
-        "overhead": _common.quantiles([c["overhead_s"] for c in calls]),
-        "cpu": _common.quantiles([c["cpu_s"] for c in calls]),
+        "total": common.quantiles([c["total_s"] for c in calls]),
+        "llm": common.quantiles([c["llm_s"] for c in calls]),
+        "overhead": common.quantiles([c["overhead_s"] for c in calls]),
+        "cpu": common.quantiles([c["cpu_s"] for c in calls]),
         "breakdown_calls": breakdowns,
         "breakdown_median": {
             k: statistics.median(b["steps"].get(k, 0.0) for b in breakdowns) for k in steps
@@ -637,9 +607,9 @@ def time_subprocess(code: str, n: int) -> dict[str, Any]:
     samples = []
     for _ in range(n):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], cwd=_common.ROOT, check=True)
+        subprocess.run([sys.executable, "-c", code], cwd=common.ROOT, check=True)
         samples.append(time.perf_counter() - t0)
-    return {"code": code, "samples": samples, **_common.quantiles(samples)}
+    return {"code": code, "samples": samples, **common.quantiles(samples)}
 
 
 def flow_child(path: Path) -> int:
@@ -689,13 +659,12 @@ def flow_startup(path: Path, api_url: str, n: int) -> dict[str, Any]:
     env = dict(os.environ)
     env["PREFECT_API_URL"] = api_url
     env["GENOPT_WAREHOUSE"] = str(path)
-    env["PYTHONPATH"] = os.pathsep.join([str(_common.ROOT), env.get("PYTHONPATH", "")])
     children = []
     for i in range(n):
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--flow-child", str(path)],
-            cwd=_common.ROOT,
+            [sys.executable, "-m", "bench.bench_optimizer", "--flow-child", str(path)],
+            cwd=common.ROOT,
             env=env,
             capture_output=True,
             text=True,
@@ -714,9 +683,9 @@ def flow_startup(path: Path, api_url: str, n: int) -> dict[str, Any]:
         )
     return {
         "children": children,
-        "first_flow_prefect": _common.quantiles([c["flows"][0]["prefect_s"] for c in children]),
-        "second_flow_prefect": _common.quantiles([c["flows"][1]["prefect_s"] for c in children]),
-        "import_in_child": _common.quantiles([c["import_s"] for c in children]),
+        "first_flow_prefect": common.quantiles([c["flows"][0]["prefect_s"] for c in children]),
+        "second_flow_prefect": common.quantiles([c["flows"][1]["prefect_s"] for c in children]),
+        "import_in_child": common.quantiles([c["import_s"] for c in children]),
     }
 
 
@@ -766,9 +735,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     children = args.flow_children if args.flow_children is not None else (1 if args.quick else 3)
     imp_repeats = args.import_repeats or (1 if args.quick else 3)
-    command = shlex.join(["python", "bench/bench_optimizer.py", *sys.argv[1:]])
+    command = shlex.join(["python", "-m", "bench.bench_optimizer", *(argv or sys.argv[1:])])
 
-    info = _common.machine_info()
+    info = common.machine_info()
     print(
         f"bench_optimizer: sizes {', '.join(f'{s:,}' for s in sizes)} runs of {PIPELINE!r} "
         f"({ITEMS_PER_RUN} items each); {repeats} timed + {b_repeats} instrumented calls per "
@@ -869,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
                 bd.get("proposal write (spool)", 0.0) + bd.get("ingest at end", 0.0),
             ]
         )
-    _common.print_table(
+    common.print_table(
         [
             "runs",
             "spans",
@@ -890,12 +859,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     steps = list(results[str(sizes[0])]["breakdown_median"]) if b_repeats else []
     if steps:
-        _common.print_table(
+        common.print_table(
             ["step", *(f"{s:,} runs" for s in sizes)],
             [[k, *(results[str(s)]["breakdown_median"].get(k, 0.0) for s in sizes)] for k in steps],
             title=f"where the time goes, seconds (median of {b_repeats} instrumented calls)",
         )
-    _common.print_table(
+    common.print_table(
         ["cold cost", "median s", "min", "max", "n"],
         [
             *(
@@ -935,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\ntarget: overhead besides LLM time <= {TARGET_OVERHEAD_S}s with 100k runs: "
         f"{verdict} (median overhead at {biggest:,} runs: {worst:.3f}s)"
     )
-    _common.write_results(
+    common.write_results(
         NAME,
         {
             "benchmark": NAME,
@@ -955,7 +924,7 @@ def main(argv: list[str] | None = None) -> int:
             "flow": flow,
             "target_overhead_s": TARGET_OVERHEAD_S,
             "target_met": met,
-            "loadavg_at_end": _common.loadavg(),
+            "loadavg_at_end": common.loadavg(),
         },
         quick=args.quick,
     )

@@ -1,14 +1,15 @@
 """Verified replay (AgentRR): model calls skipped on recurring inputs, and replays that fail.
 
-    .venv/bin/python bench/bench_replay.py [--pool 50] [--runs 10] [--latency-ms 50] [--quick]
+    python -m bench.bench_replay [--pool 50] [--runs 10] [--latency-ms 50] [--quick]
 
 Target: verified replay skips >= 90% of model calls on recurring inputs, with zero replays
 that fail their checks.
 
 **Pipeline** (defined here). ``classify(key, text)`` is a ``@genopt.task(replay=True,
-model=..., item_key="key")`` step that reads the ``prompt`` param and calls a litellm
-``CustomLLM`` (provider ``bench-sim``) standing for an expensive model: it sleeps
-``--latency-ms`` per call and counts its real invocations (the ground truth of model calls).
+model=..., item_key="key")`` step that reads the ``prompt`` param and calls a scripted
+litellm provider (``bench-sim``, :func:`prefect_genopt.testing.register`) standing for an
+expensive model: it sleeps ``--latency-ms`` per call and records its real invocations (the
+ground truth of model calls).
 Its answer is deterministic in (model, prompt, text): the text's expected label, except for
 ``--invalid-rate`` of inputs (chosen by hash) where it answers a label outside the allowed
 set (``"Bug."`` for ``bug``: a reviewer accepts it, the check ``label_in_set`` does not) and
@@ -37,7 +38,8 @@ its output, and the output is compared to what the model answers for that input 
 run's prompt and model. genopt's own cost per call is timed by wrapping the
 ``try_replay`` and ``record_step`` names ``prefect_genopt.pipeline`` calls. The flow is
 defined at module level: harvest imports the recorded entrypoint (``__main__`` here) to
-load the check functions. Results go to ``bench/results/replay.json``.
+load the check functions. Results go to ``bench/results/replay.json`` (``--quick``: into the
+work directory, see :mod:`bench.common`).
 """
 
 from __future__ import annotations
@@ -47,31 +49,22 @@ import hashlib
 import os
 import random
 import statistics
-import sys
-import tempfile
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench import common
+from bench.common import machine_info, print_table, quantiles, write_results
+
 if __name__ == "__main__":  # a private Prefect home and warehouse, before Prefect is imported
-    sys.path.insert(0, str(ROOT))
-    _TMP = Path(tempfile.mkdtemp(prefix="genopt-bench-replay-"))
-    os.environ["GENOPT_WAREHOUSE"] = str(_TMP / "warehouse.duckdb")
-    os.environ["PREFECT_HOME"] = str(_TMP / "prefect")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
-    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    _TMP = common.scratch_dir("bench-replay-")
+    common.prefect_env(_TMP / "prefect", _TMP / "warehouse.duckdb", level="ERROR")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm  # noqa: E402
-from litellm import CustomLLM, ModelResponse  # noqa: E402
 from prefect import flow  # noqa: E402
 
 import prefect_genopt as genopt  # noqa: E402
-from bench._common import machine_info, print_table, quantiles, write_results  # noqa: E402
+from prefect_genopt import testing  # noqa: E402
 
 PIPELINE = "bench-replay"
 PROVIDER = "bench-sim"
@@ -117,39 +110,15 @@ def reviewer_accepts(answer: str, text: str) -> bool:
     return answer.strip(". ").lower() == expected_label(text)
 
 
-class SimModel(CustomLLM):
-    """An expensive model: sleeps, answers by :func:`true_answer`, counts its calls."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-        self.lock = threading.Lock()
-
-    def completion(self, *args: Any, **kwargs: Any) -> ModelResponse:
-        messages = kwargs.get("messages") or []
-        system = " ".join(str(m.get("content", "")) for m in messages if m["role"] == "system")
-        user = " ".join(str(m.get("content", "")) for m in messages if m["role"] != "system")
-        model = str(kwargs.get("model") or "")
-        with self.lock:
-            self.calls += 1
-        time.sleep(SIM["latency_s"])
-        full = model if model.startswith(PROVIDER + "/") else f"{PROVIDER}/{model}"
-        label = true_answer(full, system, user)
-        return ModelResponse(
-            model=full,
-            choices=[{"message": {"role": "assistant", "content": label}, "finish_reason": "stop"}],
-            usage={"prompt_tokens": 20, "completion_tokens": 1, "total_tokens": 21},
-        )
-
-    async def acompletion(self, *args: Any, **kwargs: Any) -> ModelResponse:
-        return self.completion(*args, **kwargs)
+def sim_answer(call: testing.Call) -> testing.Reply:
+    """The expensive model's answer (:func:`true_answer`); its latency is the provider's
+    ``delay``."""
+    label = true_answer(call.model, call.system, call.user)
+    return testing.Reply(label, prompt_tokens=20, completion_tokens=1)
 
 
-SIM_MODEL = SimModel()
-litellm.custom_provider_map = [
-    *[p for p in litellm.custom_provider_map if p.get("provider") != PROVIDER],
-    {"provider": PROVIDER, "custom_handler": SIM_MODEL},
-]
+#: the simulated model: ``len(SIM_MODEL.calls)`` counts its real invocations
+SIM_MODEL = testing.register(PROVIDER, sim_answer, delay=SIM["latency_s"])
 
 
 class ReplayParams(genopt.Tunables):
@@ -269,13 +238,13 @@ class Phase:
     def run(self, texts: list[str], *, replay: bool, feedback: bool = False) -> None:
         from prefect_genopt.replay import steps
 
-        before_calls = SIM_MODEL.calls
+        before_calls = len(SIM_MODEL.calls)
         before = steps.stats()
         n_costs = {k: len(v) for k, v in COSTS.items()}
         out = replay_bench(texts, replay=replay, feedback=feedback)
         for k, v in COSTS.items():
             self.costs[k] += v[n_costs[k] :]
-        self.calls += SIM_MODEL.calls - before_calls
+        self.calls += len(SIM_MODEL.calls) - before_calls
         after = steps.stats()
         for k in set(after) | set(before):
             self.stats[k] = self.stats.get(k, 0) + after.get(k, 0) - before.get(k, 0)
@@ -398,6 +367,7 @@ def main() -> None:
         invalid_rate=args.invalid_rate,
         wrong_rate=args.wrong_rate,
     )
+    SIM_MODEL.delay = SIM["latency_s"]
 
     import prefect.settings as ps
     from prefect.testing.utilities import prefect_test_harness
@@ -442,10 +412,10 @@ def main() -> None:
             for i, texts in enumerate(novel):
                 pair(miss_on, miss_off, texts, i)
             print(f"novel: model calls {miss_on.calls} with replay, {miss_off.calls} plain")
-            SIM["latency_s"] = 0.0
+            SIM_MODEL.delay = 0.0
             for i, texts in enumerate(free):
                 pair(free_on, free_off, texts, i)
-            SIM["latency_s"] = args.latency_ms / 1000
+            SIM_MODEL.delay = SIM["latency_s"]
             cases: list[tuple[str, dict[str, Any] | None, str]] = [
                 (
                     "changed prompt (read by classify)",
@@ -490,7 +460,7 @@ def main() -> None:
     skip = 1 - on.calls / off.calls if off.calls else float("nan")
     med = {ph.name: statistics.median(ph.times) for ph in phases}
     out = {
-        "command": "python bench/bench_replay.py " + " ".join(sys.argv[1:]),
+        "command": common.command_line("bench_replay"),
         "machine": machine,
         "params": vars(args),
         "pool_mix": pool_mix,

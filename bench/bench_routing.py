@@ -1,6 +1,6 @@
 """What routing costs: per item (``current_params(item_key=...)``) and per run.
 
-    .venv/bin/python bench/bench_routing.py [--items 20000] [--runs 30]
+    python -m bench.bench_routing [--items 20000] [--runs 30] [--quick]
 
 **Per item.** Inside one real pipeline run (``prefect_test_harness()``, a real
 local API), a loop calls ``genopt.current_params(item_key=k)`` for ``--items``
@@ -19,7 +19,8 @@ process still does), and a cache hit; medians over ``--runs`` calls, interleaved
 to it, the median wall time of a whole minimal pipeline run (one task) on this
 machine, for scale.
 
-Results go to ``bench/results/bench_routing.json``.
+Results go to ``bench/results/bench_routing.json`` (``--quick``: 2 rounds of 2000 items and
+5 route reads, into the work directory).
 """
 
 from __future__ import annotations
@@ -27,33 +28,27 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
-os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "ERROR")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-from bench._common import machine_info, write_results  # noqa: E402
+from bench import common
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--items", type=int, default=20_000, help="items per round (20000)")
-    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (7)")
-    ap.add_argument("--runs", type=int, default=30, help="route reads per kind (30)")
-    args = ap.parse_args()
+    ap.add_argument("--items", type=int, default=None, help="items per round (20000; quick 2000)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (7; quick 2)")
+    ap.add_argument("--runs", type=int, default=None, help="route reads per kind (30; quick 5)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run (small counts)")
+    args = ap.parse_args(argv)
+    args.items = args.items or (2_000 if args.quick else 20_000)
+    args.rounds = args.rounds or (2 if args.quick else 7)
+    args.runs = args.runs or (5 if args.quick else 30)
 
-    import tempfile
-
-    tmp = Path(tempfile.mkdtemp(prefix="genopt-bench-routing-"))
-    os.environ["GENOPT_WAREHOUSE"] = str(tmp / "warehouse.duckdb")
-    os.environ["PREFECT_HOME"] = str(tmp / "prefect")
+    tmp = common.scratch_dir("bench-routing-")
+    common.prefect_env(tmp / "prefect", tmp / "warehouse.duckdb", level="ERROR")
 
     import prefect.settings as ps
     from prefect import flow
@@ -156,8 +151,8 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in timings.items()}
     out: dict[str, Any] = {
-        "command": "python bench/bench_routing.py " + " ".join(sys.argv[1:]),
-        "machine": machine_info(),
+        "command": common.command_line("bench_routing", argv),
+        "machine": common.machine_info(),
         "items_per_round": args.items,
         "rounds": args.rounds,
         "per_item_us": {k: v for k, v in timings.items()},
@@ -167,7 +162,7 @@ def main() -> None:
         "per_run_ms_median": {k: statistics.median(v) for k, v in reads.items()},
         "minimal_pipeline_run_ms_median": statistics.median(runs),
     }
-    write_results("bench_routing", out)
+    common.write_results("bench_routing", out, quick=args.quick)
     print("\n| per item | median us/call |\n|---|---:|")
     for k, v in med.items():
         print(f"| {k} | {v:.2f} |")

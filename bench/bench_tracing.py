@@ -35,7 +35,7 @@ Then genopt's own per-span cost is timed directly on a realistic finished SDK sp
 ``SpoolSpanExporter().export([span])`` and ``GenoptSpanProcessor.on_end(span)``,
 with a breakdown of where that time goes.
 
-Usage: ``python bench/bench_tracing.py [--quick] [--repeats R] [--[no-]sdk-arm]``
+Usage: ``python -m bench.bench_tracing [--quick] [--repeats R] [--[no-]sdk-arm]``
 """
 
 from __future__ import annotations
@@ -45,27 +45,18 @@ import gc
 import os
 import shutil
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import common
+
 # Prefect reads its settings at import: set them first.
-_TMP = Path(tempfile.mkdtemp(prefix="genopt-bench-tracing-"))
-PREFECT_ENV = {
-    "PREFECT_HOME": str(_TMP / "prefect-home"),
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-}
+_TMP = common.scratch_dir("bench-tracing-")
+PREFECT_ENV = {"PREFECT_HOME": str(_TMP / "prefect-home"), **common.QUIET_ENV}
 os.environ.update(PREFECT_ENV)
 os.environ["GENOPT_WAREHOUSE"] = str(_TMP / "warehouse.duckdb")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common  # noqa: E402
 
 NAME = "bench_tracing"
 N_TASKS = 100
@@ -462,7 +453,7 @@ def span_costs(spool_dir: Path, resource: Any, n: int) -> list[tuple[str, float]
         ("SDK span start+events+end, no processor", per_call_us(lifecycle(bare_tp), n)),
         ("SDK span start+events+end, genopt processor", per_call_us(lifecycle(genopt_tp), n)),
     ]
-    with _common.settings_lookup_cached() as patched:
+    with common.settings_lookup_cached() as patched:
         if patched:  # older library code: one settings lookup per string
             rows.insert(
                 3,
@@ -500,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     sdk_arm = args.sdk_arm if args.sdk_arm is not None else not args.quick
     arm_names = ["bare", "traced"] + (["sdk"] if sdk_arm else [])
 
-    info = _common.machine_info()
+    info = common.machine_info()
     t_import = time.perf_counter()
     import prefect.settings as ps
     from prefect.testing.utilities import prefect_test_harness
@@ -555,10 +546,10 @@ def main(argv: list[str] | None = None) -> int:
                 order = block if b % 2 == 0 else list(reversed(block))
                 for pos, arm in enumerate(order):
                     r = run_once(flows, arms, arm, spool, server_pid)
-                    r.update(block=b, position=pos, loadavg=_common.loadavg())
+                    r.update(block=b, position=pos, loadavg=common.loadavg())
                     results.append(r)
                 line = "  ".join(f"{x['arm']} {x['seconds']:.3f}s" for x in results[-len(order) :])
-                print(f"  block {b}: {line}  (load {_common.loadavg()})")
+                print(f"  block {b}: {line}  (load {common.loadavg()})")
             arms.use("traced")
             resource = flows["genopt_provider"].resource
             n_calls = 100 if args.quick else 2000
@@ -572,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     )[0]
 
     by_arm = {a: [r["seconds"] for r in results if r["arm"] == a] for a in arm_names}
-    q = {a: _common.quantiles(v) for a, v in by_arm.items()}
+    q = {a: common.quantiles(v) for a, v in by_arm.items()}
     # adjacent (bare, traced) pairs: positions 0-1 and 2k-1..2k of each block
     pair_ratios: list[float] = []
     for b in range(n_blocks):
@@ -598,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                 q[a]["n"],
             ]
         )
-    _common.print_table(
+    common.print_table(
         ["arm", "median s/run", "p25", "p75", "ms/task (run/100)", "x bare", "runs"],
         rows,
         title=f"Flow of {N_TASKS} tasks, seconds per flow run",
@@ -618,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     met = ratio_medians <= TARGET_RATIO and ratio_pairs <= TARGET_RATIO
     account = genopt_account(traced_runs, q, arm_names)
-    _common.print_table(
+    common.print_table(
         ["measure", "value", "target", "met"],
         [
             [
@@ -649,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         title="Target",
     )
-    _common.print_table(
+    common.print_table(
         ["genopt per-span cost (realistic finished task span)", "µs per span"],
         [[k, v] for k, v in costs],
         title=f"Per-span cost, median of 5 rounds x {n_calls} calls",
@@ -657,18 +648,18 @@ def main(argv: list[str] | None = None) -> int:
     body_us = dict(costs).get(STEP_BODY_ROW, 0.0)
     account["task wrapper (minus the step's body)"] -= body_us * N_TASKS / 1000
     account["sum of genopt's parts"] -= body_us * N_TASKS / 1000
-    _common.print_table(
+    common.print_table(
         ["genopt's work inside a traced run", "median ms per run"],
         [[k, v] for k, v in account.items()],
         title="Where traced - sdk goes (in place; on_end includes the spool append when "
         "it runs on the task thread)",
     )
     print(f"\nlanded in the warehouse after the runs: {landed}")
-    _common.write_results(
+    common.write_results(
         NAME,
         {
             "benchmark": NAME,
-            "command": "python bench/bench_tracing.py" + (" --quick" if args.quick else ""),
+            "command": common.command_line("bench_tracing", argv),
             "machine": info,
             "settings": settings_shown,
             "api_url": api,
@@ -689,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
             "target_met": met,
             "span_cost_us": dict(costs),
             "landed": landed,
-            "loadavg_at_end": _common.loadavg(),
+            "loadavg_at_end": common.loadavg(),
         },
         quick=args.quick,
     )

@@ -20,7 +20,7 @@ Then times ``SELECT * FROM <view>`` (all rows fetched) for each view two ways:
 queries. Every query opens a fresh connection, so DuckDB's own buffer cache is
 always empty; only the OS page cache is warm.
 
-Usage: ``python bench/bench_views.py [--quick] [--spans N] [--repeats R]``
+Usage: ``python -m bench.bench_views [--quick] [--spans N] [--repeats R]``
 """
 
 from __future__ import annotations
@@ -29,18 +29,14 @@ import argparse
 import os
 import random
 import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import common
 
-import _common  # noqa: E402
+common.prefect_env()
 
 NAME = "bench_views"
 TARGET_KPI_S = 0.5
@@ -98,10 +94,10 @@ def build(directory: Path, n_spans: int) -> dict[str, Any]:
     n_llm = round(body * LLM_SHARE)
     n_tasks = body - n_llm
     rng = random.Random(11)
-    sets = _common.param_sets(N_PARAM_SETS)
+    sets = common.param_sets(N_PARAM_SETS)
     t0 = time.perf_counter()
-    with _common.settings_lookup_cached():
-        templates = [_common.run_records(rng, ps, 10**18, n_tasks, n_llm)[1] for ps in sets]
+    with common.settings_lookup_cached():
+        templates = [common.run_records(rng, ps, 10**18, n_tasks, n_llm)[1] for ps in sets]
     t_templates = time.perf_counter() - t0
 
     spool_dir = directory / "warehouse.duckdb.spool"
@@ -114,7 +110,7 @@ def build(directory: Path, n_spans: int) -> dict[str, Any]:
         start = now - span_ns + span_ns * r // N_RUNS
         run_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         recs = stamp_run(templates[ps_index], rng, start, run_id)
-        fb = _common.feedback_records(rng, run_id, start, FEEDBACK_PER_RUN)
+        fb = common.feedback_records(rng, run_id, start, FEEDBACK_PER_RUN)
         writers[r % len(writers)].append(recs + fb)
         n_written += len(recs)
         n_feedback += len(fb)
@@ -128,7 +124,7 @@ def build(directory: Path, n_spans: int) -> dict[str, Any]:
         f"{t_written:.1f}s (templates {t_templates:.1f}s)"
     )
     wh = directory / "warehouse.duckdb"
-    ing = _common.ingest_all(wh, spool_dir, n_written + n_feedback)
+    ing = common.ingest_all(wh, spool_dir, n_written + n_feedback)
     print(
         f"ingested in {ing['seconds']:.1f}s over {ing['calls']} ingest() call(s): "
         f"{ing['spans']:,} spans ({ing['spans'] / ing['seconds']:,.0f} spans/s)"
@@ -197,7 +193,7 @@ def measure(path: Path, fn: Callable[[Path, str], int], sql: str, repeats: int) 
         t0 = time.perf_counter()
         fn(path, sql)
         warm.append(time.perf_counter() - t0)
-    return {"rows": rows, "cold_s": cold, "warm_s": warm, "warm": _common.quantiles(warm)}
+    return {"rows": rows, "cold_s": cold, "warm_s": warm, "warm": common.quantiles(warm)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     n_spans = args.spans or (100_000 if args.quick else 1_000_000)
 
-    info = _common.machine_info()
+    info = common.machine_info()
     print(
         f"bench_views: {n_spans:,} spans, {N_RUNS} runs, 3 pipelines, {N_PARAM_SETS} param "
         f"sets, {FEEDBACK_PER_RUN} feedback/run; {args.repeats} warm queries"
@@ -224,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         directory = args.keep
         directory.mkdir(parents=True, exist_ok=True)
     else:
-        directory = Path(tempfile.mkdtemp(prefix="genopt-bench-views-"))
+        directory = common.scratch_dir("bench-views-")
     try:
         built = build(directory, n_spans)
         wh = directory / "warehouse.duckdb"
@@ -281,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                 r["warm"]["p75"],
             ]
         )
-    _common.print_table(
+    common.print_table(
         ["view", "access", "rows", "cold s", "warm median s", "p25", "p75"],
         table,
         title=f"SELECT * FROM <view>, {n_spans:,} spans; warm = median of {args.repeats}",
@@ -293,11 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         f"\ntarget: kpi_by_param_set_day <= {TARGET_KPI_S}s over {n_spans:,} spans: "
         f"{'met' if met else 'NOT met'} (slowest of cold/warm medians: {worst:.3f}s)"
     )
-    _common.write_results(
+    common.write_results(
         NAME,
         {
             "benchmark": NAME,
-            "command": "python bench/bench_views.py" + (" --quick" if args.quick else ""),
+            "command": common.command_line("bench_views", argv),
             "machine": info,
             "n_spans": n_spans,
             "runs": N_RUNS,
@@ -308,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             "queries": results,
             "target_kpi_s": TARGET_KPI_S,
             "target_met": met,
-            "loadavg_at_end": _common.loadavg(),
+            "loadavg_at_end": common.loadavg(),
         },
         quick=args.quick,
     )

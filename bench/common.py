@@ -1,5 +1,16 @@
-"""Shared helpers for the benchmarks in ``bench/``: machine facts, statistics,
-tables, JSON results, and realistic spool records.
+"""The one helper module of the benchmarks in ``bench/``: settings (data, work and results
+directories), the process set-up, progress lines, machine facts, statistics, tables,
+JSON results, and realistic spool records.
+
+The benchmarks are modules of the ``bench`` package, run from the repository root::
+
+    python -m bench.bench_tracing --quick
+
+Directories come from :class:`BenchSettings` (environment prefix ``GENOPT_BENCH_``),
+defaulting to paths relative to the repository: the shared data in
+``<repo>/../shared/data``, scratch files in ``<repo>/.bench-work`` and the committed
+results in ``bench/results``. A ``--quick`` smoke run writes its results to the work
+directory, never over a committed result.
 
 The record generator builds every span with :func:`prefect_genopt.records.span_record`
 (the library's own storage boundary: redaction, truncation, lifting of genopt and
@@ -7,10 +18,14 @@ GenAI attributes into columns), shaped like the spans a real pipeline run leaves
 (compare ``.demo/warehouse.duckdb``): one Prefect flow span, one ``genopt.run.start``
 and one ``genopt.run.end`` span, Prefect task spans with genopt's inputs/outputs and
 Prefect's state events, and LLM call spans with ``gen_ai.*`` attributes.
+
+Nothing here imports Prefect, litellm or the library at module level: a benchmark calls
+:func:`prefect_env` first, since Prefect reads its settings when it is imported.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
 import hashlib
@@ -19,21 +34,139 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 BENCH_DIR = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH_DIR / "results"
 ROOT = BENCH_DIR.parent
 
 # ---------------------------------------------------------------------------------------
-# machine, statistics, output
+# settings, directories, process set-up
 # ---------------------------------------------------------------------------------------
+
+
+class BenchSettings(BaseSettings):
+    """Where the benchmarks read data and write files (environment prefix ``GENOPT_BENCH_``).
+
+    Example:
+        >>> s = BenchSettings(work="/somewhere/else")
+        >>> s.work.name, s.results == BENCH_DIR / "results"
+        ('else', True)
+    """
+
+    model_config = SettingsConfigDict(env_prefix="GENOPT_BENCH_")
+
+    data: Path = Field(
+        default=ROOT.parent / "shared" / "data",
+        description="shared data sets (BBH in <data>/bbh); GENOPT_BENCH_DATA",
+    )
+    work: Path = Field(
+        default=ROOT / ".bench-work",
+        description="scratch files, warehouses, caches and --quick results; GENOPT_BENCH_WORK",
+    )
+    results: Path = Field(
+        default=BENCH_DIR / "results",
+        description="the committed results of full runs; GENOPT_BENCH_RESULTS",
+    )
+
+
+def settings() -> BenchSettings:
+    """The benchmark settings, read from the environment now."""
+    return BenchSettings()
+
+
+def work_dir(name: str) -> Path:
+    """``<work>/<name>``, created: a benchmark's own persistent folder (caches, warehouses)."""
+    path = settings().work / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def scratch_dir(prefix: str, keep: bool = False) -> Path:
+    """A fresh folder under ``<work>/scratch``, removed when the process exits unless
+    ``keep``."""
+    parent = work_dir("scratch")
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    if not keep:
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+#: Prefect and litellm settings every benchmark wants (defaults; the environment wins)
+QUIET_ENV = {
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+}
+
+
+def prefect_env(
+    home: Path | None = None,
+    warehouse: Path | None = None,
+    level: str | None = None,
+    **extra: str,
+) -> None:
+    """Set the process environment before Prefect (or the library) is imported: quiet
+    logging, no analytics, litellm's bundled cost map (defaults the environment may
+    override), a private ``PREFECT_HOME``, ``GENOPT_WAREHOUSE``, and ``extra`` variables
+    (set as given)."""
+    defaults = dict(QUIET_ENV)
+    if level is not None:
+        defaults["PREFECT_LOGGING_LEVEL"] = defaults["PREFECT_SERVER_LOGGING_LEVEL"] = level
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    if home is not None:
+        os.environ["PREFECT_HOME"] = str(home)
+    if warehouse is not None:
+        os.environ["GENOPT_WAREHOUSE"] = str(warehouse)
+    os.environ.update(extra)
+
+
+#: the litellm provider of the scripted optimizer models (:func:`scripted_optimizer`)
+SCRIPTED_OPTIMIZER = "scripted-opt"
+
+
+def scripted_optimizer(mode: str) -> str:
+    """Register :func:`prefect_genopt.testing.scripted_optimizer` as provider
+    ``scripted-opt`` and return the model string of ``mode`` (``rules``, ``onevar``...)."""
+    from prefect_genopt import testing
+
+    if mode not in testing.OPTIMIZER_MODES:
+        raise ValueError(f"unknown scripted optimizer mode {mode!r}")
+    testing.register(SCRIPTED_OPTIMIZER, testing.scripted_optimizer)
+    return f"{SCRIPTED_OPTIMIZER}/{mode}"
+
+
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """One progress line with a UTC timestamp and the minutes since the process started."""
+    now = dt.datetime.now(dt.UTC).strftime("%H:%M:%S")
+    print(f"[{now} +{(time.perf_counter() - _T0) / 60:5.1f}m] {msg}", flush=True)
+
+
+def command_line(module: str, argv: Sequence[str] | None = None) -> str:
+    """The command that ran a benchmark, as it would be typed from the repository root.
+
+    Example:
+        >>> command_line("bench_gate", ["--quick"])
+        'python -m bench.bench_gate --quick'
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    return " ".join(["python", "-m", f"bench.{module}", *args])
 
 
 def _version(dist: str) -> str | None:
@@ -56,7 +189,6 @@ def _cpu_model() -> str:
 
 def library_state() -> dict[str, Any]:
     """Which prefect-genopt code was measured: git HEAD, uncommitted changes, a source hash."""
-    import subprocess
 
     def git(*args: str) -> str:
         try:
@@ -74,6 +206,13 @@ def library_state() -> dict[str, Any]:
         "uncommitted_library_files": git("status", "--short", "--", "prefect_genopt").splitlines(),
         "library_source_sha256": digest.hexdigest()[:16],
     }
+
+
+def describe_library(state: dict[str, Any]) -> str:
+    """One line for a log: the commit and the uncommitted library files of
+    :func:`library_state`."""
+    dirty = ", ".join(state.get("uncommitted_library_files") or []) or "none"
+    return f"commit {state.get('git_head') or '?'} (uncommitted library files: {dirty})"
 
 
 def machine_info() -> dict[str, Any]:
@@ -131,6 +270,16 @@ def quantiles(values: Sequence[float]) -> dict[str, float]:
     }
 
 
+def mean(values: Sequence[float]) -> float:
+    """The mean, or NaN for no values.
+
+    Example:
+        >>> mean([1, 2]), str(mean([]))
+        (1.5, 'nan')
+    """
+    return sum(values) / len(values) if values else float("nan")
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     """Run ``fn`` once; returns (seconds, its result)."""
     t0 = time.perf_counter()
@@ -161,13 +310,42 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: st
         print("  ".join(out))
 
 
+def save_json(path: Path, obj: Any, indent: int = 2) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (a temporary file, then a rename), so
+    a stopped run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=indent, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def results_path(name: str, quick: bool = False) -> Path:
+    """Where the results ``name`` go: ``<results>/<name>.json`` for a full run,
+    ``<work>/results/<name>.quick.json`` for a ``--quick`` smoke run (never over the
+    committed results).
+
+    Example:
+        >>> results_path("replay").relative_to(ROOT).as_posix()
+        'bench/results/replay.json'
+        >>> results_path("replay", quick=True).name
+        'replay.quick.json'
+    """
+    s = settings()
+    return (s.work / "results" / f"{name}.quick.json") if quick else (s.results / f"{name}.json")
+
+
+def _shown(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def write_results(name: str, payload: dict[str, Any], quick: bool = False) -> Path:
-    """Write ``payload`` as ``bench/results/<name>.json`` (``<name>.quick.json`` for a
-    ``--quick`` smoke run, so it never overwrites the full results); returns the path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}{'.quick' if quick else ''}.json"
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    print(f"\nraw results: {path.relative_to(ROOT)}")
+    """Write ``payload`` to :func:`results_path` and say where; returns the path."""
+    path = results_path(name, quick)
+    save_json(path, payload)
+    print(f"\nraw results: {_shown(path)}")
     return path
 
 
