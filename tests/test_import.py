@@ -27,6 +27,7 @@ out = {
     "new_finders": [type(f).__module__ for f in sys.meta_path if f not in finders],
     "dir_missing": sorted(set(prefect_genopt.__all__) - set(dir(prefect_genopt))),
 }
+out["submodule"] = prefect_genopt.semconv.__name__  # not imported yet: imported on access
 module = importlib.import_module("prefect_genopt.feedback")  # loaded before the name is used
 out["feedback_is_the_function"] = prefect_genopt.feedback is module.feedback
 out["warehouse"] = prefect_genopt.Warehouse.__name__
@@ -46,6 +47,7 @@ def test_a_fresh_import_is_light_and_changes_nothing() -> None:
     assert not out["env_changed"]  # no LITELLM_LOCAL_MODEL_COST_MAP, nothing else
     assert out["new_finders"] == []  # litellm is not patched, nor hooked, at import
     assert out["dir_missing"] == []
+    assert out["submodule"] == "prefect_genopt.semconv"
     assert out["feedback_is_the_function"]
     assert out["warehouse"] == "Warehouse"
     assert out["members_missing"] == []
