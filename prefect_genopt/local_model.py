@@ -298,13 +298,12 @@ class LocalLLM(CustomLLM):
 
 
 def register() -> str:
-    """Register the ``genopt-local`` provider with litellm (idempotent); returns :data:`MODEL`.
+    """Register the ``genopt-local`` provider with litellm (again: a fresh handler, the
+    loaded model is shared); returns :data:`MODEL`.
 
     The model itself loads on the first call.
     """
-    if not any(p.get("provider") == PROVIDER for p in litellm.custom_provider_map):
-        litellm.custom_provider_map = [
-            *litellm.custom_provider_map,
-            {"provider": PROVIDER, "custom_handler": LocalLLM()},
-        ]
+    from prefect_genopt.testing import register_handler
+
+    register_handler(PROVIDER, LocalLLM())
     return MODEL

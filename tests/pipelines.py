@@ -6,54 +6,19 @@ import asyncio
 import os
 import signal
 import time
-from typing import Any
 
 import litellm
-from litellm import CustomLLM, ModelResponse
 from prefect import flow
 
 import prefect_genopt as genopt
-
-
-class ScriptedLLM(CustomLLM):
-    """An offline model behind litellm's real call path.
-
-    It labels a ticket from the words the system prompt lists for each label
-    ("billing: invoice, refund; bug: crash"), so its answers follow the prompt.
-    """
-
-    def completion(self, *args: Any, **kwargs: Any) -> ModelResponse:
-        messages = kwargs.get("messages") or []
-        system = " ".join(m["content"] for m in messages if m["role"] == "system").lower()
-        user = " ".join(m["content"] for m in messages if m["role"] == "user").lower()
-        label = "other"
-        for clause in system.split(";"):
-            if ":" in clause:
-                name, words = clause.split(":", 1)
-                if any(w.strip() and w.strip() in user for w in words.split(",")):
-                    label = name.strip().split()[-1]
-                    break
-        return ModelResponse(
-            model="scripted/triage",
-            choices=[{"message": {"role": "assistant", "content": label}, "finish_reason": "stop"}],
-            usage={
-                "prompt_tokens": len((system + " " + user).split()),
-                "completion_tokens": 1,
-                "total_tokens": len((system + " " + user).split()) + 1,
-            },
-        )
-
-    async def acompletion(self, *args: Any, **kwargs: Any) -> ModelResponse:
-        return self.completion(*args, **kwargs)
+from prefect_genopt import testing
 
 
 def register_scripted_model() -> None:
-    """Make ``scripted/<anything>`` route to :class:`ScriptedLLM`."""
-    if not any(p.get("provider") == "scripted" for p in litellm.custom_provider_map):
-        litellm.custom_provider_map = [
-            *litellm.custom_provider_map,
-            {"provider": "scripted", "custom_handler": ScriptedLLM()},
-        ]
+    """Make ``scripted/<anything>`` a model that labels a ticket by the words its system
+    prompt lists for each label ("billing: invoice, refund; bug: crash"), so its answers
+    follow the prompt (:func:`prefect_genopt.testing.keyword_labeler`)."""
+    testing.register("scripted", testing.keyword_labeler)
 
 
 register_scripted_model()

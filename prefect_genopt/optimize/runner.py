@@ -390,6 +390,7 @@ def optimize(
     optimizer: Optimizer | None = None,
     progress: Callable[[str], None] | None = None,
     optimizer_run_id: str | None = None,
+    client: LLMClient | None = None,
 ) -> OptimizeResult:
     """Run the optimizer once for ``settings.pipeline`` and record its proposals.
 
@@ -399,6 +400,10 @@ def optimize(
         optimizer: The optimizer (default: :class:`OptoPrime`).
         progress: Called with one line per step (default: the module logger).
         optimizer_run_id: Recorded with each proposal (the flow run id in the flow).
+        client: The optimizer model's client (default: ``LLMClient.configured`` with the
+            model, response format, output tokens, temperature and timeout of ``settings``).
+            The instruction tuner (``settings.tune_instruction_every``) still calls
+            ``settings.model``.
 
     Raises:
         EvidenceError: No usable evidence (unknown pipeline, no feedback in the window).
@@ -427,13 +432,14 @@ def optimize(
                 say(f"optimizer instruction not tuned: {tuned.reason}")
         instruction_id, text = current_instruction(wh, settings.pipeline)
         optimizer = OptoPrime(instruction=text)
-    client = LLMClient.configured(
-        settings.model,
-        settings.response_format,
-        max_tokens=settings.max_output_tokens,
-        temperature=settings.temperature,
-        timeout_s=settings.timeout_s,
-    )
+    if client is None:
+        client = LLMClient.configured(
+            settings.model,
+            settings.response_format,
+            max_tokens=settings.max_output_tokens,
+            temperature=settings.temperature,
+            timeout_s=settings.timeout_s,
+        )
     evidence = collect(wh, settings)
     start = settings.starting_artifact
     evidence.demo_pools = demo_pools(

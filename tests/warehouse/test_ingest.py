@@ -182,6 +182,24 @@ def test_killed_mid_transaction_then_rerun_loads_exactly_once(
     assert _count(warehouse_path, "feedback") == 0
 
 
+def test_the_fault_hook_sees_each_point_of_the_transaction_in_order(
+    warehouse_path: Path,
+) -> None:
+    from prefect_genopt.warehouse.ingest import FAULT_POINTS, set_fault_hook
+
+    spool_dir = warehouse_path.with_name(warehouse_path.name + ".spool")
+    w = spool.SpoolWriter(spool_dir)
+    w.append([_span(1, uuid.uuid4().hex)])
+    w.close()
+    reached: list[str] = []
+    previous = set_fault_hook(reached.append)
+    try:
+        assert Ingester().ingest().spans == 1
+    finally:
+        assert set_fault_hook(previous) == reached.append
+    assert reached == list(FAULT_POINTS)
+
+
 HOLD_LOCK = textwrap.dedent(
     """
     import sys, time, duckdb
