@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup setup-local demo test lint bench clean
+.PHONY: setup setup-local demo test lint bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,10 +37,21 @@ test: setup lint  ## lint, then the whole test suite (fails if no test ran)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(VENV)/.installed-bench  ## the benchmarks behind docs/benchmarks.md
-	$(PY) bench/bench_tracing.py
-	$(PY) bench/bench_ingest.py
-	$(PY) bench/bench_views.py
-	$(PY) bench/bench_optimizer.py
+	$(PY) -m bench.bench_tracing
+	$(PY) -m bench.bench_ingest
+	$(PY) -m bench.bench_views
+	$(PY) -m bench.bench_optimizer
+
+# Every benchmark's --quick smoke run, with scripted models only (no [local] build): a few
+# minutes; results go to .bench-work/ (GENOPT_BENCH_WORK), never over bench/results/.
+BENCH_QUICK := $(sort $(basename $(notdir $(wildcard bench/bench_*.py))))
+
+bench-quick: $(VENV)/.installed-bench  ## every benchmark's --quick mode (fails if one fails)
+	@set -e; for b in $(BENCH_QUICK); do \
+		echo "== $$b --quick"; start=$$(date +%s); \
+		$(PY) -m bench.$$b --quick; \
+		echo "== $$b: $$(( $$(date +%s) - start )) s"; \
+	done
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache

@@ -159,7 +159,7 @@ def quick_optimizer(call: Any) -> str:
 
     Example:
         >>> from prefect_genopt.testing import Call
-        >>> problem = '#Variables\n(string) instruction = "Answer."\n'
+        >>> problem = '#Variables\\n(string) instruction = "Answer."\\n'
         >>> reply = quick_optimizer(Call("o/x", "x", [{"role": "user", "content": problem}]))
         >>> json.loads(reply)["suggestion"]["instruction"].startswith("Answer. Reply with yes")
         True
@@ -350,14 +350,66 @@ def build(cache: Cache, quick: bool = False) -> tuple[Any, Any, str, str]:
 
 
 def run_pinned(
-    genopt: Any, pipe: Any, cache: Cache, instruction: str, examples: list[dict], arm: str
+    pipe: Any, cache: Cache, values: dict[str, str], examples: list[dict], arm: str
 ) -> dict[str, Any]:
+    """One pipeline run on ``examples`` with ``values`` pinned, on arm ``arm``."""
     from prefect_genopt.pipeline import pinned_params
 
-    with pinned_params({"instruction": instruction}, arm=arm):
+    with pinned_params(values, arm=arm):
         out = pipe(examples=examples)
     cache.save()
     return out
+
+
+def work_folder(name: str, quick: bool) -> str:
+    """A BBH benchmark's folder in the work directory: ``name``, or ``name-quick`` for
+    ``--quick`` (its own cache and warehouses, emptied by :func:`start_quick`)."""
+    return f"{name}-quick" if quick else name
+
+
+def start_quick(name: str, out: Path) -> None:
+    """A ``--quick`` run starts afresh: its results file and its work folder go."""
+    out.unlink(missing_ok=True)
+    shutil.rmtree(common.settings().work / work_folder(name, True), ignore_errors=True)
+
+
+def fresh_warehouse(folder: str, name: str) -> Path:
+    """A new warehouse file ``<work>/<folder>/<name>-<UTC time>.duckdb`` (its spool and WAL
+    removed), made the process's ``GENOPT_WAREHOUSE``."""
+    wpath = common.work_dir(folder) / f"{name}-{datetime.now(UTC):%Y%m%d%H%M%S}.duckdb"
+    for p in (wpath, wpath.with_name(wpath.name + ".spool"), wpath.with_name(wpath.name + ".wal")):
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    os.environ["GENOPT_WAREHOUSE"] = str(wpath)
+    return wpath
+
+
+#: what a step of the history records of its proposal
+PROPOSAL_FIELDS = (
+    "proposal_id",
+    "status",
+    "status_reason",
+    "reasoning",
+    "suggestion",
+    "attempts",
+    "input_tokens",
+    "output_tokens",
+    "llm_seconds",
+    "prompt_chars",
+    "response_format",
+)
+
+
+def describe_proposal(row: dict[str, Any]) -> str:
+    """One log line: a proposal's status, optimizer calls, tokens and seconds."""
+    return (
+        f"  {row['status']}"
+        + (f" ({row.get('status_reason')})" if row.get("status_reason") else "")
+        + f", {row.get('attempts')} call(s), {row.get('input_tokens')}+"
+        f"{row.get('output_tokens')} tokens, {row.get('llm_seconds') or 0:.0f}s"
+    )
 
 
 def proposal_row(genopt: Any, proposal_id: str) -> dict[str, Any]:
@@ -436,14 +488,7 @@ def run_seed(
     train = examples[: split.train]
     val = examples[split.train : split.train + split.val]
     test = examples[split.train + split.val :]
-    folder = common.work_dir("bbh")
-    wpath = folder / f"{task}-s{seed}-{datetime.now(UTC):%Y%m%d%H%M%S}.duckdb"
-    for p in (wpath, wpath.with_name(wpath.name + ".spool"), wpath.with_name(wpath.name + ".wal")):
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    os.environ["GENOPT_WAREHOUSE"] = str(wpath)
+    wpath = fresh_warehouse(work_folder("bbh", quick), f"{task}-s{seed}")
     cache.reset_counts()
     pipe = make_flow(task)
     t_start = time.perf_counter()
@@ -453,7 +498,7 @@ def run_seed(
 
     current = START_INSTRUCTION
     log(f"{task} seed {seed}: validation of the start instruction")
-    v = run_pinned(genopt, pipe, cache, current, val, "eval")
+    v = run_pinned(pipe, cache, {"instruction": current}, val, "eval")
     current_val = v["accuracy"]
     log(f"  start instruction: val {current_val:.2f}")
     history: list[dict[str, Any]] = []
@@ -461,7 +506,7 @@ def run_seed(
     for u in range(updates):
         idx = [order[(u * MINIBATCH + j) % split.train] for j in range(MINIBATCH)]
         batch = [train[i] for i in idx]
-        mb = run_pinned(genopt, pipe, cache, current, batch, "train")
+        mb = run_pinned(pipe, cache, {"instruction": current}, batch, "train")
         log(
             f"{task} seed {seed} update {u + 1}/{updates}: minibatch {[e['id'] for e in batch]} "
             f"acc {mb['accuracy']:.2f} (run {mb['run_id'][:8]})"
@@ -508,32 +553,13 @@ def run_seed(
             history.append(step)
             continue
         row = proposal_row(genopt, res.updates[0].proposal_id)
-        step.update(
-            {
-                "proposal_id": row["proposal_id"],
-                "status": row["status"],
-                "status_reason": row.get("status_reason"),
-                "reasoning": row.get("reasoning"),
-                "suggestion": row.get("suggestion"),
-                "attempts": row.get("attempts"),
-                "input_tokens": row.get("input_tokens"),
-                "output_tokens": row.get("output_tokens"),
-                "llm_seconds": row.get("llm_seconds"),
-                "prompt_chars": row.get("prompt_chars"),
-                "response_format": row.get("response_format"),
-            }
-        )
-        log(
-            f"  {row['status']}"
-            + (f" ({row.get('status_reason')})" if row.get("status_reason") else "")
-            + f", {row.get('attempts')} call(s), {row.get('input_tokens')}+"
-            f"{row.get('output_tokens')} tokens, {row.get('llm_seconds') or 0:.0f}s"
-        )
+        step.update({k: row.get(k) for k in PROPOSAL_FIELDS})
+        log(describe_proposal(row))
         if row["status"] == "proposed":
             cand = (row.get("candidate_values") or {}).get("instruction")
             step["candidate_instruction"] = cand
             log(f"  candidate: {cand!r}")
-            cv = run_pinned(genopt, pipe, cache, cand, val, "eval")
+            cv = run_pinned(pipe, cache, {"instruction": cand}, val, "eval")
             step["candidate_val"] = cv["accuracy"]
             step["accepted"] = cv["accuracy"] >= current_val
             step["choice"] = (
@@ -548,8 +574,8 @@ def run_seed(
         history.append(step)
 
     log(f"{task} seed {seed}: test before (start instruction) and after")
-    before = run_pinned(genopt, pipe, cache, START_INSTRUCTION, test, "test")
-    after = run_pinned(genopt, pipe, cache, current, test, "test")
+    before = run_pinned(pipe, cache, {"instruction": START_INSTRUCTION}, test, "test")
+    after = run_pinned(pipe, cache, {"instruction": current}, test, "test")
     log(f"  test {before['accuracy']:.2f} -> {after['accuracy']:.2f}; final {current!r}")
     statuses = [h.get("status") for h in history]
     opt_calls = sum(h.get("attempts") or 0 for h in history)
@@ -706,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         help="task-call cache (deterministic replies at temperature 0; default "
-        "bench/results/bbh_cache.json, quick: its own in the work directory)",
+        "bench/results/bbh_cache.json, quick: <work>/bbh-quick/cache.json)",
     )
     ap.add_argument(
         "--report", action="store_true", help="print the saved results as Markdown and exit"
@@ -725,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks, seeds, updates, split = tasks[:1], seeds[:1], 2, QUICK_SPLIT
     out = args.out or common.results_path("bbh", quick=args.quick)
     cache_path = args.cache or (
-        common.work_dir("bbh") / "cache.quick.json"
+        settings.work / work_folder("bbh", True) / "cache.json"
         if args.quick
         else settings.results / "bbh_cache.json"
     )
@@ -738,9 +764,9 @@ def main(argv: list[str] | None = None) -> int:
     common.prefect_env()
     os.environ.setdefault("GENOPT_LOCAL_THREADS", "2")
     if args.quick:  # a plumbing check starts afresh, and never shares the real cache
-        out.unlink(missing_ok=True)
-        cache_path.unlink(missing_ok=True)
+        start_quick("bbh", out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
     available = sorted(p.stem for p in data_dir().glob("*.json"))
     missing = [t for t in tasks if t not in available]
     if missing and args.quick:

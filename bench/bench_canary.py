@@ -844,7 +844,6 @@ def main(argv: list[str] | None = None) -> int:
             "targets": [{"target": t, "met": m, "detail": d} for t, m, d in lines],
             "wall_s": wall,
             "cpu_s": cpu,
-            "loadavg_at_end": common.loadavg(),
         },
         quick=args.quick,
     )

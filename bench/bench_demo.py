@@ -8,11 +8,12 @@ stable prompt on those new ones. Results go to bench/results/demo.json, one entr
 saved as they come (the script resumes).
 
     python -m bench.bench_demo --seeds 0 1 2 3 4
-    python -m bench.bench_demo --quick     # seed 0, the scripted rule-writing optimizer
+    python -m bench.bench_demo --quick     # seed 0, 2 batches, the scripted optimizer
 
-``--quick`` is a smoke run: the optimizer is :func:`prefect_genopt.testing.scripted_optimizer`
-in mode ``rules`` instead of a real model, and the results go to the work directory (see
-:mod:`bench.common`), never into demo.json.
+``--quick`` is a smoke run: 2 ticket batches instead of 5, the optimizer is
+:func:`prefect_genopt.testing.scripted_optimizer` in mode ``rules`` instead of a real
+model, and the results go to the work directory (see :mod:`bench.common`), never into
+demo.json.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bench import common
 from bench.common import log, mean
 
 
-def one_seed(seed: int, model: str | None = None) -> dict:
+def one_seed(seed: int, model: str | None = None, batches: int = 5) -> dict:
     import orjson
 
     import prefect_genopt as genopt
@@ -35,8 +36,8 @@ def one_seed(seed: int, model: str | None = None) -> dict:
 
     home = common.scratch_dir(f"bench-demo-{seed}-")
     os.environ["GENOPT_WAREHOUSE"] = str(home / "warehouse.duckdb")
-    train = [seed * 100 + i for i in range(5)]
-    held_out = [seed * 100 + 50 + i for i in range(5)]
+    train = [seed * 100 + i for i in range(batches)]
+    held_out = [seed * 100 + 50 + i for i in range(batches)]
     before = [triage(n=8, seed=s) for s in train]
     t0 = time.perf_counter()
     result = optimize(
@@ -81,7 +82,9 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 3 4")
-    ap.add_argument("--quick", action="store_true", help="seed 0, scripted optimizer (smoke)")
+    ap.add_argument(
+        "--quick", action="store_true", help="seed 0, 2 batches, scripted optimizer (smoke)"
+    )
     args = ap.parse_args(argv)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2, 3, 4])
     common.prefect_env()
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
                 if seed in seen:
                     continue
                 log(f"seed {seed}")
-                entry = one_seed(seed, model)
+                entry = one_seed(seed, model, batches=2 if args.quick else 5)
                 done["runs"].append(entry)
                 done["command"] = common.command_line("bench_demo", argv)
                 common.save_json(results, done)

@@ -395,7 +395,6 @@ def main(argv: list[str] | None = None) -> int:
             "targets": {"spans_per_s": TARGET_SPANS_PER_S, "ratio_vs_appender": TARGET_RATIO},
             "details": details,
             "ingest_breakdown_seconds": breakdown,
-            "loadavg_at_end": common.loadavg(),
         },
         quick=args.quick,
     )

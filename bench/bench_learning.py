@@ -76,7 +76,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -85,10 +84,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import bench_bbh, common
-from bench.bench_bbh import Cache, parse_answer
+from bench.bench_bbh import Cache, describe_proposal, parse_answer, run_pinned
 from bench.common import library_state, log, mean, save_json
 
 NAME = "learning_bbh"
+#: the folder of the cache and the warehouses in the work directory
+WORK_FOLDER = "bbh-learning"
 #: one model thread leaves a core free on the shared 2-core machine (bench_bbh's is 2)
 LOCAL_THREADS = "1"
 
@@ -243,16 +244,6 @@ def build(cache: StepCache, quick: bool = False) -> tuple[Any, Callable[[str], A
     return genopt, make_flow, model, optimizer_model
 
 
-def run_pinned(pipe: Any, cache: Cache, values: dict[str, str], examples: list, arm: str) -> dict:
-    """One pipeline run on ``examples`` with ``values`` pinned, on arm ``arm``."""
-    from prefect_genopt.pipeline import pinned_params
-
-    with pinned_params(values, arm=arm):
-        out = pipe(examples=examples)
-    cache.save()
-    return out
-
-
 # -- one (task, seed, variant) -----------------------------------------------------------
 
 
@@ -260,18 +251,6 @@ def step_credit_available() -> bool:
     from prefect_genopt.optimize import OptimizerSettings
 
     return "step_credit" in OptimizerSettings.model_fields
-
-
-def _fresh_warehouse(task: str, seed: int, variant: str) -> Path:
-    stamp = f"{datetime.now(UTC):%Y%m%d%H%M%S}"
-    wpath = common.work_dir("bbh-learning") / f"{task}-s{seed}-{variant}-{stamp}.duckdb"
-    for p in (wpath, wpath.with_name(wpath.name + ".spool"), wpath.with_name(wpath.name + ".wal")):
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    os.environ["GENOPT_WAREHOUSE"] = str(wpath)
-    return wpath
 
 
 def step_credits(genopt: Any, proposal_id: str) -> list[dict[str, Any]]:
@@ -367,7 +346,8 @@ def run_variant(
     train = examples[:N_TRAIN]
     val = examples[N_TRAIN : N_TRAIN + N_VAL]
     test = examples[N_TRAIN + N_VAL :][:n_test]
-    wpath = _fresh_warehouse(task, seed, variant)
+    folder = bench_bbh.work_folder(WORK_FOLDER, quick)
+    wpath = bench_bbh.fresh_warehouse(folder, f"{task}-s{seed}-{variant}")
     cache.reset_counts()
     pipe = make_flow(task)
     t_start = time.perf_counter()
@@ -441,32 +421,10 @@ def run_variant(
             history.append(step)
             continue
         row = bench_bbh.proposal_row(genopt, res.updates[0].proposal_id)
-        step.update(
-            {
-                k: row.get(k)
-                for k in (
-                    "proposal_id",
-                    "status",
-                    "status_reason",
-                    "reasoning",
-                    "suggestion",
-                    "attempts",
-                    "input_tokens",
-                    "output_tokens",
-                    "llm_seconds",
-                    "prompt_chars",
-                    "response_format",
-                )
-            }
-        )
+        step.update({k: row.get(k) for k in bench_bbh.PROPOSAL_FIELDS})
         if use_step:
             step["step_credits"] = bench_bbh._safe(step_credits, genopt, row["proposal_id"])
-        log(
-            f"  {row['status']}"
-            + (f" ({row.get('status_reason')})" if row.get("status_reason") else "")
-            + f", {row.get('attempts')} call(s), {row.get('input_tokens')}+"
-            f"{row.get('output_tokens')} tokens, {row.get('llm_seconds') or 0:.0f}s"
-        )
+        log(describe_proposal(row))
         if row["status"] == "proposed":
             cand = {**current, **(row.get("candidate_values") or {})}
             step["candidate"] = cand
@@ -702,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
         "--cache",
         type=Path,
         default=None,
-        help="task cache (default <work>/bbh-learning/cache.json; quick: cache.quick.json)",
+        help="task cache (default <work>/bbh-learning/cache.json; quick: in bbh-learning-quick/)",
     )
     ap.add_argument(
         "--no-judge-stops",
@@ -727,9 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         tasks, seeds, updates, n_test = tasks[:1], seeds[:1], 1, 5
     out = args.out or common.results_path(NAME, quick=args.quick)
-    cache_path = args.cache or common.work_dir("bbh-learning") / (
-        "cache.quick.json" if args.quick else "cache.json"
-    )
+    folder = common.settings().work / bench_bbh.work_folder(WORK_FOLDER, args.quick)
+    cache_path = args.cache or folder / "cache.json"
     if args.report:
         print(report(json.loads(out.read_text())))
         return 0
@@ -741,8 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     common.prefect_env()
     os.environ.setdefault("GENOPT_LOCAL_THREADS", LOCAL_THREADS)
     if args.quick:  # a plumbing check starts afresh, and never shares the real cache
-        out.unlink(missing_ok=True)
-        cache_path.unlink(missing_ok=True)
+        bench_bbh.start_quick(WORK_FOLDER, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
 

@@ -924,7 +924,6 @@ def main(argv: list[str] | None = None) -> int:
             "flow": flow,
             "target_overhead_s": TARGET_OVERHEAD_S,
             "target_met": met,
-            "loadavg_at_end": common.loadavg(),
         },
         quick=args.quick,
     )

@@ -680,7 +680,6 @@ def main(argv: list[str] | None = None) -> int:
             "target_met": met,
             "span_cost_us": dict(costs),
             "landed": landed,
-            "loadavg_at_end": common.loadavg(),
         },
         quick=args.quick,
     )

@@ -304,7 +304,6 @@ def main(argv: list[str] | None = None) -> int:
             "queries": results,
             "target_kpi_s": TARGET_KPI_S,
             "target_met": met,
-            "loadavg_at_end": common.loadavg(),
         },
         quick=args.quick,
     )

@@ -342,9 +342,10 @@ def _shown(path: Path) -> str:
 
 
 def write_results(name: str, payload: dict[str, Any], quick: bool = False) -> Path:
-    """Write ``payload`` to :func:`results_path` and say where; returns the path."""
+    """Write ``payload``, with the load average at its end (``loadavg_at_end``), to
+    :func:`results_path` and say where; returns the path."""
     path = results_path(name, quick)
-    save_json(path, payload)
+    save_json(path, {**payload, "loadavg_at_end": loadavg()})
     print(f"\nraw results: {_shown(path)}")
     return path
 
