@@ -32,7 +32,7 @@ from prefect_genopt.context import run_var
 from prefect_genopt.errors import BadInputError, NotFoundError
 from prefect_genopt.records import field_type_error
 from prefect_genopt.redaction import redact
-from prefect_genopt.settings import get_settings
+from prefect_genopt.settings import GenoptSettings, get_settings
 
 __all__ = [
     "feedback",
@@ -112,8 +112,12 @@ def _prefect_knows(run_id: str) -> bool | None:
         return None
 
 
-def verify_run(run_id: str) -> bool:
+def verify_run(run_id: str, settings: GenoptSettings | None = None) -> bool:
     """Check that a run exists: in the warehouse, else through the Prefect API.
+
+    Args:
+        run_id: The Prefect flow-run id.
+        settings: Which warehouse, and whether to ask Prefect (default: the current settings).
 
     Returns:
         True when confirmed; False when it could not be checked (kept pending, unverified).
@@ -123,9 +127,10 @@ def verify_run(run_id: str) -> bool:
     """
     from prefect_genopt.warehouse.access import run_exists
 
-    if run_exists(run_id):
+    settings = settings or get_settings()
+    if run_exists(run_id, settings.warehouse_path):
         return True
-    if not get_settings().check_runs_with_prefect:
+    if not settings.check_runs_with_prefect:
         return False
     known = _prefect_knows(run_id)
     if known is False:
@@ -243,11 +248,15 @@ def build_record(
     expected: Any = None,
     step: str | None = None,
     verify: bool = True,
+    settings: GenoptSettings | None = None,
 ) -> dict[str, Any]:
-    """Validate feedback and build its spool record (see :func:`feedback`)."""
+    """Validate feedback and build its spool record (see :func:`feedback`).
+
+    ``settings`` (default: the current ones) give the limits and the warehouse the run
+    is looked up in."""
     kpi = validate_kpi(kpi)
     value = validate_value(value)
-    settings = get_settings()
+    settings = settings or get_settings()
     if comment is not None:
         if not isinstance(comment, str):
             raise FeedbackError(f"comment must be a string, got {type(comment).__name__}")
@@ -288,7 +297,7 @@ def build_record(
 
     if idempotency_key is None:
         idempotency_key = f"{kpi}|{item_key or ''}|{source}" if in_current_run else uuid.uuid4().hex
-    verified = True if in_current_run else (verify_run(run_id) if verify else False)
+    verified = True if in_current_run else (verify_run(run_id, settings) if verify else False)
     pipeline = ps_id = arm = None
     if in_current_run and rc is not None:
         pipeline = rc.pipeline
@@ -334,15 +343,16 @@ def _expected_json(expected: Any, limit: int) -> str | None:
     return redact(text)
 
 
-def deliver(record: dict[str, Any]) -> None:
+def deliver(record: dict[str, Any], settings: GenoptSettings | None = None) -> None:
     """Send a record to the warehouse's spool, or to the receiver in OTLP mode.
 
     In OTLP mode feedback is POSTed to ``GENOPT_FEEDBACK_ENDPOINT`` (default: the
     OTLP endpoint), which must be a ``genopt serve`` receiver (an OpenTelemetry
     Collector has no feedback route). If it cannot be delivered there, it is kept
     in the local spool with a warning: never lost, never an error in the flow.
+    ``settings`` (default: the current ones) say which spool and which receiver.
     """
-    settings = get_settings()
+    settings = settings or get_settings()
     url = settings.feedback_url
     if url:
         import httpx

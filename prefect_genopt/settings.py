@@ -13,7 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -21,7 +23,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["GenoptSettings", "get_settings", "default_warehouse_path"]
+__all__ = ["GenoptSettings", "get_settings", "use_settings", "default_warehouse_path"]
 
 
 def default_warehouse_path() -> Path:
@@ -256,14 +258,43 @@ def _env_key() -> tuple[object, ...]:
     return tuple(os.environ.get(n) for n in _ENV_NAMES)
 
 
+_scoped: GenoptSettings | None = None
+
+
 def get_settings() -> GenoptSettings:
     """The current settings, rebuilt only when one of their variables changed.
 
     Cheap enough for hot paths (a few dict lookups); derived paths are resolved
-    once per settings object.
+    once per settings object. Inside :func:`use_settings`, the settings given there.
     """
     global _cache
+    if _scoped is not None:
+        return _scoped
     key = _env_key()
     if _cache is None or _cache[0] != key:
         _cache = (key, GenoptSettings())
     return _cache[1]
+
+
+@contextlib.contextmanager
+def use_settings(settings: GenoptSettings) -> Iterator[GenoptSettings]:
+    """Make :func:`get_settings` return ``settings`` in this process for the block.
+
+    For code that reads the settings itself rather than taking them as arguments: a
+    pipeline run in this process, a Prefect flow's tasks. Process-wide (threads see
+    it) and restored on exit; the environment is not touched, so child processes do
+    not inherit it.
+
+    Example:
+        >>> with use_settings(GenoptSettings(warehouse="/tmp/other.duckdb")) as s:
+        ...     get_settings().warehouse_path.name
+        'other.duckdb'
+        >>> get_settings() is s
+        False
+    """
+    global _scoped
+    previous, _scoped = _scoped, settings
+    try:
+        yield settings
+    finally:
+        _scoped = previous

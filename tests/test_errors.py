@@ -135,3 +135,49 @@ def test_the_kinds_add_no_builtin_base_and_the_module_imports_nothing() -> None:
     tree = ast.parse(Path(e.__file__).read_text())
     imports = [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
     assert [getattr(n, "module", None) for n in imports] == ["__future__"]
+
+
+# -- the CLI's one table: kind -> exit status ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(TREE))
+def test_every_error_has_its_exit_status(name: str) -> None:
+    from prefect_genopt.cli._errors import exit_status
+
+    module, _, _ = TREE[name]
+    exc = getattr(importlib.import_module(module), name)("the message")
+    assert exit_status(exc) == ((3, "stopped") if name == "GateStopped" else (2, "error"))
+
+
+def test_the_table_in_use(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """main() prints `genopt COMMAND: LABEL: message` and returns the table's status; an
+    error outside the table propagates (a traceback, as before the tree)."""
+    import duckdb
+
+    from prefect_genopt.cli import EXIT_GATE_STOPPED, CLIError, main
+    from prefect_genopt.cli import ingest as ingest_command
+    from prefect_genopt.rollout.controller import GateStopped
+
+    def raising(exc: BaseException) -> None:
+        def run(args: object, ctx: object) -> int:
+            raise exc
+
+        monkeypatch.setattr(ingest_command, "run", run)
+
+    argv = ["--warehouse", str(tmp_path / "w.duckdb"), "ingest"]
+    for exc, code, line in [
+        (GateStopped("worse than stable"), 3, "genopt ingest: stopped: worse than stable"),
+        (CLIError("bad option"), 2, "genopt ingest: error: bad option"),
+        (e.BusyError("locked"), 2, "genopt ingest: error: locked"),
+        (e.GenoptError("any"), 2, "genopt ingest: error: any"),
+        (duckdb.CatalogException("no table"), 2, "genopt ingest: SQL error: no table"),
+    ]:
+        raising(exc)
+        assert main(argv) == code
+        assert capsys.readouterr().err.strip() == line
+    assert EXIT_GATE_STOPPED == 3
+    raising(KeyError("a bug"))
+    with pytest.raises(KeyError, match="a bug"):
+        main(argv)

@@ -45,7 +45,7 @@ from prefect_genopt.settings import get_settings
 from prefect_genopt.warehouse.schema import utcnow
 from prefect_genopt.warehouse.warehouse import Warehouse, as_warehouse
 
-__all__ = ["harvest", "HarvestResult", "ExperienceError", "verified_demos"]
+__all__ = ["harvest", "HarvestResult", "ExperienceError", "verified_demos", "list_experiences"]
 
 logger = logging.getLogger("prefect_genopt.replay")
 
@@ -284,3 +284,30 @@ def verified_demos(
             inputs = next(iter(inputs.values()))
         out.append({"id": r["experience_id"], "input": inputs, "output": orjson.loads(r["output"])})
     return out
+
+
+def list_experiences(
+    pipeline: str, *, limit: int = 50, warehouse: Warehouse | str | Path | None = None
+) -> list[dict[str, Any]]:
+    """The pipeline's experiences, newest first, with how often each was replayed.
+
+    Each row: ``experience_id``, ``status``, ``run_id``, ``item_key``, ``kpi_value``,
+    ``n_steps``, ``size_bytes``, ``expires_at``, ``reason`` and ``replays`` (the spans
+    that replayed it).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> list_experiences("triage", warehouse=d / "w.duckdb")
+        []
+    """
+    return as_warehouse(warehouse).sql(
+        """
+        SELECT e.experience_id, e.status, e.run_id, e.item_key, e.kpi_value, e.n_steps,
+               e.size_bytes, e.expires_at, e.reason,
+               (SELECT count(*) FROM spans s
+                WHERE s.attributes->>'genopt.replay.experience_id' = e.experience_id) AS replays
+        FROM experiences e WHERE e.pipeline = ? ORDER BY e.created_at DESC LIMIT ?
+        """,
+        [pipeline, limit],
+    )

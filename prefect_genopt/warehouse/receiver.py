@@ -359,8 +359,9 @@ class Receiver:
     Args:
         host: Address to bind (default ``GENOPT_SERVE_HOST``, 127.0.0.1).
         port: Port to bind (default ``GENOPT_SERVE_PORT``); 0 picks a free port.
-        warehouse: The DuckDB file fed (default ``GENOPT_WAREHOUSE``); the spool
-            is ``get_settings().spool_dir_for(warehouse)``.
+        warehouse: The DuckDB file fed (default ``GENOPT_WAREHOUSE``).
+        spool_dir: The spool it appends to and ingests (default
+            ``get_settings().spool_dir_for(warehouse)``).
         ingest_interval: Seconds between ingests (default ``GENOPT_INGEST_INTERVAL``).
         on_ingest: Called with each :class:`IngestResult` of the background loop
             (``serve`` prints them).
@@ -382,6 +383,7 @@ class Receiver:
         ingest_interval: float | None = None,
         *,
         on_ingest: Callable[[IngestResult], None] | None = None,
+        spool_dir: Path | None = None,
     ) -> None:
         settings = get_settings()
         self.host = settings.serve_host if host is None else host
@@ -389,7 +391,11 @@ class Receiver:
         self.warehouse = (
             Path(warehouse).expanduser().resolve() if warehouse else settings.warehouse_path
         )
-        self.spool_dir = settings.spool_dir_for(self.warehouse)
+        self.spool_dir = (
+            Path(spool_dir).expanduser().resolve()
+            if spool_dir
+            else settings.spool_dir_for(self.warehouse)
+        )
         self.ingest_interval = (
             settings.ingest_interval if ingest_interval is None else float(ingest_interval)
         )
@@ -583,6 +589,8 @@ def serve(
     port: int | None = None,
     warehouse: Path | None = None,
     ingest_interval: float | None = None,
+    *,
+    spool_dir: Path | None = None,
 ) -> IngestResult | None:
     """Run the receiver in the foreground until SIGINT or SIGTERM.
 
@@ -595,6 +603,7 @@ def serve(
         port: Port (default ``GENOPT_SERVE_PORT``; 0 picks a free one).
         warehouse: The DuckDB file (default ``GENOPT_WAREHOUSE``).
         ingest_interval: Seconds between ingests (default ``GENOPT_INGEST_INTERVAL``).
+        spool_dir: The spool (default: the warehouse's, as in :class:`Receiver`).
 
     Returns:
         The final ingest's result (None if the warehouse stayed busy).
@@ -607,7 +616,7 @@ def serve(
         if result.records or result.rejected:
             print(f"{time.strftime('%H:%M:%S')} {result}", flush=True)
 
-    rx = Receiver(host, port, warehouse, ingest_interval, on_ingest=report)
+    rx = Receiver(host, port, warehouse, ingest_interval, on_ingest=report, spool_dir=spool_dir)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

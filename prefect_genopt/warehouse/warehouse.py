@@ -44,14 +44,25 @@ class Warehouse:
         read_only: ``False`` keeps one writable connection open until
             :meth:`close`, for maintenance SQL; pipelines never need it.
         ingest: Ingest the spool before the first query (default True).
+        spool_dir: The spool feeding it (default: ``GENOPT_SPOOL`` for the configured
+            warehouse, else the path with ``.spool`` appended).
     """
 
     def __init__(
-        self, path: str | Path | None = None, read_only: bool = True, *, ingest: bool = True
+        self,
+        path: str | Path | None = None,
+        read_only: bool = True,
+        *,
+        ingest: bool = True,
+        spool_dir: str | Path | None = None,
     ) -> None:
         settings = get_settings()
         self.path = Path(path).expanduser().resolve() if path else settings.warehouse_path
-        self.spool_dir = settings.spool_dir_for(self.path)
+        self.spool_dir = (
+            Path(spool_dir).expanduser().resolve()
+            if spool_dir
+            else settings.spool_dir_for(self.path)
+        )
         self.read_only = read_only
         self._pending_ingest = ingest
         self._con: duckdb.DuckDBPyConnection | None = None

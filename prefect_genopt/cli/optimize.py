@@ -1,0 +1,169 @@
+"""``genopt optimize``: run the optimizer flow for a pipeline now."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prefect_genopt.cli._output import print_json
+from prefect_genopt.cli._utilities import RAW, json_arg
+
+if TYPE_CHECKING:
+    from prefect_genopt.cli._app import Context
+
+#: options that are OptimizerSettings fields of the same name
+SETTINGS_OPTIONS = (
+    "kpi",
+    "direction",
+    "window_days",
+    "minibatch_size",
+    "memory_size",
+    "max_updates",
+    "proposals_per_run",
+    "budget_tokens",
+    "budget_usd",
+    "model",
+    "response_format",
+    "timeout_s",
+    "seed",
+    "focus",
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``genopt optimize``."""
+    o = sub.add_parser(
+        "optimize",
+        help="run the optimizer flow for a pipeline now",
+        description="Run the genopt-optimize Prefect flow now: read the pipeline's runs and "
+        "feedback from the warehouse, ask an LLM (GENOPT_MODEL, else the embedded local model) "
+        "for better param values, check them against the pipeline's Tunables and record "
+        "proposals. Options override the optimizer settings; --settings takes them all as JSON.",
+        epilog="examples:\n  genopt optimize triage\n  genopt optimize triage --minibatch-size 3 "
+        "--max-updates 2 --budget-usd 0.05 --model openai/gpt-4o-mini\n"
+        '  genopt optimize triage --settings \'{"credit_horizon": {"max_value_chars": 200}}\'',
+        formatter_class=RAW,
+    )
+    o.add_argument("pipeline", metavar="PIPELINE")
+    o.add_argument("--kpi", help="feedback KPI to improve (default: chosen from the feedback)")
+    o.add_argument("--direction", choices=["higher", "lower"], help="which KPI values are better")
+    o.add_argument("--window-days", type=float, help="evidence window in days (default 7)")
+    o.add_argument("--minibatch-size", type=int, help="units of evidence per update (default 4)")
+    o.add_argument("--memory-size", type=int, help="past proposals shown (default 3)")
+    o.add_argument("--max-updates", type=int, help="most LLM updates in this run (default 3)")
+    o.add_argument("--proposals-per-run", type=int, help="stop after this many (default 1)")
+    o.add_argument("--budget-tokens", type=int, help="most LLM tokens (default 200000)")
+    o.add_argument("--budget-usd", type=float, help="most USD where priced (default 1.0)")
+    o.add_argument("--model", help="litellm model string (default: GENOPT_MODEL or embedded)")
+    o.add_argument(
+        "--response-format", choices=["auto", "json_schema", "json_object", "none"], default=None
+    )
+    o.add_argument("--timeout-s", type=float, help="seconds per LLM call")
+    o.add_argument("--seed", type=int, help="minibatch sampling seed")
+    o.add_argument("--focus", choices=["failures", "random"], help="minibatch selection")
+    o.add_argument("--editable", help="comma-separated params the optimizer may change")
+    o.add_argument("--settings", help="optimizer settings as a JSON object or a JSON file")
+    o.add_argument(
+        "--wait", type=float, default=30.0, help="seconds to wait for a running optimizer (30)"
+    )
+    o.add_argument(
+        "--harvest",
+        metavar="KPI",
+        help="first store the runs good on KPI (0/1) as experiences, as `genopt experiences "
+        "harvest` does",
+    )
+    o.add_argument("--json", action="store_true", help="print the flow's result as JSON")
+    o.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The optimizer settings given: ``--settings``, then the options over it."""
+    from prefect_genopt.cli import CLIError
+
+    settings: dict[str, Any] = {}
+    if args.settings:
+        loaded = json_arg(args.settings, "--settings")
+        if not isinstance(loaded, dict):
+            raise CLIError("--settings must be a JSON object")
+        settings.update(loaded)
+    for name in SETTINGS_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None:
+            settings[name] = value
+    if args.editable:
+        start = dict(settings.get("starting_artifact") or {})
+        start["editable"] = [e.strip() for e in args.editable.split(",") if e.strip()]
+        settings["starting_artifact"] = start
+    return settings
+
+
+@contextlib.contextmanager
+def progress_to_stderr(quiet: bool = False) -> Iterator[None]:
+    """Show the optimizer flow's progress lines on stderr, whatever Prefect's log level."""
+    import logging
+
+    logger = logging.getLogger("prefect.flow_runs")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(lambda r: r.levelno >= logging.INFO)
+    old_level, old_propagate = logger.level, logger.propagate
+    if not quiet:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    """Check the settings, run the flow, print its proposals (or its result as JSON)."""
+    from pydantic import ValidationError
+
+    from prefect_genopt.cli import CLIError
+    from prefect_genopt.optimize import OptimizerSettings
+
+    settings = settings_from_args(args)
+    try:
+        OptimizerSettings(pipeline=args.pipeline, **settings)  # fail fast, before Prefect starts
+    except ValidationError as exc:
+        raise CLIError(f"invalid optimizer settings:\n{exc}") from None
+    from prefect_genopt.optimize.flow import optimize_flow
+
+    with ctx.running_pipelines(), progress_to_stderr(quiet=args.json):
+        out = optimize_flow(
+            args.pipeline,
+            settings=settings,
+            wait_seconds=args.wait,
+            warehouse=str(ctx.warehouse_path),
+            harvest={"kpi": args.harvest} if args.harvest else None,
+        )
+    if args.json:
+        print_json(out)
+        return 0
+    if out.get("skipped"):
+        print(out["reason"])
+        return 0
+    if out.get("harvest"):
+        h = out["harvest"]
+        print(
+            f"harvested {h['verified']} verified, {h['rejected']} rejected, {h['refused']} "
+            "refused experience(s)"
+        )
+    for u in out["updates"]:
+        print(f"{u['proposal_id']}: {u['status']}" + (f" ({u['reason']})" if u["reason"] else ""))
+    cost = "unpriced" if out["cost_usd"] is None else f"${out['cost_usd']:.4f}"
+    print(
+        f"{len(out['proposals'])} proposal(s) from {out['model']} in {out['seconds']:.1f}s "
+        f"({out['llm_seconds']:.1f}s in the LLM), {out['tokens']} tokens, {cost}; "
+        f"stopped: {out['stop_reason']}"
+    )
+    if out["proposals"]:
+        print(f"see: genopt proposals {args.pipeline}")
+    return 0

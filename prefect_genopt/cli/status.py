@@ -1,0 +1,45 @@
+"""``genopt status``: spool backlog, last ingest, row counts, dropped spans."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prefect_genopt.cli._app import Context
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``genopt status``."""
+    st = sub.add_parser(
+        "status",
+        help="spool backlog, last ingest, dropped spans",
+        description="Show the spool backlog, the last ingest, row counts, pending feedback, "
+        "dropped spans and rejected spool lines.",
+    )
+    st.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, ctx: Context) -> int:
+    """Print the warehouse's status (:func:`~prefect_genopt.warehouse.status.warehouse_status`)."""
+    from prefect_genopt.warehouse.status import warehouse_status
+
+    print(f"warehouse: {ctx.warehouse_path}")
+    print(f"spool:     {ctx.settings.spool_dir}")
+    s = warehouse_status(ctx.warehouse(ingest=False))
+    print(f"backlog:   {s.backlog_files} spool file(s), {s.backlog_bytes} bytes not ingested")
+    if not s.exists:
+        print("warehouse not created yet: run `genopt ingest`")
+        return 0
+    if s.last_ingest:
+        r = s.last_ingest
+        print(
+            f"last ingest: {r['finished_at']:%Y-%m-%d %H:%M:%S} UTC, {r['records']} records "
+            f"in {r['seconds']:.2f}s"
+        )
+    else:
+        print("last ingest: never")
+    print("  ".join(f"{k}: {v}" for k, v in s.counts.items()))
+    if s.runs_by_status:
+        print("runs by status: " + ", ".join(f"{st} {n}" for st, n in s.runs_by_status))
+    return 0

@@ -1,0 +1,91 @@
+"""The warehouse's health at a glance: spool backlog, last ingest, row counts, drops.
+
+What ``genopt status`` prints, as data.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> wh = Warehouse(pathlib.Path(tempfile.mkdtemp()) / "w.duckdb", ingest=False)
+    >>> s = warehouse_status(wh)
+    >>> s.exists, s.backlog_files, s.backlog_bytes, s.last_ingest
+    (False, 0, 0, None)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect_genopt import spool
+from prefect_genopt.warehouse.access import WarehouseMissingError
+from prefect_genopt.warehouse.warehouse import Warehouse
+
+__all__ = ["WarehouseStatus", "warehouse_status", "spool_backlog", "feedback_pending"]
+
+
+@dataclass
+class WarehouseStatus:
+    """The state of one warehouse and its spool."""
+
+    warehouse: Path
+    spool_dir: Path
+    #: whether the warehouse file exists (before the first ingest it does not)
+    exists: bool
+    #: spool files with bytes not ingested yet, and those bytes
+    backlog_files: int
+    backlog_bytes: int
+    #: the newest ``ingest_log`` row (finished_at, records, seconds...), or None
+    last_ingest: dict[str, Any] | None = None
+    #: runs, spans, feedback, pending_feedback, dropped_spans, rejected_lines
+    counts: dict[str, int] = field(default_factory=dict)
+    #: (status, runs) by count, most first
+    runs_by_status: list[tuple[str, int]] = field(default_factory=list)
+
+
+def spool_backlog(spool_dir: Path, offsets: dict[str, int]) -> tuple[int, int]:
+    """Spool files with bytes past the ingested ``offsets`` (by file stem), and those bytes."""
+    files = nbytes = 0
+    for f in spool.list_files(spool_dir):
+        try:
+            left = f.path.stat().st_size - offsets.get(f.stem, 0)
+        except FileNotFoundError:
+            continue
+        if left > 0:
+            files += 1
+            nbytes += left
+    return files, nbytes
+
+
+def warehouse_status(wh: Warehouse) -> WarehouseStatus:
+    """Read the status of ``wh`` and its spool (read-only; ingests only if ``wh`` does)."""
+    try:
+        offsets = dict(wh.execute("SELECT stem, byte_offset FROM ingest_files")[1])
+    except WarehouseMissingError:
+        files, nbytes = spool_backlog(wh.spool_dir, {})
+        return WarehouseStatus(wh.path, wh.spool_dir, False, files, nbytes)
+    files, nbytes = spool_backlog(wh.spool_dir, offsets)
+    with wh.reading():
+        last = wh.sql("SELECT * FROM ingest_log ORDER BY finished_at DESC LIMIT 1")
+        counts = wh.sql(
+            """SELECT (SELECT count(*) FROM runs) AS runs, (SELECT count(*) FROM spans) AS spans,
+                      (SELECT count(*) FROM feedback) AS feedback,
+                      (SELECT count(*) FROM pending_feedback) AS pending_feedback,
+                      (SELECT coalesce(sum(dropped), 0) FROM span_drops) AS dropped_spans,
+                      (SELECT count(*) FROM spool_rejects) AS rejected_lines"""
+        )[0]
+        by_status = wh.execute("SELECT status, count(*) FROM runs GROUP BY 1 ORDER BY 2 DESC")[1]
+    return WarehouseStatus(
+        wh.path,
+        wh.spool_dir,
+        True,
+        files,
+        nbytes,
+        last[0] if last else None,
+        {k: int(v) for k, v in counts.items()},
+        [(str(s), int(n)) for s, n in by_status],
+    )
+
+
+def feedback_pending(wh: Warehouse, feedback_id: str) -> bool:
+    """Whether the feedback waits for its run (in ``pending_feedback``, not yet attached)."""
+    return bool(wh.sql("SELECT 1 FROM pending_feedback WHERE feedback_id = ?", [feedback_id]))
