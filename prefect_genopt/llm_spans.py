@@ -39,6 +39,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from prefect_genopt import semconv
 from prefect_genopt.context import step_var
 from prefect_genopt.redaction import clean
 
@@ -58,8 +59,6 @@ def _model_and_provider(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[
 
 
 def _start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> trace.Span:
-    from prefect_genopt.tracing import tracer
-
     model, provider = _model_and_provider(args, kwargs)
     step = step_var.get()
     if step is not None and model not in step.models:
@@ -80,7 +79,9 @@ def _start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> trace.Span:
         v = kwargs.get(p)
         if v is not None:
             attrs[f"gen_ai.request.{p}"] = v if isinstance(v, int | float | str) else clean(v)
-    return tracer().start_span(f"chat {model}", kind=SpanKind.CLIENT, attributes=attrs)
+    return trace.get_tracer(semconv.TRACER_NAME).start_span(
+        f"chat {model}", kind=SpanKind.CLIENT, attributes=attrs
+    )
 
 
 def _finish_ok(span: trace.Span, response: Any, started: float) -> None:

@@ -8,6 +8,12 @@ and ``gen_ai`` LLM-call spans.
 
 from __future__ import annotations
 
+#: the OpenTelemetry tracer (instrumentation scope) of genopt's own spans
+TRACER_NAME = "prefect_genopt"
+#: a span reporting spans a process could not export (its count in :data:`DROPPED`)
+DROPS_SPAN = "genopt.drops"
+DROPPED = "genopt.dropped"
+
 # genopt's attributes
 PIPELINE = "genopt.pipeline"
 RUN_ID = "genopt.run_id"

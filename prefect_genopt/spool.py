@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import atexit
 import errno
+import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,12 @@ __all__ = [
     "list_files",
     "close_all",
     "pid_alive",
+    "add_flush_hook",
+    "remove_flush_hook",
+    "flush_pending",
 ]
+
+logger = logging.getLogger("prefect_genopt.spool")
 
 OPEN_SUFFIX = ".open"
 SEALED_SUFFIX = ".jsonl"
@@ -161,6 +168,50 @@ def close_all() -> None:
 
 
 atexit.register(close_all)
+
+_flush_hooks: list[Callable[[], object]] = []
+
+
+def add_flush_hook(hook: Callable[[], object]) -> None:
+    """Call ``hook`` before the spool is read: a writer that holds records back (the
+    span processor's queue) hands them to the spool then. Adding a hook twice adds it once.
+
+    The warehouse runs the hooks (:func:`flush_pending`) before it ingests and before a
+    reader's first query, so what this process wrote is in the answer; tracing adds its
+    processor's flush (:func:`prefect_genopt.tracing.setup_tracing`). Hooks keep the
+    warehouse from importing the writers above it.
+    """
+    if hook not in _flush_hooks:
+        _flush_hooks.append(hook)
+
+
+def remove_flush_hook(hook: Callable[[], object]) -> None:
+    """Stop calling ``hook`` (no error if it was not added)."""
+    if hook in _flush_hooks:
+        _flush_hooks.remove(hook)
+
+
+def flush_pending() -> None:
+    """Run the flush hooks (records held back in this process reach their spool files).
+
+    A failing hook is logged and the others still run: reading goes on.
+
+    Example:
+        >>> calls = []
+        >>> def hook() -> None:
+        ...     calls.append("flushed")
+        >>> add_flush_hook(hook)
+        >>> add_flush_hook(hook)
+        >>> flush_pending()
+        >>> calls
+        ['flushed']
+        >>> remove_flush_hook(hook)
+    """
+    for hook in list(_flush_hooks):
+        try:
+            hook()
+        except Exception:  # noqa: BLE001 - a writer's failure must not stop the reader
+            logger.exception("spool flush hook %r failed", hook)
 
 
 @dataclass(frozen=True)

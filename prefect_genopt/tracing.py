@@ -74,9 +74,9 @@ __all__ = [
 
 logger = logging.getLogger("prefect_genopt.tracing")
 
-DROPS_SPAN = "genopt.drops"
-DROPPED = "genopt.dropped"
-TRACER_NAME = "prefect_genopt"
+DROPS_SPAN = semconv.DROPS_SPAN
+DROPPED = semconv.DROPPED
+TRACER_NAME = semconv.TRACER_NAME
 _ids = RandomIdGenerator()
 
 
@@ -475,10 +475,19 @@ def setup_tracing(provider: TracerProvider | None = None) -> ExportSpanProcessor
             )
             return None
         _processor, _stamper = proc, stamper
+        # the warehouse flushes the queue before it reads the spool (it does not import us)
+        spool.add_flush_hook(_flush_queued)
         # Queued spans are written at exit even if the provider is not shut down then
         # (an application's provider may be created with shutdown_on_exit=False).
         atexit.register(proc.force_flush)
         return proc
+
+
+def _flush_queued() -> None:
+    """Export the spans queued in this process (a spool flush hook, see :func:`setup_tracing`)."""
+    processor = _processor
+    if processor is not None:
+        processor.force_flush()
 
 
 def get_processor() -> ExportSpanProcessor | None:

@@ -37,10 +37,9 @@ import duckdb
 import jsonschema
 import orjson
 
-from prefect_genopt import spool
+from prefect_genopt import semconv, spool
 from prefect_genopt.records import RECORD_COLUMNS, field_type_error
 from prefect_genopt.settings import get_settings
-from prefect_genopt.tracing import DROPS_SPAN, get_processor
 from prefect_genopt.warehouse.access import connect
 from prefect_genopt.warehouse.schema import ROW_TABLES, migrate, utcnow
 
@@ -433,7 +432,7 @@ class Ingester:
             SELECT span_id, {attr("genopt.host")},
                    TRY_CAST({attr("genopt.pid")} AS BIGINT),
                    TRY_CAST({attr("genopt.dropped")} AS BIGINT), {ts.format("start_ns")}
-            FROM batch WHERE k = 'span' AND name = '{DROPS_SPAN}'
+            FROM batch WHERE k = 'span' AND name = '{semconv.DROPS_SPAN}'
             ON CONFLICT DO NOTHING
             """
         )
@@ -687,9 +686,7 @@ class Ingester:
         Raises:
             WarehouseBusyError: The file stayed locked past ``GENOPT_LOCK_TIMEOUT``.
         """
-        processor = get_processor()
-        if processor is not None:  # spans this process has queued go to the spool first
-            processor.force_flush()
+        spool.flush_pending()  # spans this process has queued go to the spool first
         result = IngestResult()
         t0 = time.perf_counter()
         self.spool_dir.mkdir(parents=True, exist_ok=True)

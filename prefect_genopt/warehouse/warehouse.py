@@ -19,7 +19,6 @@ import duckdb
 
 from prefect_genopt import spool
 from prefect_genopt.settings import get_settings
-from prefect_genopt.tracing import get_processor
 from prefect_genopt.warehouse.access import WarehouseBusyError, connect, open_connection
 from prefect_genopt.warehouse.ingest import Ingester, IngestResult
 from prefect_genopt.warehouse.schema import migrate
@@ -112,9 +111,7 @@ class Warehouse:
         if not self._pending_ingest:
             return
         self._pending_ingest = False
-        processor = get_processor()
-        if processor is not None:  # spans this process has queued go to the spool first
-            processor.force_flush()
+        spool.flush_pending()  # spans this process has queued go to the spool first
         if self.path.exists() and not spool.list_files(self.spool_dir):
             return
         try:
