@@ -26,9 +26,10 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these
+    from prefect_genopt.context import pinned_params
     from prefect_genopt.feedback import FeedbackError, UnknownRunError, feedback
     from prefect_genopt.optimize import Optimizer, OptimizerSettings, OptoPrime
-    from prefect_genopt.pipeline import current_params, pinned_params, pipeline, task
+    from prefect_genopt.pipeline import current_params, pipeline, task
     from prefect_genopt.replay.checks import check
     from prefect_genopt.replay.experiences import harvest
     from prefect_genopt.rollout import RolloutPlan
@@ -76,7 +77,8 @@ __all__ = [
 #: Where each public name lives (the module it is imported from on first use).
 _LAZY: dict[str, str] = {
     **dict.fromkeys(("Tunables", "prompt", "numeric", "choice", "demos"), "tunables"),
-    **dict.fromkeys(("pipeline", "task", "current_params", "pinned_params"), "pipeline"),
+    **dict.fromkeys(("pipeline", "task", "current_params"), "pipeline"),
+    "pinned_params": "context",
     **dict.fromkeys(("feedback", "FeedbackError", "UnknownRunError"), "feedback"),
     "check": "replay.checks",
     "harvest": "replay.experiences",

@@ -4,17 +4,32 @@ Set by :func:`prefect_genopt.pipeline` for the duration of a flow run and read
 by :func:`~prefect_genopt.current_params`, :func:`~prefect_genopt.feedback`
 and the span processor. It is a ``contextvars.ContextVar``, so it follows
 Prefect tasks onto thread pools (Prefect copies the context) and async tasks.
+
+:func:`pinned_params` sets the param values the runs started inside it use (offline
+evaluation, the replay gate); it lives here, beside the run context it feeds, so that
+what pins a run (the replay gate) does not import the pipeline decorators.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from prefect_genopt.tunables import Tunables
 
-__all__ = ["RunContext", "StepState", "current_run", "run_var", "item_var", "step_var"]
+__all__ = [
+    "RunContext",
+    "StepState",
+    "current_run",
+    "run_var",
+    "item_var",
+    "step_var",
+    "pin_var",
+    "pinned_params",
+]
 
 
 @dataclass(frozen=True)
@@ -72,3 +87,34 @@ class StepState:
 step_var: contextvars.ContextVar[StepState | None] = contextvars.ContextVar(
     "genopt_step", default=None
 )
+
+
+#: ``(values, arm)`` pinned by :func:`pinned_params` for the runs started in its block
+pin_var: contextvars.ContextVar[tuple[dict[str, Any], str] | None] = contextvars.ContextVar(
+    "genopt_pinned_params", default=None
+)
+
+
+@contextlib.contextmanager
+def pinned_params(values: dict[str, Any] | Tunables, arm: str = "offline") -> Iterator[None]:
+    """Run pipelines with these param values (on arm ``arm``) inside the block.
+
+    For offline evaluation and backtests of a candidate param set: runs started
+    in the block (in this thread or its context) use ``values`` merged over the
+    Tunables defaults, and are recorded with ``arm`` so they never mix with
+    production arms.
+
+    Example:
+        >>> with pinned_params({"threshold": 0.7}, arm="eval"):
+        ...     pin_var.get()
+        ({'threshold': 0.7}, 'eval')
+        >>> pin_var.get() is None
+        True
+    """
+    if isinstance(values, Tunables):
+        values = values.values()
+    token = pin_var.set((dict(values), arm))
+    try:
+        yield
+    finally:
+        pin_var.reset(token)

@@ -16,28 +16,41 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import inspect
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 import prefect
 from opentelemetry import trace
 
 from prefect_genopt import llm_spans, semconv
-from prefect_genopt.context import RunContext, StepState, item_var, run_var, step_var
+from prefect_genopt.context import (
+    RunContext,
+    StepState,
+    item_var,
+    pin_var,
+    pinned_params,
+    run_var,
+    step_var,
+)
 from prefect_genopt.records import HOST
 from prefect_genopt.redaction import clean, to_text
 from prefect_genopt.replay.steps import StepPolicy, record_step, step_version, try_replay
 from prefect_genopt.tracing import get_processor, setup_tracing, tracer
 from prefect_genopt.tunables import Tunables, _reads, canonical_json
 
-__all__ = ["pipeline", "task", "current_params", "resolve_params", "entrypoint_of"]
+__all__ = [
+    "pipeline",
+    "task",
+    "current_params",
+    "pinned_params",  # lives beside the run context (prefect_genopt.context); kept here
+    "resolve_params",
+    "entrypoint_of",
+]
 
 logger = logging.getLogger("prefect_genopt.pipeline")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -89,34 +102,6 @@ def docstring_of(fn: Callable[..., Any], limit: int = 1000) -> str | None:
     return doc.split("\n\n", 1)[0].strip()[:limit] or None
 
 
-_pinned: contextvars.ContextVar[tuple[dict[str, Any], str] | None] = contextvars.ContextVar(
-    "genopt_pinned_params", default=None
-)
-
-
-@contextlib.contextmanager
-def pinned_params(values: dict[str, Any] | Tunables, arm: str = "offline") -> Iterator[None]:
-    """Run pipelines with these param values (on arm ``arm``) inside the block.
-
-    For offline evaluation and backtests of a candidate param set: runs started
-    in the block (in this thread or its context) use ``values`` merged over the
-    Tunables defaults, and are recorded with ``arm`` so they never mix with
-    production arms.
-
-    Example:
-        >>> with pinned_params({"threshold": 0.7}, arm="eval"):
-        ...     _pinned.get()
-        ({'threshold': 0.7}, 'eval')
-    """
-    if isinstance(values, Tunables):
-        values = values.values()
-    token = _pinned.set((dict(values), arm))
-    try:
-        yield
-    finally:
-        _pinned.reset(token)
-
-
 def resolve_params(
     pipeline_name: str, params_cls: type[Tunables], run_key: str | None = None
 ) -> tuple[Tunables, str, str | None, Any]:
@@ -128,7 +113,7 @@ def resolve_params(
     set (the Tunables defaults until something is promoted); during a rollout the
     run's own arm is drawn by ``run_key`` (its run id), and each item's by its key.
     """
-    pinned = _pinned.get()
+    pinned = pin_var.get()
     if pinned is not None:
         values, arm = pinned
         return params_cls(**values), arm, None, None

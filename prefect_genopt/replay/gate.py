@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 
 from prefect_genopt import spool
+from prefect_genopt.context import pinned_params
 from prefect_genopt.records import row_record
 from prefect_genopt.redaction import REDACTED, clean
 from prefect_genopt.warehouse import Warehouse, as_warehouse
@@ -409,8 +410,6 @@ def _replay(
     tolerance: float,
     tolerance_mode: str,
 ) -> GateResult:
-    from prefect_genopt.pipeline import pinned_params
-
     replay_ids: list[str] = []
     for _, inputs in sources:
         with pinned_params(values, arm=ARM):
