@@ -12,7 +12,17 @@ reads a whole batch with one DuckDB ``read_json`` call:
   ``table`` names it, ``body`` holds its columns (:func:`row_record`).
 
 Every string is redacted and truncated here (:func:`span_record`), the single
-storage boundary for local spans and OTLP spans alike.
+storage boundary for local spans and OTLP spans alike. A feedback record that
+arrives from elsewhere (the receiver's endpoint) is checked here too
+(:func:`validate_record`), by the rules :func:`prefect_genopt.feedback` applies.
+
+Example:
+    >>> validate_kpi(" accuracy ")
+    'accuracy'
+    >>> validate_value(float("nan"))
+    Traceback (most recent call last):
+    ...
+    prefect_genopt.feedback.FeedbackError: feedback value must be a finite number, got nan
 """
 
 from __future__ import annotations
@@ -20,13 +30,17 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 
 from prefect_genopt import semconv
+from prefect_genopt.errors import BadInputError
 from prefect_genopt.redaction import REDACTED, Patterns, is_secret_key, patterns, redact, truncate
+from prefect_genopt.settings import get_settings
 
 __all__ = [
     "RECORD_COLUMNS",
@@ -35,6 +49,11 @@ __all__ = [
     "field_type_error",
     "row_record",
     "HOST",
+    "FeedbackError",
+    "FEEDBACK_FIELDS",
+    "validate_kpi",
+    "validate_value",
+    "validate_record",
 ]
 
 HOST = socket.gethostname()
@@ -315,3 +334,138 @@ def from_readable_span(span: Any, limit: int) -> dict[str, Any]:
         source="spool",
         limit=limit,
     )
+
+
+# ---------------------------------------------------------------------------------------
+# feedback records
+# ---------------------------------------------------------------------------------------
+
+
+class FeedbackError(BadInputError, ValueError):
+    """Feedback that cannot be recorded as given."""
+
+
+# Its public home is prefect_genopt.feedback (genopt.FeedbackError): tracebacks, log
+# filters and pickles keep naming it there (numpy's set_module does the same).
+FeedbackError.__module__ = "prefect_genopt.feedback"
+
+MAX_KPI_CHARS = 200
+MAX_KEY_CHARS = 500
+
+
+def validate_kpi(kpi: Any) -> str:
+    """A KPI name: a non-empty string of at most 200 characters."""
+    if not isinstance(kpi, str) or not kpi.strip():
+        raise FeedbackError(f"KPI name must be a non-empty string, got {kpi!r}")
+    kpi = kpi.strip()
+    if len(kpi) > MAX_KPI_CHARS:
+        raise FeedbackError(f"KPI name is {len(kpi)} chars; the limit is {MAX_KPI_CHARS}")
+    return kpi
+
+
+def validate_value(value: Any) -> float | None:
+    """A KPI value: None (text-only feedback) or a finite number."""
+    if value is None:
+        return None
+    if isinstance(value, bool | str | bytes) or not hasattr(value, "__float__"):
+        raise FeedbackError(f"feedback value must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise FeedbackError(f"feedback value must be a finite number, got {value}")
+    return value
+
+
+#: Fields a feedback record may carry (what :func:`prefect_genopt.feedback.build_record` makes).
+FEEDBACK_FIELDS = frozenset(
+    {
+        "k",
+        "feedback_id",
+        "run_id",
+        "kpi",
+        "value",
+        "comment",
+        "item_key",
+        "source",
+        "idempotency_key",
+        "created_ns",
+        "verified",
+        "pipeline",
+        "param_set_id",
+        "arm",
+        "expected",
+        "step",
+    }
+)
+
+
+def validate_record(obj: Any, where: str = "record") -> dict[str, Any]:
+    """Check a feedback record that arrives from elsewhere (the receiver's endpoint).
+
+    It must look like what :func:`prefect_genopt.feedback.build_record` produces:
+    ``k == "feedback"``, non-empty ``feedback_id``, ``run_id`` (a UUID) and ``kpi``, a finite
+    ``value`` or null (then a ``comment``), only known fields of the right
+    types. The comment is redacted again. Returns the normalised record.
+
+    Raises:
+        FeedbackError: What is wrong, prefixed with ``where``.
+    """
+    if not isinstance(obj, dict):
+        raise FeedbackError(f"{where}: a feedback record must be a JSON object")
+    if obj.get("k") != "feedback":
+        raise FeedbackError(f"{where}: 'k' must be \"feedback\", got {obj.get('k')!r}")
+    unknown = sorted(set(obj) - FEEDBACK_FIELDS)
+    if unknown:
+        raise FeedbackError(f"{where}: unknown feedback field(s) {', '.join(unknown)}")
+    for key in ("feedback_id", "run_id", "kpi"):
+        if not isinstance(obj.get(key), str) or not obj[key].strip():
+            raise FeedbackError(f"{where}: {key!r} is required (a non-empty string)")
+    rec = dict(obj)
+    why = field_type_error({k: v for k, v in rec.items() if k != "value"})
+    if why:
+        raise FeedbackError(f"{where}: {why}")
+    for key, val in rec.items():
+        if isinstance(val, str) and len(val) > MAX_KEY_CHARS and key not in ("comment", "expected"):
+            raise FeedbackError(f"{where}: {key!r} is longer than {MAX_KEY_CHARS} chars")
+    value = rec.get("value")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise FeedbackError(f"{where}: feedback value must be a number or null, got {value!r}")
+    try:
+        rec["kpi"] = validate_kpi(rec["kpi"])
+        rec["value"] = validate_value(value)
+    except OverflowError:
+        raise FeedbackError(f"{where}: feedback value must be a finite number") from None
+    except FeedbackError as exc:
+        raise FeedbackError(f"{where}: {exc}") from None
+    try:
+        rec["run_id"] = str(uuid.UUID(rec["run_id"]))
+    except ValueError:
+        raise FeedbackError(
+            f"{where}: run_id {rec['run_id']!r} is not a Prefect flow-run id (a UUID)"
+        ) from None
+    if rec.get("created_ns") is None:
+        rec["created_ns"] = time.time_ns()
+    elif not 0 < rec["created_ns"] < 2**63:
+        raise FeedbackError(f"{where}: 'created_ns' is out of range")
+    comment = rec.get("comment")
+    if comment is not None:
+        limit = get_settings().max_comment_chars
+        if len(comment) > limit:
+            raise FeedbackError(f"{where}: comment is {len(comment)} chars; the limit is {limit}")
+        rec["comment"] = redact(comment)
+    if rec.get("expected") is not None:
+        limit = get_settings().max_comment_chars
+        if len(rec["expected"]) > limit:
+            raise FeedbackError(
+                f"{where}: expected is {len(rec['expected'])} chars; the limit is {limit}"
+            )
+        rec["expected"] = redact(rec["expected"])
+    if rec["value"] is None and not rec.get("comment"):
+        raise FeedbackError(f"{where}: feedback needs a value, a comment, or both")
+    rec["source"] = (rec.get("source") or "").strip() or "receiver"
+    if rec.get("verified") is None:
+        rec["verified"] = False
+    try:
+        orjson.dumps(rec)
+    except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate that stdlib json let through
+        raise FeedbackError(f"{where}: cannot be stored as JSON: {exc}") from None
+    return rec

@@ -52,7 +52,7 @@ from typing import Any
 import orjson
 
 from prefect_genopt import spool
-from prefect_genopt.feedback import FeedbackError, validate_record
+from prefect_genopt.records import FeedbackError, validate_record
 from prefect_genopt.settings import get_settings
 from prefect_genopt.warehouse.access import WarehouseBusyError
 from prefect_genopt.warehouse.ingest import Ingester, IngestResult
