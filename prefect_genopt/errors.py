@@ -1,8 +1,9 @@
 """One error tree: every exception prefect-genopt raises is a :class:`GenoptError`.
 
 Catch a *kind* (``except genopt.errors.BusyError``) instead of a list of classes.
-Each concrete class still lives in the module that raises it, under its old name,
-and keeps the builtin base it always had (``ValueError``, ``TimeoutError``,
+Each concrete class lives beside the code that raises it, under its old name (a
+class that moved with its module is still importable from the old path), and keeps the
+builtin base it always had (``ValueError``, ``TimeoutError``,
 ``OSError``...), so ``except ValueError`` and friends catch what they caught before.
 The kinds themselves add no builtin base: a kind with one would quietly make some
 classes catchable by builtin clauses that never caught them (an ``EvidenceError``,
@@ -13,12 +14,12 @@ The tree (kind, then its classes with their builtin base and module)::
     * GenoptError
       x BadInputError        the request or value given cannot be used as it is
         - CLIError                                     cli
-        - FeedbackError (ValueError)                   feedback
+        - FeedbackError (ValueError)                   feedback (defined in records)
         - OTLPDecodeError (ValueError)                 warehouse.otlp
           · UnsupportedMediaTypeError, PayloadTooLargeError
         - RolloutError (ValueError)                    rollout.controller
         - ExperienceError (ValueError)                 replay.experiences
-        - ProposalError (ValueError)                   optimize.proposals
+        - ProposalError (ValueError)                   proposals.proposals
         - SuggestionError (ValueError)                 optimize.validate
         - ReplyError (ValueError)                      optimize.llm (a model's unusable answer)
       x NotFoundError        something named does not exist (yet)

@@ -25,7 +25,7 @@ TREE: dict[str, tuple[str, type[e.GenoptError], type[BaseException]]] = {
     "RolloutError": ("prefect_genopt.rollout.controller", e.BadInputError, ValueError),
     "GateStopped": ("prefect_genopt.rollout.controller", e.GateStoppedError, ValueError),
     "ExperienceError": ("prefect_genopt.replay.experiences", e.BadInputError, ValueError),
-    "ProposalError": ("prefect_genopt.optimize.proposals", e.BadInputError, ValueError),
+    "ProposalError": ("prefect_genopt.proposals.proposals", e.BadInputError, ValueError),
     "SuggestionError": ("prefect_genopt.optimize.validate", e.BadInputError, ValueError),
     "ReplyError": ("prefect_genopt.optimize.llm", e.BadInputError, ValueError),
     "WarehouseMissingError": (

@@ -42,7 +42,7 @@ def run_reflections(args: argparse.Namespace, ctx: Context) -> int:
     """Write the rated reflections to --out or stdout."""
     import orjson
 
-    from prefect_genopt.optimize.ratings import reflections
+    from prefect_genopt.proposals.ratings import reflections
 
     records = list(reflections(ctx.warehouse(), args.pipeline))
     lines = b"".join(orjson.dumps(r) + b"\n" for r in records)

@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run_list(args: argparse.Namespace, ctx: Context) -> int:
     """List proposals as a table, JSON or the Markdown report."""
-    from prefect_genopt.optimize.proposals import list_proposals, markdown
+    from prefect_genopt.proposals.proposals import list_proposals, markdown
 
     rows = list_proposals(
         ctx.warehouse(), pipeline=args.pipeline, status=args.status, limit=args.limit
@@ -103,7 +103,7 @@ def run_list(args: argparse.Namespace, ctx: Context) -> int:
 
 def run_show(args: argparse.Namespace, ctx: Context) -> int:
     """Print one proposal's Markdown report (or its row as JSON)."""
-    from prefect_genopt.optimize.proposals import get_proposal, markdown
+    from prefect_genopt.proposals.proposals import get_proposal, markdown
 
     rows = [get_proposal(ctx.warehouse(), args.proposal_id)]
     if args.json:
@@ -115,7 +115,7 @@ def run_show(args: argparse.Namespace, ctx: Context) -> int:
 
 def run_reject(args: argparse.Namespace, ctx: Context) -> int:
     """Reject a proposal; print its new status."""
-    from prefect_genopt.optimize.proposals import reject_proposal
+    from prefect_genopt.proposals.proposals import reject_proposal
 
     row = reject_proposal(ctx.warehouse(), args.proposal_id, args.reason or "", actor=args.actor)
     print(f"{row['proposal_id']}: {row['status']} ({row['status_reason']})")

@@ -21,8 +21,8 @@ from prefect.context import FlowRunContext
 
 from prefect_genopt import locks
 from prefect_genopt.optimize.config import OptimizerSettings
-from prefect_genopt.optimize.proposals import markdown
 from prefect_genopt.optimize.runner import optimize
+from prefect_genopt.proposals.proposals import markdown
 from prefect_genopt.replay.experiences import harvest as harvest_experiences
 from prefect_genopt.warehouse import Warehouse
 

@@ -1,7 +1,7 @@
 """The optimizer's own instruction, a Tunable improved offline from rated reflections.
 
 Every proposal's reasoning is a reflection, and its replay gate or canary rates it
-(:mod:`prefect_genopt.optimize.ratings`). Every ``K`` new rated proposals of a
+(:mod:`prefect_genopt.proposals.ratings`). Every ``K`` new rated proposals of a
 pipeline (``OptimizerSettings.tune_instruction_every``, or ``genopt instruction
 tune``), one LLM call rewrites the instruction OptoPrime follows for that
 pipeline: it is shown the current instruction as the variable and the best- and
@@ -39,8 +39,8 @@ from prefect_genopt.optimize.optoprime import (
     SYSTEM_PROMPT,
     answer_schema,
 )
-from prefect_genopt.optimize.ratings import best_and_worst, reflections
 from prefect_genopt.optimize.validate import SuggestionError, check_suggestion
+from prefect_genopt.proposals.ratings import best_and_worst, reflections
 from prefect_genopt.records import row_record
 from prefect_genopt.tunables import Tunables, prompt
 from prefect_genopt.warehouse.schema import utcnow

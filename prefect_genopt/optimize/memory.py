@@ -2,7 +2,7 @@
 
 Retroformer's retrospective memory: first the best- and the worst-rated past
 reflections of the pipeline (a proposal's reasoning, rated by its replay gate or
-canary: see :mod:`prefect_genopt.optimize.ratings`), then the most recent other
+canary: see :mod:`prefect_genopt.proposals.ratings`), then the most recent other
 proposals with the KPI their candidate scored where it ran. The optimizer is shown
 what worked and what did not, not a plain FIFO of its last answers.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import orjson
 
 from prefect_genopt.optimize.optoprime import MemoryEntry
-from prefect_genopt.optimize.ratings import best_and_worst, reflections
+from prefect_genopt.proposals.ratings import best_and_worst, reflections
 from prefect_genopt.warehouse import Warehouse
 
 __all__ = ["memory"]

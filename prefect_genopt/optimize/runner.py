@@ -39,7 +39,6 @@ from prefect_genopt.optimize.llm import (
 )
 from prefect_genopt.optimize.memory import memory
 from prefect_genopt.optimize.optoprime import Optimizer, OptoPrime, Problem, answer_schema
-from prefect_genopt.optimize.proposals import new_proposal_id, record_proposal
 from prefect_genopt.optimize.step_credit import assign, credit_rows
 from prefect_genopt.optimize.validate import (
     Checked,
@@ -47,6 +46,7 @@ from prefect_genopt.optimize.validate import (
     check_suggestion,
     editable_fields,
 )
+from prefect_genopt.proposals.proposals import new_proposal_id, record_proposal
 from prefect_genopt.redaction import clean
 from prefect_genopt.tracing import setup_tracing, tracer
 from prefect_genopt.tunables import param_set_id

@@ -41,6 +41,7 @@ import orjson
 
 from prefect_genopt import spool
 from prefect_genopt.context import pinned_params
+from prefect_genopt.proposals import rate, set_status
 from prefect_genopt.records import row_record
 from prefect_genopt.redaction import REDACTED, clean
 from prefect_genopt.warehouse import Warehouse, as_warehouse
@@ -359,8 +360,6 @@ def gate_proposal(
 ) -> GateResult:
     """:func:`replay_gate`, then its bookkeeping: a passed or stopped gate rates the
     proposal (retrospective memory), and a stopped one rejects it, with the numbers."""
-    from prefect_genopt.optimize.ratings import rate
-
     wh = as_warehouse(warehouse)
     g = replay_gate(
         pipeline,
@@ -391,8 +390,6 @@ def gate_proposal(
             g.n_items,
         )
     if g.stopped and proposal_id is not None:
-        from prefect_genopt.optimize.proposals import set_status
-
         set_status(
             wh, proposal_id, "rejected", reason=f"replay gate {g.outcome}: {g.reason}", actor=actor
         )

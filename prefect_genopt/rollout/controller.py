@@ -34,9 +34,10 @@ import orjson
 from prefect_genopt import spool
 from prefect_genopt.errors import BadInputError, GateStoppedError
 from prefect_genopt.locks import pipeline_lock
-from prefect_genopt.optimize.ratings import rating_row
+from prefect_genopt.proposals import ProposalError, get_proposal, rating_row, set_status
 from prefect_genopt.records import current_user, row_record
 from prefect_genopt.redaction import clean
+from prefect_genopt.replay.gate import gate_proposal
 from prefect_genopt.rollout import state as sm
 from prefect_genopt.rollout import store
 from prefect_genopt.rollout.analysis import ArmStats, Assessment, assess, mann_whitney
@@ -241,8 +242,6 @@ def _proposal_status(
     status = _PROPOSAL_STATUS.get(kind)
     if not proposal_id or not status:
         return
-    from prefect_genopt.optimize.proposals import ProposalError, set_status
-
     try:
         set_status(wh, proposal_id, status, reason=reason, actor=actor)
     except ProposalError as exc:
@@ -392,8 +391,6 @@ def start_rollout(
     kpi = None
     evidence: list[str] = []
     if proposal_id is not None:
-        from prefect_genopt.optimize.proposals import ProposalError, get_proposal
-
         try:
             prop = get_proposal(wh, proposal_id)
         except ProposalError as exc:
@@ -420,8 +417,6 @@ def start_rollout(
         raise RolloutError(f"the candidate {canary} is the stable param set already")
     gate_note = "replay gate off"
     if gate:
-        from prefect_genopt.replay.gate import gate_proposal
-
         g = gate_proposal(
             pipeline,
             canary_values,
