@@ -22,6 +22,7 @@ import orjson
 from prefect_genopt.errors import NotFoundError
 from prefect_genopt.optimize.config import OptimizerSettings
 from prefect_genopt.warehouse import Warehouse
+from prefect_genopt.warehouse.param_sets import param_set_values, stable_param_set
 from prefect_genopt.warehouse.schema import utcnow
 
 __all__ = [
@@ -31,7 +32,7 @@ __all__ = [
     "PipelineInfo",
     "Evidence",
     "collect",
-    "stable_param_set",
+    "stable_param_set",  # one function for it, in prefect_genopt.warehouse.param_sets
 ]
 
 
@@ -127,25 +128,6 @@ class Evidence:
     @property
     def run_ids(self) -> list[str]:
         return sorted({u.run_id for u in self.units})
-
-
-def stable_param_set(wh: Warehouse, pipeline: str) -> str | None:
-    """The param set the pipeline runs on now: the routing state's stable one (Prefect
-    API), else that of its latest run on the stable arm."""
-    from prefect_genopt.rollout import store
-
-    try:
-        stable = store.read_state(pipeline).stable
-    except store.RoutingUnavailable:
-        stable = None
-    if stable:
-        return stable
-    rows = wh.sql(
-        "SELECT param_set_id FROM runs WHERE pipeline = ? AND param_set_id IS NOT NULL "
-        "ORDER BY (arm = 'stable') DESC, start_time DESC LIMIT 1",
-        [pipeline],
-    )
-    return rows[0]["param_set_id"] if rows else None
 
 
 def _pipeline_info(wh: Warehouse, name: str) -> PipelineInfo:
@@ -319,17 +301,14 @@ def _collect(
     info = _pipeline_info(wh, name)
     since = utcnow() - timedelta(days=settings.window_days)
     kpi = settings.kpi or _choose_kpi(wh, name, since)
-    parent = parent_param_set_id or stable_param_set(wh, name)
+    # stable, else (a pipeline only run pinned) the latest run's param set on any arm
+    parent = parent_param_set_id or stable_param_set(wh, name, any_arm=True)
     if parent is None:
         raise EvidenceError(f"pipeline {name!r} has no run with a param set yet")
     if parent_values is None:
-        rows = wh.sql(
-            'SELECT "values" FROM param_sets WHERE pipeline = ? AND param_set_id = ?',
-            [name, parent],
-        )
-        if not rows:
+        parent_values = param_set_values(wh, name, parent)
+        if parent_values is None:
             raise EvidenceError(f"param set {parent} of {name!r} is not in the warehouse")
-        parent_values = orjson.loads(rows[0]["values"])
     only = settings.evidence_run_ids
     filt = "AND f.run_id IN (SELECT unnest(?::VARCHAR[]))" if only else "AND r.param_set_id = ?"
     units_sql = f"""

@@ -45,6 +45,7 @@ from prefect_genopt.rollout.plan import RolloutPlan
 from prefect_genopt.settings import get_settings
 from prefect_genopt.tunables import param_set_id as compute_param_set_id
 from prefect_genopt.warehouse import Warehouse, as_warehouse
+from prefect_genopt.warehouse.param_sets import param_set_values, stable_param_set
 from prefect_genopt.warehouse.schema import utcnow
 
 __all__ = [
@@ -278,12 +279,10 @@ def _apply(
 
 
 def _values_of(wh: Warehouse, pipeline: str, ps_id: str) -> dict[str, Any]:
-    rows = wh.sql(
-        'SELECT "values" FROM param_sets WHERE pipeline = ? AND param_set_id = ?', [pipeline, ps_id]
-    )
-    if not rows:
+    values = param_set_values(wh, pipeline, ps_id)
+    if values is None:
         raise RolloutError(f"param set {ps_id} of {pipeline!r} is not in the warehouse")
-    return dict(orjson.loads(rows[0]["values"]))
+    return values
 
 
 def _check_values(wh: Warehouse, pipeline: str, values: Any) -> dict[str, Any]:
@@ -316,19 +315,15 @@ def _check_values(wh: Warehouse, pipeline: str, values: Any) -> dict[str, Any]:
 
 
 def _stable_of(wh: Warehouse, state: sm.RoutingState) -> str:
-    if state.stable:
-        return state.stable
-    rows = wh.sql(
-        "SELECT param_set_id FROM runs WHERE pipeline = ? AND param_set_id IS NOT NULL "
-        "AND arm = 'stable' ORDER BY start_time DESC LIMIT 1",
-        [state.pipeline],
-    )
-    if not rows:
+    """The stable param set the canary is compared with: the pointer's, else the latest
+    stable-arm run's (never a pinned, replayed or canary run's)."""
+    stable = stable_param_set(wh, state.pipeline, state=state)
+    if stable is None:
         raise RolloutError(
             f"no stable run of {state.pipeline!r} in the warehouse: run the pipeline at least "
             "once so its stable param set is known"
         )
-    return str(rows[0]["param_set_id"])
+    return stable
 
 
 def _plan(plan: RolloutPlan | Mapping[str, Any] | None, kpi: str | None) -> RolloutPlan:
