@@ -27,9 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import litellm
-from litellm import CustomLLM, ModelResponse
-
+from prefect_genopt._litellm import litellm, register_handler
 from prefect_genopt.errors import UnavailableError
 from prefect_genopt.settings import get_settings
 
@@ -231,10 +229,10 @@ def _response_format(value: Any) -> dict[str, Any] | None:
     return None
 
 
-class LocalLLM(CustomLLM):
+class LocalLLM(litellm.CustomLLM):
     """litellm provider ``genopt-local``: see the module docstring."""
 
-    def completion(self, *args: Any, **kwargs: Any) -> ModelResponse:
+    def completion(self, *args: Any, **kwargs: Any) -> litellm.ModelResponse:
         engine = _Engine.get()
         params = kwargs.get("optional_params") or {}
         messages = [
@@ -276,7 +274,7 @@ class LocalLLM(CustomLLM):
                     )
             in_context = int(engine.llm.n_tokens)
         prompt_tokens = max(in_context - generated, 0)
-        return ModelResponse(
+        return litellm.ModelResponse(
             model=MODEL,
             choices=[
                 {
@@ -291,7 +289,7 @@ class LocalLLM(CustomLLM):
             },
         )
 
-    async def acompletion(self, *args: Any, **kwargs: Any) -> ModelResponse:
+    async def acompletion(self, *args: Any, **kwargs: Any) -> litellm.ModelResponse:
         import asyncio
 
         return await asyncio.to_thread(self.completion, *args, **kwargs)
@@ -303,7 +301,5 @@ def register() -> str:
 
     The model itself loads on the first call.
     """
-    from prefect_genopt.testing import register_handler
-
     register_handler(PROVIDER, LocalLLM())
     return MODEL

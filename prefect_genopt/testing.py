@@ -191,9 +191,7 @@ class _Scripted:
 
 
 def _import_litellm() -> Any:
-    # litellm fetches a price list at import unless told to use its bundled one (offline)
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
+    from prefect_genopt._litellm import litellm  # offline: the one place that imports it
 
     return litellm
 
@@ -228,29 +226,22 @@ else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_registry_lock = threading.Lock()
-
-
 def register_handler(provider: str, handler: Any) -> None:
     """Route litellm's ``provider/<anything>`` to ``handler`` (a ``litellm.CustomLLM``).
 
-    Registering a provider again replaces its handler.
+    Registering a provider again replaces its handler
+    (:func:`prefect_genopt._litellm.register_handler`, which the embedded model uses too).
     """
-    litellm = _import_litellm()
-    with _registry_lock:
-        litellm.custom_provider_map = [
-            *(p for p in litellm.custom_provider_map if p.get("provider") != provider),
-            {"provider": provider, "custom_handler": handler},
-        ]
+    from prefect_genopt import _litellm
+
+    _litellm.register_handler(provider, handler)
 
 
 def unregister(provider: str) -> None:
     """Remove ``provider``: litellm then refuses its models (``litellm.BadRequestError``)."""
-    litellm = _import_litellm()
-    with _registry_lock:
-        litellm.custom_provider_map = [
-            p for p in litellm.custom_provider_map if p.get("provider") != provider
-        ]
+    from prefect_genopt import _litellm
+
+    _litellm.unregister(provider)
 
 
 def register(provider: str, responder: Responder, *, delay: float = 0.0) -> ScriptedProvider:
