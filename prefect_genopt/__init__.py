@@ -19,11 +19,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from prefect_genopt._lazy import attach
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports these
     from prefect_genopt.context import pinned_params
@@ -92,42 +90,8 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name from its module on first access, then keep it here.
-
-    A submodule not imported yet is imported too (``genopt.errors.BusyError``
-    works without ``import prefect_genopt.errors``, as with eager imports).
-    """
-    module = _LAZY.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-        globals()[name] = value
-        return value
-    if not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        return importlib.import_module(f"{__name__}.{name}")  # the import binds it here too
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """This package's module type: a loaded submodule does not hide the function it exports.
-
-    ``pipeline`` and ``feedback`` name both a submodule and the public function in
-    it. The import system binds a submodule on its package once it is loaded; here
-    the package keeps the public function instead, as eager imports used to.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if (
-            isinstance(value, types.ModuleType)
-            and _LAZY.get(name) == name
-            and value.__name__ == f"{__name__}.{name}"
-        ):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+# Each public name is imported from its module on first access, then kept here; a
+# submodule not imported yet is imported on attribute access too (``genopt.errors.BusyError``
+# works without ``import prefect_genopt.errors``, as with eager imports); a loaded
+# pipeline/feedback submodule does not hide the function of the same name.
+__getattr__, __dir__ = attach(__name__, _LAZY)
