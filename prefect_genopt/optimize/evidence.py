@@ -21,8 +21,9 @@ import orjson
 
 from prefect_genopt.errors import NotFoundError
 from prefect_genopt.optimize.config import OptimizerSettings
+from prefect_genopt.rollout.stable import stable_param_set
 from prefect_genopt.warehouse import Warehouse
-from prefect_genopt.warehouse.param_sets import param_set_values, stable_param_set
+from prefect_genopt.warehouse.param_sets import param_set_values
 from prefect_genopt.warehouse.schema import utcnow
 
 __all__ = [
@@ -32,7 +33,7 @@ __all__ = [
     "PipelineInfo",
     "Evidence",
     "collect",
-    "stable_param_set",  # one function for it, in prefect_genopt.warehouse.param_sets
+    "stable_param_set",  # one function for it, in prefect_genopt.rollout.stable
 ]
 
 

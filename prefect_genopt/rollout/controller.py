@@ -42,10 +42,11 @@ from prefect_genopt.rollout import state as sm
 from prefect_genopt.rollout import store
 from prefect_genopt.rollout.analysis import ArmStats, Assessment, assess, mann_whitney
 from prefect_genopt.rollout.plan import RolloutPlan
+from prefect_genopt.rollout.stable import stable_param_set
 from prefect_genopt.settings import get_settings
 from prefect_genopt.tunables import param_set_id as compute_param_set_id
 from prefect_genopt.warehouse import Warehouse, as_warehouse
-from prefect_genopt.warehouse.param_sets import param_set_values, stable_param_set
+from prefect_genopt.warehouse.param_sets import param_set_values
 from prefect_genopt.warehouse.schema import utcnow
 
 __all__ = [

@@ -1,28 +1,14 @@
-"""Param sets of a pipeline: which one is stable now, and the values of one.
+"""Param sets in the warehouse: the values of one, and the latest one a pipeline ran on.
 
-"The stable param set" has one answer, given here for the optimizer (the param set
-whose runs are its evidence and whose values it starts from) and the rollout
-controller (the param set a canary is compared with and the pointer keeps):
-
-1. the routing state's ``stable`` pointer in the Prefect API, whenever it names one:
-   it is what every worker routes by (docs/architecture.md, decision 3);
-2. else the param set of the pipeline's latest run on the ``stable`` arm: until a
-   canary is promoted the pointer names none, and runs use the Tunables defaults,
-   which the warehouse records with each run.
-
-The optimizer also accepts, when no run is on the stable arm, the latest run's param
-set on any arm (``any_arm=True``): a pipeline only ever run pinned (offline
-evaluation, a benchmark) still has evidence to learn from. The controller does not: a
-pinned, replayed or canary run is not what stable traffic runs on.
+Which param set is *stable* also takes the routing pointer into account: see
+:func:`prefect_genopt.rollout.stable.stable_param_set`, which reads the runs through
+:func:`latest_run_param_set`.
 
 Example:
     >>> import tempfile, pathlib
     >>> from prefect_genopt.warehouse import Warehouse
-    >>> from prefect_genopt.rollout.state import RoutingState
     >>> wh = Warehouse(pathlib.Path(tempfile.mkdtemp()) / "w.duckdb")
-    >>> stable_param_set(wh, "triage", state=RoutingState(pipeline="triage", stable="ps_1"))
-    'ps_1'
-    >>> stable_param_set(wh, "triage", state=RoutingState(pipeline="triage")) is None
+    >>> latest_run_param_set(wh, "triage") is None
     True
 """
 
@@ -32,13 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from prefect_genopt.rollout import store
-
 if TYPE_CHECKING:
-    from prefect_genopt.rollout.state import RoutingState
     from prefect_genopt.warehouse.warehouse import Warehouse
 
-__all__ = ["stable_param_set", "param_set_values"]
+__all__ = ["latest_run_param_set", "param_set_values"]
 
 _LATEST_RUN = """
 SELECT param_set_id FROM runs
@@ -48,33 +31,12 @@ LIMIT 1
 """
 
 
-def stable_param_set(
-    wh: Warehouse,
-    pipeline: str,
-    *,
-    state: RoutingState | None = None,
-    any_arm: bool = False,
-) -> str | None:
-    """The id of the param set the pipeline's stable arm runs on now (see the module).
+def latest_run_param_set(wh: Warehouse, pipeline: str, *, any_arm: bool = False) -> str | None:
+    """The param set of the pipeline's latest run on the ``stable`` arm, or None.
 
-    Args:
-        wh: The warehouse (read-only is enough).
-        pipeline: The pipeline.
-        state: The routing state the caller has read already (the controller reads it
-            under its lock). Without it the pointer is read here, and a Prefect API
-            that cannot be reached counts as a pointer naming no stable param set.
-        any_arm: With no run on the stable arm, take the latest run's on any arm.
-
-    Returns:
-        The param-set id, or None when neither the pointer nor a run names one.
+    With ``any_arm``, a pipeline with no stable-arm run gives its latest run's on any
+    arm (stable runs still come first).
     """
-    if state is None:
-        try:
-            state = store.read_state(pipeline)
-        except store.RoutingUnavailable:
-            state = None
-    if state is not None and state.stable:
-        return state.stable
     query = _LATEST_RUN.format(only_stable="" if any_arm else "AND arm = 'stable'")
     rows = wh.sql(query, [pipeline])
     return str(rows[0]["param_set_id"]) if rows else None

@@ -10,9 +10,10 @@ import orjson
 import pytest
 
 from prefect_genopt.rollout import store
+from prefect_genopt.rollout.stable import stable_param_set
 from prefect_genopt.rollout.state import RoutingState
 from prefect_genopt.warehouse import Warehouse
-from prefect_genopt.warehouse.param_sets import param_set_values, stable_param_set
+from prefect_genopt.warehouse.param_sets import param_set_values
 from prefect_genopt.warehouse.schema import migrate
 
 T0 = datetime(2026, 12, 1, 8, 0)
