@@ -3,7 +3,7 @@
 Workers on other machines (``GENOPT_OTLP_ENDPOINT``), or an OpenTelemetry
 Collector in between, send spans here over OTLP/HTTP; ``genopt.feedback()`` in
 OTLP mode posts feedback records here too. The receiver never opens the DuckDB
-file itself (DESIGN decision 2, one writer): it decodes each request whole
+file itself (docs/architecture.md, decision 2: one writer): it decodes each request whole
 (:mod:`prefect_genopt.warehouse.otlp`), appends the records to its own spool
 file with one write, and a background loop runs the
 :class:`~prefect_genopt.warehouse.ingest.Ingester` every ``ingest_interval``
