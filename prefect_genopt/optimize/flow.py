@@ -24,6 +24,7 @@ from prefect_genopt.optimize.config import OptimizerSettings
 from prefect_genopt.optimize.runner import optimize
 from prefect_genopt.proposals.proposals import markdown
 from prefect_genopt.replay.experiences import harvest as harvest_experiences
+from prefect_genopt.rollout.controller import RolloutError, start_rollout
 from prefect_genopt.warehouse import Warehouse
 
 __all__ = ["optimize_flow", "lock_name"]
@@ -146,9 +147,6 @@ def _auto_rollout(
     config: OptimizerSettings, result: Any, warehouse: str | None, logger: Any
 ) -> dict[str, Any] | None:
     """Start a canary of the run's latest proposal (policy ``rollout='auto'``)."""
-    from prefect_genopt.locks import LockTimeout
-    from prefect_genopt.rollout.controller import RolloutError, start_rollout
-
     if not result.proposals:
         return None
     proposal = result.proposals[-1]
@@ -165,7 +163,7 @@ def _auto_rollout(
             reason="the optimizer's rollout policy is 'auto'",
             warehouse=warehouse,
         )
-    except (RolloutError, LockTimeout) as exc:
+    except (RolloutError, locks.LockTimeout) as exc:
         logger.warning("no canary started for %s: %s", proposal.proposal_id, exc)
         return {"started": False, "reason": str(exc)}
     logger.info(

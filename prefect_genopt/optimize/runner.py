@@ -48,6 +48,7 @@ from prefect_genopt.optimize.validate import (
 )
 from prefect_genopt.proposals.proposals import new_proposal_id, record_proposal
 from prefect_genopt.redaction import clean
+from prefect_genopt.replay.experiences import verified_demos
 from prefect_genopt.tracing import setup_tracing, tracer
 from prefect_genopt.tunables import param_set_id
 from prefect_genopt.warehouse import Warehouse, WarehouseBusyError, as_warehouse
@@ -344,8 +345,6 @@ def demo_pools(
     wh: Warehouse, evidence: Evidence, editable: list[str]
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """For each editable ``demos`` param tied to a step: its verified experiences by id."""
-    from prefect_genopt.replay.experiences import verified_demos
-
     props = evidence.pipeline.schema.get("properties") or {}
     pools = {}
     for name in editable:
