@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup setup-local demo test lint bench bench-quick clean
+.PHONY: setup setup-local demo test test-fast lint bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,15 @@ lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# Two workers, one file per worker at a time (each worker has its own Prefect test harness);
+# a test hung for 10 minutes fails with every thread's stack instead of hanging CI.
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --timeout=600 --timeout-method=thread
+
 test: setup lint  ## lint, then the whole test suite (fails if no test ran)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PYTEST)
+
+test-fast: setup  ## the unit lane: no Prefect harness, no end-to-end processes (< 1 min)
+	$(PYTEST) -m "not e2e and not prefect"
 
 bench: $(VENV)/.installed-bench  ## the benchmarks behind docs/benchmarks.md
 	$(PY) -m bench.bench_tracing

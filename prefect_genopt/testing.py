@@ -30,13 +30,14 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -135,6 +136,25 @@ class _Scripted:
         #: every call answered, oldest first
         self.calls: list[Call] = []
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until no call is being answered (e.g. one a caller's timeout abandoned,
+        still sleeping in its thread); True when idle within ``timeout`` seconds."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    @contextlib.contextmanager
+    def _answering(self) -> Iterator[None]:
+        with self._lock:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
 
     def reset(self) -> None:
         """Forget the recorded calls."""
@@ -179,15 +199,17 @@ class _Scripted:
 
     def completion(self, *args: Any, **kwargs: Any) -> ModelResponse:
         """litellm's synchronous entry point."""
-        if self.delay > 0:
-            time.sleep(self.delay)
-        return self._answer(kwargs)
+        with self._answering():
+            if self.delay > 0:
+                time.sleep(self.delay)
+            return self._answer(kwargs)
 
     async def acompletion(self, *args: Any, **kwargs: Any) -> ModelResponse:
         """litellm's asynchronous entry point (the delay does not block the event loop)."""
-        if self.delay > 0:
-            await asyncio.sleep(self.delay)
-        return self._answer(kwargs)
+        with self._answering():
+            if self.delay > 0:
+                await asyncio.sleep(self.delay)
+            return self._answer(kwargs)
 
 
 def _import_litellm() -> Any:

@@ -31,12 +31,24 @@ def prefect_api() -> Iterator[str]:
             yield str(ps.PREFECT_API_URL.value())
 
 
+def _flush_tracing() -> None:
+    """Write out spans the process-wide processor still queues, to the warehouse they
+    were made for: its spool follows ``GENOPT_WAREHOUSE`` at write time, so spans an
+    earlier test left queued would otherwise land in the next test's warehouse."""
+    tracing = sys.modules.get("prefect_genopt.tracing")
+    processor = tracing.get_processor() if tracing is not None else None
+    if processor is not None:
+        processor.force_flush()
+
+
 @pytest.fixture
-def warehouse_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def warehouse_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh, empty warehouse location for this test (``GENOPT_WAREHOUSE``)."""
     path = tmp_path / "warehouse.duckdb"
+    _flush_tracing()
     monkeypatch.setenv("GENOPT_WAREHOUSE", str(path))
-    return path
+    yield path
+    _flush_tracing()
 
 
 @pytest.fixture
@@ -91,3 +103,11 @@ def pipeline_name(routing: list[str]) -> str:
     name = f"knob-{uuid.uuid4().hex[:8]}"
     routing.append(name)
     return name
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs the Prefect test harness ``prefect`` (``make test-fast``
+    deselects them, with the ``e2e`` ones, for a quick unit lane)."""
+    for item in items:
+        if "prefect_api" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.prefect)

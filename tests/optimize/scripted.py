@@ -15,6 +15,7 @@ is ``1 - |level - 0.7|``, with a critique telling the direction.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from prefect import flow
@@ -59,9 +60,20 @@ def _respond(call: Call) -> Reply:
     return testing.scripted_optimizer(call)
 
 
+_handler: testing.ScriptedProvider | None = None
+
+
 def register() -> None:
     """Register ``scripted-opt/<mode>`` with litellm (again: replaces the handler)."""
-    testing.register(PROVIDER, _respond)
+    global _handler
+    _handler = testing.register(PROVIDER, _respond)
+
+
+def wait_idle() -> None:
+    """Wait for calls a timeout abandoned (mode ``slow``) to finish, so their LLM spans
+    end in the test that made them, not in a later test's warehouse."""
+    assert _handler is not None and _handler.wait_idle(30)
+    time.sleep(0.05)  # the span ends in the same thread just after the provider returns
 
 
 register()

@@ -115,6 +115,7 @@ def test_timeout_is_enforced_even_for_a_custom_provider() -> None:
     client = LLMClient("scripted-opt/slow", "none", 0.5)
     with pytest.raises(LLMTimeout, match="did not answer within 0.5s"):
         client.complete([{"role": "user", "content": "(number) level = 0.2"}], None)
+    scripted.wait_idle()
 
 
 def test_provider_errors_become_one_clear_type() -> None:

@@ -180,6 +180,7 @@ def test_timeout_is_recorded_and_never_a_candidate(knob_runs: Path) -> None:
     (u,) = result.updates
     assert u.status == "rejected" and u.reason.startswith("timeout:")
     assert proposals()[0]["candidate_param_set_id"] is None
+    scripted.wait_idle()
 
 
 def test_budget_exhaustion_stops_cleanly_with_a_clear_message(knob_runs: Path) -> None:
