@@ -1,0 +1,147 @@
+"""The search's shared vocabulary: items, pools, candidates, dropped drafts, the budget.
+
+The nightly search (issue 14) drafts many candidates cheaply, scores them by replaying
+the pipeline on recorded items, and proposes one only when a paired test says it beats
+its parent. Every module of :mod:`prefect_genopt.optimize.search` speaks these types.
+
+An *item* is one labelled unit of a recorded run: ``"<run_id>:<item_key>"`` (or
+``"<run_id>:"`` for a run-level KPI). A pool is a set of whole runs (a replay re-runs a
+whole recorded run), sized in labelled items.
+
+Example:
+    >>> item_id("r1", "T-7")
+    'r1:T-7'
+    >>> split_item_id("r1:T-7")
+    ('r1', 'T-7')
+    >>> b = Budget(task_calls=10, optimizer_calls=2)
+    >>> b.charge_task(4); b.charge_task(6); b.exhausted()
+    'task-call budget of 10 spent'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "item_id",
+    "split_item_id",
+    "RunInfo",
+    "Pools",
+    "Candidate",
+    "Dropped",
+    "Budget",
+    "Scores",
+]
+
+#: per-item scores of one candidate: item id -> KPI value (a crash or NaN scores as failure)
+Scores = dict[str, float]
+
+
+def item_id(run_id: str, item_key: str | None) -> str:
+    """The id of one labelled item of a recorded run."""
+    return f"{run_id}:{item_key or ''}"
+
+
+def split_item_id(iid: str) -> tuple[str, str]:
+    """``(run_id, item_key)`` of an item id (item key ``''`` for a run-level KPI)."""
+    run_id, _, key = iid.partition(":")
+    return run_id, key
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A recorded run that pools may use: whole inputs, per-item feedback on the KPI."""
+
+    run_id: str
+    param_set_id: str
+    n_items: int
+    start_time: Any = None
+    #: the step versions and task model the run was recorded with (for score reuse)
+    fingerprint: str | None = None
+
+
+@dataclass
+class Pools:
+    """Three disjoint sets of runs: what the optimizer reads (evidence and demo source),
+    where candidates are chosen (selection) and where the winner is confirmed."""
+
+    evidence: list[str] = field(default_factory=list)
+    selection: list[str] = field(default_factory=list)
+    confirmation: list[str] = field(default_factory=list)
+    #: labelled items per run id
+    items: dict[str, int] = field(default_factory=dict)
+    #: what each pool wanted and got, in items, e.g. {"selection": (48, 40)}
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: plain sentences for the night's log ("selection has 40 of 48 items")
+    notes: list[str] = field(default_factory=list)
+
+    def n_items(self, pool: str) -> int:
+        """Labelled items in ``pool``."""
+        return sum(self.items.get(r, 0) for r in getattr(self, pool))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One param set the search may propose: full values (parent merged with the change)."""
+
+    candidate_id: str  # the param set id of ``values``
+    values: dict[str, Any]
+    generator: str  # "parent", "drafts", "demos", "combination", "optoprime", ...
+    parent_id: str
+    changed: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A draft a cheap filter dropped before any evaluation, with its reason.
+
+    Reasons: ``copy`` (of the current or an earlier value), ``quotes_evidence`` (shares
+    several 4-word runs with an evidence input), ``too_long`` (over 3x the parent),
+    ``drops_answer_words`` (an extract step's draft without the answer words),
+    ``invalid`` (fails the Tunables schema), ``empty`` / ``unparsable`` (no draft).
+    """
+
+    generator: str
+    reason: str
+    detail: str = ""
+    value: Any = None
+
+
+@dataclass
+class Budget:
+    """The night's budgets: task-model calls (replays; cached calls count), optimizer
+    calls and USD. ``None`` is unlimited. The search checks :meth:`exhausted` between
+    steps and stops cleanly with the reason."""
+
+    task_calls: int | None = None
+    optimizer_calls: int | None = None
+    usd: float | None = None
+    used_task_calls: int = 0
+    used_optimizer_calls: int = 0
+    used_usd: float = 0.0
+
+    def charge_task(self, calls: int, usd: float = 0.0) -> None:
+        """Count task-model calls (and their cost) a replay made."""
+        self.used_task_calls += calls
+        self.used_usd += usd
+
+    def charge_optimizer(self, calls: int = 1, usd: float = 0.0) -> None:
+        """Count optimizer-model calls (and their cost)."""
+        self.used_optimizer_calls += calls
+        self.used_usd += usd
+
+    def exhausted(self) -> str | None:
+        """Why the night must stop now, or None."""
+        if self.task_calls is not None and self.used_task_calls >= self.task_calls:
+            return f"task-call budget of {self.task_calls} spent"
+        if self.optimizer_calls is not None and self.used_optimizer_calls >= self.optimizer_calls:
+            return f"optimizer-call budget of {self.optimizer_calls} spent"
+        if self.usd is not None and self.used_usd >= self.usd:
+            return f"USD budget of {self.usd:g} spent"
+        return None
+
+    def task_calls_left(self) -> int | None:
+        """Task-model calls still allowed (None: unlimited)."""
+        return None if self.task_calls is None else max(0, self.task_calls - self.used_task_calls)
