@@ -179,8 +179,8 @@ def wait_server_idle(pid: int | None) -> float:
 
 
 class Probe:
-    """Times genopt's work inside the traced runs (instance attributes wrap
-    ``GenoptSpanProcessor.on_start``/``on_end``, this process's ``SpoolWriter.append``,
+    """Times genopt's work inside the traced runs (instance attributes wrap the stamping
+    processor's ``on_start``/``on_end`` and the exporting one's ``on_end``, this process's ``SpoolWriter.append``,
     the task's ``fn`` (genopt's wrapper) and ``resolve_route``; two ``perf_counter``
     calls per wrapped call, well under 1 µs)."""
 
@@ -212,13 +212,16 @@ class Probe:
         from prefect_genopt import spool
         from prefect_genopt.rollout import router
         from prefect_genopt.settings import get_settings
-        from prefect_genopt.tracing import get_processor
+        from prefect_genopt.tracing import get_processor, get_stamper
 
-        processor = get_processor()
+        processor, stamper = get_processor(), get_stamper()
         writer = spool.writer_for(get_settings().spool_dir)
-        if processor is None:
-            raise SystemExit("genopt's span processor is not installed")
-        processor.on_start = self._timed("on_start", processor.on_start)  # type: ignore[method-assign]
+        if processor is None or stamper is None:
+            raise SystemExit("genopt's span processors are not installed")
+        # the stamping processor does the on_start work (the exporting one's is empty); both
+        # do on_end work: stamping the run's end, then queueing the span for export
+        stamper.on_start = self._timed("on_start", stamper.on_start)  # type: ignore[method-assign]
+        stamper.on_end = self._timed("on_end", stamper.on_end)  # type: ignore[method-assign]
         processor.on_end = self._timed("on_end", processor.on_end, "spans")  # type: ignore[method-assign]
         writer.append = self._timed("spool_append", writer.append)  # type: ignore[method-assign]
         router.resolve_route = self._timed("routing_read", router.resolve_route)
