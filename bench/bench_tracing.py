@@ -180,9 +180,9 @@ def wait_server_idle(pid: int | None) -> float:
 
 class Probe:
     """Times genopt's work inside the traced runs (instance attributes wrap the stamping
-    processor's ``on_start``/``on_end`` and the exporting one's ``on_end``, this process's ``SpoolWriter.append``,
-    the task's ``fn`` (genopt's wrapper) and ``resolve_route``; two ``perf_counter``
-    calls per wrapped call, well under 1 µs)."""
+    processor's ``on_start``/``on_end`` and the exporting one's ``on_end``, this process's
+    ``SpoolWriter.append``, the task's ``fn`` (genopt's wrapper) and ``resolve_route``; two
+    ``perf_counter`` calls per wrapped call, well under 1 µs)."""
 
     PARTS = ("on_start", "on_end", "spool_append", "task_wrapper", "routing_read")
 
