@@ -66,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             Verb(
                 "show",
                 run_show,
-                "show one proposal: reasoning, diff, evidence runs, tokens, cost",
+                "show one proposal: reasoning, diff, offline evidence (the search's scores "
+                "and paired test), evidence runs, tokens, cost",
                 (PROPOSAL_ID, JSON, MARKDOWN),
             ),
             Verb(
@@ -107,7 +108,7 @@ def run_show(args: argparse.Namespace, ctx: Context) -> int:
 
     rows = [get_proposal(ctx.warehouse(), args.proposal_id)]
     if args.json:
-        print_json(rows)
+        print_json([_nested(r) for r in rows])
     else:
         print(markdown(rows))
     return 0
@@ -120,6 +121,12 @@ def run_reject(args: argparse.Namespace, ctx: Context) -> int:
     row = reject_proposal(ctx.warehouse(), args.proposal_id, args.reason or "", actor=args.actor)
     print(f"{row['proposal_id']}: {row['status']} ({row['status_reason']})")
     return 0
+
+
+def _nested(r: dict[str, Any]) -> dict[str, Any]:
+    """The row with its offline evidence as a JSON object (DuckDB gives JSON as text)."""
+    ev = r.get("offline_evidence")
+    return {**r, "offline_evidence": orjson.loads(ev)} if isinstance(ev, str) else r
 
 
 def _row(r: dict[str, Any]) -> tuple[Any, ...]:

@@ -5,7 +5,9 @@ per-parameter diff, the LLM's reasoning, the evidence runs, the optimizer's
 settings, the model, tokens and cost. Its status is the latest of its
 append-only events in ``proposal_events``: ``proposed``; ``rejected`` (an invalid
 suggestion, or a person said no) and ``no_change`` never become candidates;
-later ``canary``, ``promoted``, ``rolled_back``.
+later ``canary``, ``promoted``, ``rolled_back``. ``not_better`` records a night of the
+search (``OptimizerSettings(search=True)``) whose best candidate the paired test did not
+confirm: the row carries its numbers (``offline_evidence``) and nothing becomes live.
 
 Like every writer but the ingester, this module appends to the spool; the rows
 are in SQL after the next ingest (done at once by the functions here).
@@ -38,11 +40,20 @@ __all__ = [
     "list_proposals",
     "get_proposal",
     "markdown",
+    "offline_markdown",
 ]
 
-STATUSES = ("proposed", "rejected", "no_change", "canary", "promoted", "rolled_back")
+STATUSES = (
+    "proposed",
+    "rejected",
+    "no_change",
+    "canary",
+    "promoted",
+    "rolled_back",
+    "not_better",
+)
 #: statuses from which a proposal never moves again
-FINAL_STATUSES = frozenset({"rejected", "no_change", "promoted", "rolled_back"})
+FINAL_STATUSES = frozenset({"rejected", "no_change", "promoted", "rolled_back", "not_better"})
 #: allowed status changes after the proposal is written
 TRANSITIONS: dict[str, frozenset[str]] = {
     "proposed": frozenset({"rejected", "canary", "promoted"}),
@@ -234,8 +245,85 @@ def markdown(rows: list[dict[str, Any]], title: str = "Proposals") -> str:
             lines.append("")
         if r.get("reasoning"):
             lines += ["**Reasoning.** " + _value(r["reasoning"], 2000), ""]
+        offline = r.get("offline_evidence")
+        offline = orjson.loads(offline) if isinstance(offline, str) else offline
+        if offline:
+            lines += offline_markdown(offline)
         runs = r.get("evidence_run_ids")
         runs = orjson.loads(runs) if isinstance(runs, str) else runs
         if runs:
             lines += [f"Evidence runs: {', '.join(f'`{x}`' for x in runs[:20])}", ""]
     return "\n".join(lines)
+
+
+def _num(v: Any, fmt: str = ".3f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def offline_markdown(ev: Mapping[str, Any]) -> list[str]:
+    """The lines of a proposal's offline evidence (a night of the search), for people.
+
+    Example:
+        >>> ev = {"confirmation": {"n": 150, "parent_mean": 0.6, "candidate_mean": 0.7,
+        ...       "wins": 20, "losses": 5, "ties": 125, "p_value": 0.002, "diff_mean": 0.1,
+        ...       "ci_low": 0.04, "ci_high": 0.16, "alpha": 0.05}}
+        >>> line = offline_markdown(ev)[2]
+        >>> line[:60]
+        '- confirmation: candidate 0.700 vs parent 0.600 on 150 items'
+        >>> line[60:120]
+        '; 20 wins, 5 losses, 125 ties; one-sided sign test p = 0.002'
+        >>> line[120:]
+        ' (alpha 0.05); difference +0.100, 95% CI [+0.040, +0.160]'
+    """
+    lines = ["**Offline evidence** (replayed items)", ""]
+    c = ev.get("confirmation") or {}
+    if c:
+        lines.append(
+            f"- confirmation: candidate {_num(c.get('candidate_mean'))} vs parent "
+            f"{_num(c.get('parent_mean'))} on {c.get('n', 0)} items; {c.get('wins', 0)} wins, "
+            f"{c.get('losses', 0)} losses, {c.get('ties', 0)} ties; one-sided sign test "
+            f"p = {_num(c.get('p_value'), '.3g')} (alpha {_num(c.get('alpha'), 'g')}); "
+            f"difference {_num(c.get('diff_mean'), '+.3f')}, 95% CI "
+            f"[{_num(c.get('ci_low'), '+.3f')}, {_num(c.get('ci_high'), '+.3f')}]"
+        )
+    s = ev.get("selection") or {}
+    if s:
+        lines.append(
+            f"- selection: winner {_num(s.get('winner_mean'))} vs parent "
+            f"{_num(s.get('parent_mean'))} on {s.get('n', 0)} items"
+        )
+    pools = ev.get("pools") or {}
+    if pools:
+        lines.append(
+            "- pools (items got of wanted): "
+            + ", ".join(
+                f"{name} {p.get('got')}/{p.get('wanted')} in {p.get('runs')} run(s)"
+                for name, p in pools.items()
+            )
+        )
+    budgets = ev.get("budgets") or {}
+    if budgets:
+        lines.append(
+            f"- budgets used: {budgets.get('task_calls', 0)} task-model call(s) of "
+            f"{budgets.get('task_call_budget') or 'unlimited'}, "
+            f"{budgets.get('optimizer_calls', 0)} optimizer call(s) of "
+            f"{budgets.get('optimizer_call_budget') or 'unlimited'}"
+            + (f", ${budgets['usd']:.4f}" if budgets.get("usd") else "")
+        )
+    dropped = ev.get("dropped") or {}
+    if dropped:
+        lines.append(
+            "- dropped before evaluation: "
+            + ", ".join(f"{n} {why}" for why, n in sorted(dropped.items()))
+        )
+    if ev.get("stop_reason"):
+        lines.append(f"- stopped: {ev['stop_reason']}")
+    cands = ev.get("candidates") or []
+    if cands:
+        lines += ["", "| candidate | generator | selection score | items |", "|---|---|---|---|"]
+        for cand in cands:
+            lines.append(
+                f"| `{cand.get('candidate_id')}` | {cand.get('generator')} | "
+                f"{_num(cand.get('selection_score'))} | {cand.get('n_items', '-')} |"
+            )
+    return [*lines, ""]

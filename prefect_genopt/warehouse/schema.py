@@ -3,10 +3,11 @@
 Tables analysts can rely on: ``pipelines``, ``runs``, ``spans``, ``feedback``,
 ``param_sets``, ``proposals``, ``proposal_events``, ``rollouts``, ``rollout_events``
 and ``rollout_analyses``, ``replay_gates``, ``proposal_ratings``, ``step_values``,
-``experiences``, ``experience_steps``, ``step_credit``, ``optimizer_instructions``
-(plus ``pending_feedback``, ``param_set_checks``, ``span_drops`` and the ingester's
-bookkeeping). Views answer the common questions: ``kpi_by_param_set_day``, ``llm_usage``,
-``run_summary``, ``param_set_lineage`` (every ancestor of a proposed param set, with its depth).
+``experiences``, ``experience_steps``, ``step_credit``, ``optimizer_instructions``,
+``candidate_scores`` (plus ``pending_feedback``, ``param_set_checks``, ``span_drops`` and
+the ingester's bookkeeping). Views answer the common questions: ``kpi_by_param_set_day``,
+``llm_usage``, ``run_summary``, ``param_set_lineage`` (every ancestor of a proposed param
+set, with its depth).
 
 All times are ``TIMESTAMP`` in UTC. Migrations are a list applied in order;
 ``schema_version`` holds the applied version. Only the ingester applies them
@@ -55,6 +56,7 @@ TABLES = (
     "experience_steps",
     "step_credit",
     "optimizer_instructions",
+    "candidate_scores",
 )
 VIEWS = ("kpi_by_param_set_day", "llm_usage", "run_summary", "param_set_lineage")
 
@@ -515,6 +517,33 @@ CREATE TABLE IF NOT EXISTS optimizer_instructions (
 );
 """
 
+# v7: the nightly search (issue 14). Every per-item score a night measured, by candidate
+# and pool (the next night's per-item Pareto front and scored history); the proposal
+# row carries the night's offline evidence, and the night that made it (a night that
+# confirms nothing is a ``not_better`` proposal row with its numbers).
+_V7 = """
+CREATE TABLE IF NOT EXISTS candidate_scores (
+    night_id VARCHAR NOT NULL,
+    pipeline VARCHAR,
+    proposal_id VARCHAR,
+    candidate_id VARCHAR NOT NULL,
+    parent_id VARCHAR,
+    generator VARCHAR,
+    item_id VARCHAR NOT NULL,
+    run_id VARCHAR,
+    item_key VARCHAR,
+    pool VARCHAR NOT NULL,
+    score DOUBLE,
+    source VARCHAR,
+    kpi VARCHAR,
+    created_at TIMESTAMP,
+    ingested_at TIMESTAMP,
+    PRIMARY KEY (night_id, candidate_id, item_id, pool)
+);
+ALTER TABLE proposals ADD COLUMN IF NOT EXISTS night_id VARCHAR;
+ALTER TABLE proposals ADD COLUMN IF NOT EXISTS offline_evidence JSON;
+"""
+
 #: Tables genopt writes through spool ``row`` records (not spans or feedback):
 #: table -> its key columns. A row loaded twice is stored once.
 ROW_TABLES: dict[str, tuple[str, ...]] = {
@@ -531,10 +560,19 @@ ROW_TABLES: dict[str, tuple[str, ...]] = {
     "experience_steps": ("experience_id", "seq"),
     "step_credit": ("credit_id",),
     "optimizer_instructions": ("instruction_id",),
+    "candidate_scores": ("night_id", "candidate_id", "item_id", "pool"),
 }
 
 #: (version, SQL) in order; append, never edit a released one.
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5), (6, _V6)]
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, _V1),
+    (2, _V2),
+    (3, _V3),
+    (4, _V4),
+    (5, _V5),
+    (6, _V6),
+    (7, _V7),
+]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
