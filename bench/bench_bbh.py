@@ -513,6 +513,7 @@ def run_seed(
         )
         settings = OptimizerSettings(
             pipeline=f"bbh-{task}",
+            search=False,
             model=optimizer_model or model,
             max_updates=1,
             minibatch_size=MINIBATCH,

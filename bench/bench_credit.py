@@ -61,6 +61,7 @@ def one(seed: int, mode: str, tmp: Path, model: str) -> dict[str, Any]:
         result = optimize(
             OptimizerSettings(
                 pipeline="steps3",
+                search=False,
                 model=model,
                 response_format="none",
                 minibatch_size=4,

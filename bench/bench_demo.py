@@ -43,6 +43,7 @@ def one_seed(seed: int, model: str | None = None, batches: int = 5) -> dict:
     result = optimize(
         OptimizerSettings(
             pipeline="triage",
+            search=False,
             starting_artifact={"editable": ["prompt"]},
             max_updates=3,
             seed=seed,

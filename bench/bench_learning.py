@@ -382,6 +382,7 @@ def run_variant(
         extra: dict[str, Any] = {"step_credit": True} if use_step else {}
         settings = OptimizerSettings(
             pipeline=f"bbh2-{task}",
+            search=False,
             model=optimizer_model or model,
             max_updates=1,
             minibatch_size=MINIBATCH,

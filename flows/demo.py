@@ -236,6 +236,7 @@ def main() -> None:
     genopt_cli(
         "optimize",
         "triage",
+        "--no-search",
         "--editable",
         "prompt",
         "--max-updates",

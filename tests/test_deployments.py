@@ -25,6 +25,18 @@ def _prefect(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
     )
 
 
+def _single_shot() -> str:
+    """The nightly deployment's own optimizer settings with the search off: this test checks
+    the single-shot path (one LLM update per minibatch), which ``search=False`` keeps."""
+    import json
+
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
+    (nightly,) = [d for d in spec["deployments"] if d["name"] == "optimize-triage-nightly"]
+    return json.dumps({**nightly["parameters"]["settings"], "search": False})
+
+
 def test_deploy_and_run_the_example(child_env: dict[str, str], warehouse_path: Path) -> None:
     env = {**child_env, "PREFECT_LOGGING_LEVEL": "WARNING"}
     pool = _prefect("work-pool", "create", "genopt", "--type", "process", "--overwrite", env=env)
@@ -76,7 +88,8 @@ def test_deploy_and_run_the_nightly_optimizer(
         "genopt-canary/canary-triage",
     )
     for name in names:
-        run = _prefect("deployment", "run", name, env=env)
+        extra = ["--param", f"settings={_single_shot()}"] if name.startswith("genopt-opt") else []
+        run = _prefect("deployment", "run", name, *extra, env=env)
         assert run.returncode == 0, run.stderr
         worker = _prefect("worker", "start", "--pool", "genopt", "--run-once", env=env)
         assert worker.returncode == 0, worker.stderr[-3000:]

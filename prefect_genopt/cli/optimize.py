@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prefect_genopt.cli._output import print_json
@@ -30,7 +30,63 @@ SETTINGS_OPTIONS = (
     "timeout_s",
     "seed",
     "focus",
+    # the nightly search
+    "evidence_items",
+    "selection_items",
+    "confirmation_items",
+    "n_drafts",
+    "n_demo_sets",
+    "confirm_alpha",
+    "task_call_budget",
+    "optimizer_call_budget",
 )
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number no smaller than ``low``.
+
+    Example:
+        >>> at_least(1)("48")
+        48
+        >>> at_least(1)("0")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: must be a whole number >= 1, got '0'
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {text!r}")
+        return value
+
+    parse.__name__ = f"whole number >= {low}"
+    return parse
+
+
+def probability(text: str) -> float:
+    """An argparse ``type``: a number strictly between 0 and 1.
+
+    Example:
+        >>> probability("0.05")
+        0.05
+        >>> probability("1")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: must be a number between 0 and 1 (exclusive), got '1'
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be a number between 0 and 1 (exclusive), got {text!r}"
+        )
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,8 +97,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Run the genopt-optimize Prefect flow now: read the pipeline's runs and "
         "feedback from the warehouse, ask an LLM (GENOPT_MODEL, else the embedded local model) "
         "for better param values, check them against the pipeline's Tunables and record "
-        "proposals. Options override the optimizer settings; --settings takes them all as JSON.",
-        epilog="examples:\n  genopt optimize triage\n  genopt optimize triage --minibatch-size 3 "
+        "proposals. By default this is a search: candidates are scored by replaying recorded "
+        "runs and one is proposed only when a paired test confirms it (else the night is "
+        "recorded as a not_better proposal); --no-search makes one LLM update per minibatch "
+        "instead. Options override the optimizer settings; --settings takes them all as JSON.",
+        epilog="examples:\n  genopt optimize triage\n"
+        "  genopt optimize triage --selection-items 24 --confirmation-items 80 --drafts 6\n"
+        "  genopt optimize triage --no-search --minibatch-size 3 "
         "--max-updates 2 --budget-usd 0.05 --model openai/gpt-4o-mini\n"
         '  genopt optimize triage --settings \'{"credit_horizon": {"max_value_chars": 200}}\'',
         formatter_class=RAW,
@@ -65,6 +126,70 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     o.add_argument("--seed", type=int, help="minibatch sampling seed")
     o.add_argument("--focus", choices=["failures", "random"], help="minibatch selection")
     o.add_argument("--editable", help="comma-separated params the optimizer may change")
+    search = o.add_argument_group(
+        "the search",
+        "On by default: draft candidates, choose one by successive halving on replayed\n"
+        "items, propose it only when a paired sign test on the confirmation items confirms it.",
+    )
+    search.add_argument(
+        "--no-search",
+        dest="search",
+        action="store_false",
+        default=None,
+        help="today's single-shot path instead of the search (one LLM update per minibatch, "
+        "proposed when valid; default: the search)",
+    )
+    search.add_argument(
+        "--evidence-items",
+        type=at_least(1),
+        metavar="N",
+        help="labelled items the optimizer reads and draws demos from (default 30)",
+    )
+    search.add_argument(
+        "--selection-items",
+        type=at_least(2),
+        metavar="N",
+        help="labelled items candidates are chosen on by replay (default 48)",
+    )
+    search.add_argument(
+        "--confirmation-items",
+        type=at_least(2),
+        metavar="N",
+        help="labelled items the winner is confirmed on against its parent (default 150)",
+    )
+    search.add_argument(
+        "--drafts",
+        dest="n_drafts",
+        type=at_least(0),
+        metavar="N",
+        help="instruction drafts asked of the optimizer model (default 4)",
+    )
+    search.add_argument(
+        "--demo-sets",
+        dest="n_demo_sets",
+        type=at_least(0),
+        metavar="N",
+        help="balanced demo sets drawn per demos param (default 6)",
+    )
+    search.add_argument(
+        "--confirm-alpha",
+        type=probability,
+        metavar="P",
+        help="propose only when the one-sided sign test gives p below this (default 0.05)",
+    )
+    search.add_argument(
+        "--task-call-budget",
+        type=at_least(1),
+        metavar="N",
+        help="most task-model calls the night's replays may make, cached ones counted "
+        "(default 2000)",
+    )
+    search.add_argument(
+        "--optimizer-call-budget",
+        type=at_least(1),
+        metavar="N",
+        help="most optimizer-model calls of the night (default 12)",
+    )
     o.add_argument("--settings", help="optimizer settings as a JSON object or a JSON file")
     o.add_argument(
         "--wait", type=float, default=30.0, help="seconds to wait for a running optimizer (30)"
@@ -93,6 +218,8 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
+    if getattr(args, "search", None) is False:
+        settings["search"] = False
     if args.editable:
         start = dict(settings.get("starting_artifact") or {})
         start["editable"] = [e.strip() for e in args.editable.split(",") if e.strip()]

@@ -11,6 +11,8 @@ Example:
     >>> s = OptimizerSettings(pipeline="triage", minibatch_size=3)
     >>> s.credit_horizon.max_value_chars, s.starting_artifact.start_from
     (400, 'stable')
+    >>> s.search, s.selection_items, s.confirmation_items, s.confirm_alpha
+    (True, 48, 150, 0.05)
     >>> try:
     ...     OptimizerSettings(pipeline="triage", minibatch_size=0)
     ... except ValueError as exc:
@@ -140,7 +142,9 @@ class OptimizerSettings(BaseModel):
     budget_usd: float | None = Field(
         default=1.0,
         gt=0,
-        description="Most USD one optimizer run may spend, where litellm knows the model's price.",
+        description="Most USD one optimizer run may spend, where litellm knows the model's "
+        "price: the optimizer's calls, and with the search the task model's calls of the "
+        "replays too (a paid task model).",
     )
     model: str | None = Field(
         default=None,
@@ -168,6 +172,74 @@ class OptimizerSettings(BaseModel):
         default=None,
         description="Use only these runs as evidence (experiments, backtests); default: every "
         "run of the parent param set in the window.",
+    )
+
+    # -- the nightly search (issue 14) ------------------------------------------------------
+    search: bool = Field(
+        default=True,
+        description="Run the search: draft many candidates (instruction drafts, demo sets, "
+        "their combination, an OptoPrime update), choose one by successive halving on "
+        "replayed items and propose it only when an exact one-sided sign test on the "
+        "confirmation items says it beats its parent. False: today's single-shot path (one "
+        "LLM update per minibatch, proposed when valid).",
+    )
+    evidence_items: int = Field(
+        default=30,
+        ge=1,
+        description="Labelled items of the evidence pool: what the optimizer reads and where "
+        "demos come from (whole runs, never used for selection or confirmation).",
+    )
+    selection_items: int = Field(
+        default=48,
+        ge=2,
+        description="Labelled items of the selection pool, where candidates are chosen by "
+        "successive halving on replays.",
+    )
+    confirmation_items: int = Field(
+        default=150,
+        ge=2,
+        description="Labelled items of the confirmation pool, where the winner is tested "
+        "against its parent (the paired sign test).",
+    )
+    pool_runs: int = Field(
+        default=50,
+        ge=1,
+        description="Most recorded runs read to build the pools (newest first).",
+    )
+    n_drafts: int = Field(
+        default=4,
+        ge=0,
+        description="Instruction drafts asked of the optimizer model per night.",
+    )
+    draft_temperature: float = Field(
+        default=1.0,
+        ge=0,
+        le=2,
+        description="Temperature of the optimizer model's drafts (higher: more diverse).",
+    )
+    n_demo_sets: int = Field(
+        default=6,
+        ge=0,
+        description="Balanced demo sets (2-4 verified experiences each) drawn per `demos` param.",
+    )
+    confirm_alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="A candidate is proposed only when the one-sided exact sign test on the "
+        "confirmation items where it and its parent disagree gives p below this.",
+    )
+    task_call_budget: int | None = Field(
+        default=2000,
+        ge=1,
+        description="Most task-model calls the replays of one night may make (cached scores "
+        "count their calls); the night stops cleanly when it is spent. None: unlimited.",
+    )
+    optimizer_call_budget: int | None = Field(
+        default=12,
+        ge=1,
+        description="Most optimizer-model calls one night may make (drafts, the OptoPrime "
+        "update); None: unlimited.",
     )
 
     rollout: Literal["manual", "auto"] = Field(

@@ -39,7 +39,10 @@ def test_optimize_harvests_first_when_asked(
     from tests.replay.pipelines import replayer
 
     replayer([["H1", "my invoice", "billing"], ["H2", "what is this", "bug"]])
-    settings = '{"model": "scripted-opt/demos", "response_format": "none", "max_updates": 1}'
+    settings = (
+        '{"model": "scripted-opt/demos", "response_format": "none", "max_updates": 1, '
+        '"search": false}'
+    )
     args = ["optimize", "replayer", "--editable", "examples", "--settings", settings]
     assert main([*args, "--harvest", "nope"]) == 2
     assert "no feedback on KPI 'nope'" in capsys.readouterr().err

@@ -23,10 +23,12 @@ def test_optimize_refuses_bad_settings_before_starting(capsys: pytest.CaptureFix
 
 
 def test_optimize_then_list_show_and_reject(knob_runs: Path, capsys: pytest.CaptureFixture) -> None:
-    args = ["optimize", "knob", "--model", "scripted-opt/empty", "--response-format", "none"]
+    args = ["optimize", "knob", "--no-search", "--model", "scripted-opt/empty"]
+    args += ["--response-format", "none"]
     assert main([*args, "--max-updates", "1"]) == 0  # a no-change row lists fine too
     assert "no_change" in capsys.readouterr().out
-    args = ["optimize", "knob", "--model", "scripted-opt/follow", "--response-format", "none"]
+    args = ["optimize", "knob", "--no-search", "--model", "scripted-opt/follow"]
+    args += ["--response-format", "none"]
     assert main([*args, "--max-updates", "1", "--editable", "level"]) == 0
     out = capsys.readouterr().out
     assert "1 proposal(s) from scripted-opt/follow" in out

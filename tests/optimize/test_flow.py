@@ -35,7 +35,7 @@ def run_in_threads(*calls: dict[str, Any]) -> list[dict[str, Any]]:
     return results
 
 
-SLOW = {"model": "scripted-opt/slow", "response_format": "none", "max_updates": 1}
+SLOW = {"model": "scripted-opt/slow", "response_format": "none", "max_updates": 1, "search": False}
 
 
 def optimizer_spans() -> list[dict[str, Any]]:

@@ -37,7 +37,7 @@ def run_knob(n_runs: int = 2, values: dict | None = None) -> list[float]:
 
 def settings(mode: str = "follow", **kw: object) -> OptimizerSettings:
     return OptimizerSettings(
-        pipeline="knob", model=f"scripted-opt/{mode}", response_format="none", **kw
+        pipeline="knob", model=f"scripted-opt/{mode}", response_format="none", search=False, **kw
     )
 
 

@@ -29,7 +29,11 @@ def test_optimize_calls_the_client_it_is_given(
         scripted.knob([f"item-{i}-r{r}" for i in range(6)])
     scripted.PROMPTS.pop("empty", None)
     settings = OptimizerSettings(
-        pipeline="knob", model="scripted-opt/empty", response_format="none", max_updates=1
+        pipeline="knob",
+        model="scripted-opt/empty",
+        response_format="none",
+        max_updates=1,
+        search=False,
     )
     client = LLMClient(f"{PROVIDER}/follow", "none", timeout_s=10)
     result = optimize(settings, client=client)

@@ -119,6 +119,7 @@ def test_step_focused_problem_fixes_the_step_2_fault(
             minibatch_size=4,
             max_updates=1,
             step_credit=True,
+            search=False,
         )
     )
     (proposal,) = result.proposals

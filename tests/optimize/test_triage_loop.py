@@ -27,6 +27,7 @@ def test_the_example_pipeline_improves_on_held_out_tickets(
             response_format="none",
             starting_artifact={"editable": ["prompt"]},
             minibatch_size=6,
+            search=False,
         )
     )
     (proposal,) = result.proposals

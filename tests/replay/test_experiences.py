@@ -202,6 +202,7 @@ def test_the_optimizer_picks_demos_from_verified_experiences(fresh: Path) -> Non
             "response_format": "none",
             "starting_artifact": {"editable": ["examples"]},
             "max_updates": 1,
+            "search": False,
         },
         harvest={"kpi": "correct", "expires_in_hours": 24},
     )

@@ -53,6 +53,7 @@ def _proposal(mode: str, evidence_run_ids: list[str] | None = None) -> str:
             starting_artifact={"editable": ["prompt"]},
             minibatch_size=4,
             evidence_run_ids=evidence_run_ids,
+            search=False,
         )
     )
     (proposal,) = result.proposals

@@ -50,6 +50,7 @@ def test_a_proposal_is_promoted_through_the_canary(
             # from 6 failed tickets the rules lift accuracy ~5 points (0.47 -> 0.52 on 2000
             # tickets), too little for the fast plan to prove; from 8, ~25 points (-> 0.73)
             minibatch_size=8,
+            search=False,
         )
     )
     (proposal,) = result.proposals
