@@ -53,7 +53,12 @@ __all__ = [
     "replay_gate",
     "gate_proposal",
     "replayable_runs",
+    "replayable_inputs",
     "load_entrypoint",
+    "recorded_entrypoint",
+    "replay_run",
+    "item_values",
+    "llm_usage",
     "ARM",
 ]
 
@@ -203,7 +208,9 @@ def _running_script(file: str) -> Any:
     return main if same else None
 
 
-def _replayable(inputs: str | None) -> dict[str, Any] | None:
+def replayable_inputs(inputs: str | None) -> dict[str, Any] | None:
+    """A recorded run's inputs as keyword arguments, or None when they cannot be replayed
+    (missing, truncated, a redacted secret, not JSON, or not bound to names)."""
     if not inputs or _TRUNCATED in inputs or REDACTED in inputs:
         return None
     try:
@@ -213,6 +220,9 @@ def _replayable(inputs: str | None) -> dict[str, Any] | None:
     if not isinstance(value, dict) or set(value) == {"args", "kwargs"}:
         return None  # the flow's arguments could not be bound to names
     return value
+
+
+_replayable = replayable_inputs  # the name the gate's tests know
 
 
 def replayable_runs(
@@ -240,7 +250,7 @@ def replayable_runs(
     )
     out = []
     for r in rows:
-        inputs = _replayable(r["inputs"])
+        inputs = replayable_inputs(r["inputs"])
         if inputs is not None:
             out.append((r["run_id"], inputs))
         if len(out) >= limit:
@@ -248,7 +258,35 @@ def replayable_runs(
     return out
 
 
-def _item_values(
+def recorded_entrypoint(wh: Warehouse, pipeline: str) -> str | None:
+    """The pipeline's latest recorded entrypoint (JSON text), or None."""
+    entry = wh.sql(
+        "SELECT entrypoint FROM pipelines WHERE pipeline = ? ORDER BY version DESC LIMIT 1",
+        [pipeline],
+    )
+    return entry[0]["entrypoint"] if entry and entry[0]["entrypoint"] else None
+
+
+def replay_run(flow: Any, inputs: dict[str, Any], values: dict[str, Any]) -> str:
+    """Re-run one recorded run's ``inputs`` with ``values`` pinned on the ``replay`` arm;
+    the replayed run's id. A failed run returns its state (not raised): its id still counts,
+    and the items it did not score have no feedback."""
+    with pinned_params(values, arm=ARM):
+        state = flow(**inputs, return_state=True)
+    return str(state.state_details.flow_run_id)
+
+
+def llm_usage(wh: Warehouse, run_ids: Sequence[str]) -> dict[str, Any]:
+    """LLM calls, tokens and USD (None where unpriced) of the runs ``run_ids``."""
+    return wh.sql(
+        "SELECT count(*) AS calls, sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)) "
+        "AS tokens, sum(cost_usd) AS cost_usd FROM spans "
+        "WHERE run_type = 'llm' AND list_contains(?, run_id)",
+        [list(run_ids)],
+    )[0]
+
+
+def item_values(
     wh: Warehouse, run_id: str, kpi: str, param_set_id: str | None = None
 ) -> dict[str, float]:
     """Per-item KPI of a run (only the items on ``param_set_id``'s stable arm, if given)."""
@@ -259,6 +297,9 @@ def _item_values(
         [run_id, kpi, *([param_set_id] if param_set_id else [])],
     )
     return {r["item_key"]: float(r["v"]) for r in rows}
+
+
+_item_values = item_values  # the gate's own name
 
 
 def replay_gate(
@@ -297,21 +338,18 @@ def replay_gate(
     wh = as_warehouse(warehouse)
     result: GateResult
     sources = replayable_runs(wh, pipeline, stable_param_set_id, kpi, exclude_run_ids, runs)
-    entry = wh.sql(
-        "SELECT entrypoint FROM pipelines WHERE pipeline = ? ORDER BY version DESC LIMIT 1",
-        [pipeline],
-    )
+    entry = recorded_entrypoint(wh, pipeline)
     if not sources:
         result = GateResult(
             "skipped",
             f"no replayable run: no completed stable run of {stable_param_set_id} with per-item "
             f"{kpi!r} feedback and whole inputs outside the proposal's evidence",
         )
-    elif not entry or not entry[0]["entrypoint"]:
+    elif entry is None:
         result = GateResult("skipped", f"no recorded entrypoint for {pipeline!r}")
     else:
         try:
-            flow = load_entrypoint(entry[0]["entrypoint"])
+            flow = load_entrypoint(entry)
         except Exception as exc:  # noqa: BLE001 - an entrypoint this process cannot import
             flow = None
             result = GateResult("skipped", f"cannot import the pipeline's entrypoint: {exc}")
@@ -407,11 +445,7 @@ def _replay(
     tolerance: float,
     tolerance_mode: str,
 ) -> GateResult:
-    replay_ids: list[str] = []
-    for _, inputs in sources:
-        with pinned_params(values, arm=ARM):
-            state = flow(**inputs, return_state=True)
-        replay_ids.append(str(state.state_details.flow_run_id))
+    replay_ids = [replay_run(flow, inputs, values) for _, inputs in sources]
     wh = Warehouse(wh.path)  # a fresh reader loads the replayed runs
     stable_v: list[float] = []
     cand_v: list[float] = []
@@ -421,11 +455,7 @@ def _replay(
             stable_v.append(before[key])
             cand_v.append(after[key])
     result = judge(stable_v, cand_v, direction, tolerance, tolerance_mode)
-    usage = wh.sql(
-        "SELECT count(*) AS calls, sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0)) "
-        "AS tokens FROM spans WHERE run_type = 'llm' AND list_contains(?, run_id)",
-        [replay_ids],
-    )[0]
+    usage = llm_usage(wh, replay_ids)
     result.source_run_ids = [s for s, _ in sources]
     result.replay_run_ids = replay_ids
     result.llm_calls = int(usage["calls"] or 0)

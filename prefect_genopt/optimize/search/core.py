@@ -32,6 +32,7 @@ __all__ = [
     "Dropped",
     "Budget",
     "Scores",
+    "HistoryEntry",
 ]
 
 #: per-item scores of one candidate: item id -> KPI value (a crash or NaN scores as failure)
@@ -101,6 +102,8 @@ class Dropped:
     several 4-word runs with an evidence input), ``too_long`` (over 3x the parent),
     ``drops_answer_words`` (an extract step's draft without the answer words),
     ``invalid`` (fails the Tunables schema), ``empty`` / ``unparsable`` (no draft).
+    Generators add ``timeout`` (the optimizer call timed out) and ``no_change`` (the
+    OptoPrime answer asked for no change).
     """
 
     generator: str
@@ -145,3 +148,19 @@ class Budget:
     def task_calls_left(self) -> int | None:
         """Task-model calls still allowed (None: unlimited)."""
         return None if self.task_calls is None else max(0, self.task_calls - self.used_task_calls)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """A past value of one param with its measured selection score (OPRO's scored
+    history): what drafts are shown, ascending, and what filters treat as "earlier".
+
+    ``field`` names the param (None: tonight's only drafted field); ``score`` is the
+    mean per-item KPI on ``n_items`` selection items.
+    """
+
+    value: Any
+    score: float
+    n_items: int = 0
+    candidate_id: str | None = None
+    field: str | None = None
