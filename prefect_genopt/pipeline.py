@@ -20,14 +20,17 @@ import functools
 import inspect
 import logging
 import os
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 import prefect
 from opentelemetry import trace
 
-from prefect_genopt import llm_spans, semconv
+from prefect_genopt import incidents, llm_spans, semconv
 from prefect_genopt.context import (
     RunContext,
     StepState,
@@ -39,7 +42,13 @@ from prefect_genopt.context import (
 )
 from prefect_genopt.records import HOST
 from prefect_genopt.redaction import clean, to_text
-from prefect_genopt.replay.steps import StepPolicy, record_step, step_version, try_replay
+from prefect_genopt.replay.steps import (
+    StepPolicy,
+    fingerprint,
+    record_step,
+    step_version,
+    try_replay,
+)
 from prefect_genopt.tracing import get_processor, setup_tracing, tracer
 from prefect_genopt.tunables import Tunables, _reads, canonical_json
 
@@ -50,10 +59,84 @@ __all__ = [
     "pinned_params",  # lives beside the run context (prefect_genopt.context); kept here
     "resolve_params",
     "entrypoint_of",
+    "SideEffectSkipped",
+    "side_effect_stats",
+    "reset_side_effect_stats",
+    "REPLAY_ARM",
+    "StepInfo",
 ]
 
 logger = logging.getLogger("prefect_genopt.pipeline")
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: the arm replayed runs are recorded on (the replay gate's and the search's); a
+#: ``side_effect=True`` task does not run on it
+REPLAY_ARM = "replay"
+#: the span's ``genopt.replay`` value of a side-effecting task on the replay arm
+SIDE_EFFECT_RECORDED = "side effect: the recorded output was returned, the task did not run"
+SIDE_EFFECT_SKIPPED = "side effect: skipped, no recorded output for this item"
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """A ``@genopt.task``'s identity as recorded: its name, its version (``""`` unless it
+    records), its record & replay policy and whether it has side effects. Set on the task
+    function as ``__genopt_step__`` (``my_task.fn.__genopt_step__``)."""
+
+    name: str
+    version: str
+    policy: StepPolicy
+    side_effect: bool = False
+
+
+class SideEffectSkipped(RuntimeError):
+    """A ``side_effect=True`` task on the ``replay`` arm with no recorded output to return:
+    it is not run, and the replayed run stops here (its items not scored yet are skipped)."""
+
+
+_side_effects: Counter[str] = Counter()
+_side_effects_lock = threading.Lock()
+
+
+def side_effect_stats() -> dict[str, int]:
+    """This process's counts of side-effecting tasks met on the replay arm: ``recorded``
+    (their recorded output was returned) and ``skipped`` (none was recorded: not run)."""
+    with _side_effects_lock:
+        return dict(_side_effects)
+
+
+def reset_side_effect_stats() -> None:
+    """Zero :func:`side_effect_stats` (benchmarks and tests)."""
+    with _side_effects_lock:
+        _side_effects.clear()
+
+
+def _recorded_output(
+    pipeline: str, step: str, item_key: str | None, content: dict[str, Any]
+) -> tuple[bool, Any]:
+    """``(found, output)``: the newest recorded output of ``step`` outside replays for the
+    same item (by its key when the task names one, else by the same inputs)."""
+    import duckdb
+    import orjson
+
+    from prefect_genopt.warehouse.access import WarehouseBusyError, WarehouseMissingError, connect
+
+    by = "s.item_key = ?" if item_key is not None else "s.input_fingerprint = ?"
+    sql = f"""
+        SELECT s.output FROM step_values s
+        WHERE s.pipeline = ? AND s.step = ? AND {by} AND s.output IS NOT NULL
+          AND s.run_id NOT IN (SELECT run_id FROM runs WHERE arm = '{REPLAY_ARM}')
+        ORDER BY s.created_at DESC LIMIT 1
+    """
+    key = item_key if item_key is not None else fingerprint(content)
+    try:
+        with connect(None, read_only=True, timeout=5.0) as con:
+            row = con.execute(sql, [pipeline, step, key]).fetchone()
+    except (WarehouseBusyError, WarehouseMissingError, duckdb.Error):
+        return False, None
+    if row is None:
+        return False, None
+    return True, orjson.loads(row[0])
 
 
 class _Defaults(Tunables):
@@ -72,6 +155,7 @@ def entrypoint_of(fn: Callable[..., Any]) -> dict[str, str]:
         path = inspect.getsourcefile(fn) or ""
     except TypeError:
         path = ""
+    absolute = os.path.abspath(path) if path else ""
     if path:
         try:
             path = os.path.relpath(path)
@@ -81,6 +165,7 @@ def entrypoint_of(fn: Callable[..., Any]) -> dict[str, str]:
         "module": fn.__module__,
         "function": fn.__qualname__,
         "file": path,
+        "path": absolute,  # the replay gate loads it from here, whatever its directory
         "entrypoint": f"{path}:{fn.__name__}" if path else f"{fn.__module__}:{fn.__qualname__}",
     }
     doc = docstring_of(fn)
@@ -190,6 +275,8 @@ def _start_run(
     }
     if routing_error:
         attrs[semconv.ROUTING_ERROR] = routing_error
+    if route is not None:
+        attrs[semconv.ROUTING_SOURCE] = route.source
     if flow_span.is_recording():
         flow_span.set_attributes(attrs)
     start = tracer().start_span(
@@ -211,7 +298,14 @@ def _start_run(
 
 def _end_run(rc: RunContext, result: Any, exc: BaseException | None) -> None:
     """Record this attempt's outcome (Prefect ends its flow span at the first failure,
-    so a retried run's final outcome is only known from here)."""
+    so a retried run's final outcome is only known from here).
+
+    The run's queued task and LLM spans are written first, so the end record carries
+    every failure genopt counted in the run (``genopt.errors``, by cause:
+    :mod:`prefect_genopt.incidents`)."""
+    processor = get_processor()
+    if processor is not None:  # the run's queued task and LLM spans are stored when it ends
+        processor.force_flush()
     output = clean(result)
     flow_span = trace.get_current_span()
     if flow_span.is_recording() and exc is None:
@@ -225,10 +319,10 @@ def _end_run(rc: RunContext, result: Any, exc: BaseException | None) -> None:
         attrs[semconv.OUTPUT] = output
     else:
         attrs[semconv.ERROR] = clean(f"{type(exc).__name__}: {exc}")
+    errors = incidents.counts(rc.run_id)
+    if errors:
+        attrs[semconv.GENOPT_ERRORS] = to_text(errors)
     tracer().start_span(semconv.RUN_END_SPAN, attributes=attrs).end()
-    processor = get_processor()
-    if processor is not None:  # the run's queued task and LLM spans are stored when it ends
-        processor.force_flush()
 
 
 def pipeline(name: str | None = None, *, params: type[Tunables] | None = None) -> Callable[[F], F]:
@@ -279,8 +373,18 @@ def pipeline(name: str | None = None, *, params: type[Tunables] | None = None) -
         def finish(token: Any, result: Any = None, exc: BaseException | None = None) -> None:
             rc = run_var.get()
             run_var.reset(token)
-            if rc is not None:
+            if rc is None:
+                return
+            try:
                 _end_run(rc, result, exc)
+            except Exception as failure:  # noqa: BLE001 - recording never fails the flow
+                if incidents.strict():
+                    raise
+                incidents.note(
+                    "internal",
+                    run_id=rc.run_id,
+                    detail=f"the run's end was not recorded: {type(failure).__name__}: {failure}",
+                )
 
         if inspect.iscoroutinefunction(fn):
 
@@ -352,7 +456,9 @@ def current_params(item_key: str | None = None) -> Any:
     return params
 
 
-def _instrument_task_fn(fn: Callable[..., Any], policy: StepPolicy) -> Callable[..., Any]:
+def _instrument_task_fn(
+    fn: Callable[..., Any], policy: StepPolicy, side_effect: bool = False
+) -> Callable[..., Any]:
     sig = _signature(fn)
     task_name = fn.__qualname__
     doc = docstring_of(fn)
@@ -360,6 +466,8 @@ def _instrument_task_fn(fn: Callable[..., Any], policy: StepPolicy) -> Callable[
     if doc:
         static[semconv.DOC] = doc
     version = step_version(fn) if policy.active else ""
+    #: what offline evaluation reads of the step (its recorded version and declared model)
+    step_info = StepInfo(task_name, version, policy, side_effect)
 
     def before(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
         span = trace.get_current_span()
@@ -412,6 +520,32 @@ def _instrument_task_fn(fn: Callable[..., Any], policy: StepPolicy) -> Callable[
         _reads.get().update(hit.params_read)  # type: ignore[union-attr]
         return hit
 
+    def side_effect_output(span: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """On the replay arm, a side-effecting task's recorded output (it does not run), or
+        _COMPUTE elsewhere. Raises SideEffectSkipped when nothing was recorded."""
+        rc = run_var.get()
+        if not side_effect or rc is None or rc.arm != REPLAY_ARM:
+            return _COMPUTE
+        bound = _bind(sig, args, kwargs)
+        key = None
+        if policy.item_key and policy.item_key in bound:
+            key = str(bound[policy.item_key])
+            current_params(item_key=key)  # the item's key and arm on the span
+        found, output = _recorded_output(rc.pipeline, task_name, key, policy.content(bound))
+        with _side_effects_lock:
+            _side_effects["recorded" if found else "skipped"] += 1
+        if span.is_recording():
+            span.set_attribute(
+                semconv.REPLAY, SIDE_EFFECT_RECORDED if found else SIDE_EFFECT_SKIPPED
+            )
+        if not found:
+            raise SideEffectSkipped(
+                f"task {task_name!r} is declared side_effect=True and has no recorded output "
+                f"for {'item ' + repr(key) if key is not None else 'these inputs'}: not run on "
+                "the replay arm"
+            )
+        return output
+
     def recorded(
         span: Any,
         reads: dict[str, Any],
@@ -447,8 +581,11 @@ def _instrument_task_fn(fn: Callable[..., Any], policy: StepPolicy) -> Callable[
             started = time.time_ns()
             span, reads, token = before(args, kwargs)
             try:
-                hit = replayed(span, args, kwargs)
-                if hit is not _COMPUTE:
+                substitute = side_effect_output(span, args, kwargs)
+                hit = replayed(span, args, kwargs) if substitute is _COMPUTE else _COMPUTE
+                if substitute is not _COMPUTE:
+                    result = substitute  # not run, not recorded again
+                elif hit is not _COMPUTE:
                     result = hit.output
                     recorded(span, reads, args, kwargs, result, started, hit.experience_id)
                 else:
@@ -462,6 +599,7 @@ def _instrument_task_fn(fn: Callable[..., Any], policy: StepPolicy) -> Callable[
             succeeded(span, result)
             return result
 
+        async_task.__genopt_step__ = step_info  # type: ignore[attr-defined]
         return async_task
 
     @functools.wraps(fn)
@@ -469,8 +607,11 @@ def _instrument_task_fn(fn: Callable[..., Any], policy: StepPolicy) -> Callable[
         started = time.time_ns()
         span, reads, token = before(args, kwargs)
         try:
-            hit = replayed(span, args, kwargs)
-            if hit is not _COMPUTE:
+            substitute = side_effect_output(span, args, kwargs)
+            hit = replayed(span, args, kwargs) if substitute is _COMPUTE else _COMPUTE
+            if substitute is not _COMPUTE:
+                result = substitute  # not run, not recorded again
+            elif hit is not _COMPUTE:
                 result = hit.output
                 recorded(span, reads, args, kwargs, result, started, hit.experience_id)
             else:
@@ -484,6 +625,7 @@ def _instrument_task_fn(fn: Callable[..., Any], policy: StepPolicy) -> Callable[
         succeeded(span, result)
         return result
 
+    sync_task.__genopt_step__ = step_info  # type: ignore[attr-defined]
     return sync_task
 
 
@@ -505,6 +647,7 @@ def task(
     replay: bool = False,
     model: str | Callable[[], str] | None = None,
     item_key: str | None = None,
+    side_effect: bool = False,
     **task_kwargs: Any,
 ) -> Any:
     """A Prefect task that records its inputs, output, errors and the params it read.
@@ -524,6 +667,13 @@ def task(
         item_key: The argument holding the item key, so a replay during a canary knows
             the item's arm. It is left out of the input fingerprint: the same inputs
             under a new key replay (do not name an argument the output depends on).
+        side_effect: The task acts on the world (sends an email, writes a ticket system).
+            Replays (the replay gate, the optimizer's search) re-run pipelines hundreds of
+            times a night, on the ``replay`` arm: there the task is **not run**; its recorded
+            output for the same item (by ``item_key``, else the same inputs) is returned, or,
+            when none was recorded, it raises :class:`SideEffectSkipped` and the replayed
+            run's remaining items are skipped and counted (:func:`side_effect_stats`).
+            Implies ``record`` (so outputs exist to return).
 
     Example:
         >>> @task(replay=True, model="openai/gpt-4o-mini", item_key="ticket_id")
@@ -534,11 +684,19 @@ def task(
     """
     if __fn is None:
         return lambda fn: task(
-            fn, record=record, replay=replay, model=model, item_key=item_key, **task_kwargs
+            fn,
+            record=record,
+            replay=replay,
+            model=model,
+            item_key=item_key,
+            side_effect=side_effect,
+            **task_kwargs,
         )
     if isinstance(__fn, prefect.Task):
         raise TypeError("use @genopt.task instead of @task, not both")
     setup_tracing()
     llm_spans.install()
-    policy = StepPolicy(record=record or replay, replay=replay, model=model, item_key=item_key)
-    return prefect.task(_instrument_task_fn(__fn, policy), **task_kwargs)
+    policy = StepPolicy(
+        record=record or replay or side_effect, replay=replay, model=model, item_key=item_key
+    )
+    return prefect.task(_instrument_task_fn(__fn, policy, side_effect), **task_kwargs)
