@@ -153,10 +153,12 @@ def needed_items(pools: Pools, min_confirmation: int) -> int:
     """Labelled items still to record before anything can be confirmed (0: enough).
 
     The confirmation pool needs ``min_confirmation`` items (see
-    :func:`prefect_genopt.optimize.search.stats.min_confirmation_items` for the rule).
-    New runs land in the confirmation pool only in proportion to its share of the three
-    target sizes, so the missing items are divided by that share: the answer is how many
-    labelled items to record in new runs, all pools together (rounded up).
+    :func:`prefect_genopt.optimize.search.stats.min_confirmation_items` for the rule), or
+    to be full when its target size is smaller (a pool set that small is the user's
+    choice; more runs would not enter it). New runs land in the confirmation pool only in
+    proportion to its share of the three target sizes, so the missing items are divided
+    by that share: the answer is how many labelled items to record in new runs, all
+    pools together (rounded up).
 
     Example:
         >>> p = Pools(confirmation=["a"], items={"a": 20},
@@ -167,11 +169,12 @@ def needed_items(pools: Pools, min_confirmation: int) -> int:
         >>> needed_items(p, 20)
         0
     """
-    missing = min_confirmation - pools.n_items("confirmation")
-    if missing <= 0:
-        return 0
     wanted_total = sum(w for w, _ in pools.sizes.values())
     wanted_conf = pools.sizes.get("confirmation", (0, 0))[0]
+    target = min(min_confirmation, wanted_conf) if wanted_conf > 0 else min_confirmation
+    missing = target - pools.n_items("confirmation")
+    if missing <= 0:
+        return 0
     if wanted_total <= 0 or wanted_conf <= 0:
         return missing
     return math.ceil(missing * wanted_total / wanted_conf)

@@ -75,6 +75,13 @@ def test_short_pools_say_so_and_use_what_there_is() -> None:
     assert any("unused" in n for n in full.notes)
 
 
+def test_a_confirmation_pool_set_smaller_than_the_floor_needs_only_to_be_full() -> None:
+    small = assign_pools(_runs("r", 40), pipeline="t", evidence=10, selection=10, confirmation=10)
+    assert small.n_items("confirmation") >= 10 and needed_items(small, 25) == 0
+    empty = assign_pools([], pipeline="t", evidence=10, selection=10, confirmation=10)
+    assert needed_items(empty, 25) == 30  # 10 for the pool, which gets a third of new items
+
+
 def test_a_zero_size_pool_gets_no_run() -> None:
     p = assign_pools(_runs("r", 30), pipeline="t", evidence=0, selection=20, confirmation=20)
     assert p.evidence == [] and p.sizes["evidence"] == (0, 0)
