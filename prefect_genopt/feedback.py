@@ -7,6 +7,12 @@ feedback has an idempotency key: the same key for the same run is stored once.
 Inside a flow the default key is ``kpi|item_key|source``, stable across Prefect
 retries of the run; elsewhere a fresh key is drawn unless you pass one.
 
+Inside a pipeline run, feedback that cannot be recorded (a NaN value, an empty KPI
+name, a spool whose disk is full or read-only) never fails the flow: it logs one
+warning per cause per run and is counted in ``runs.genopt_errors``
+(:mod:`prefect_genopt.incidents`; ``GENOPT_STRICT=1`` raises instead). Outside a
+pipeline run it raises.
+
 The checks of a single field, and of a whole record arriving from elsewhere
 (:func:`validate_record`), live with the record format in :mod:`prefect_genopt.records`
 (the receiver uses them without importing this module); they are re-exported here.
@@ -30,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from prefect_genopt import spool
+from prefect_genopt import incidents, spool
 from prefect_genopt.context import run_var
 from prefect_genopt.errors import NotFoundError
 from prefect_genopt.records import (
@@ -291,7 +297,13 @@ def feedback(
             blames the first step with bad per-step feedback.
 
     Returns:
-        The feedback id.
+        The feedback id; inside a pipeline run, an empty string when the feedback was
+        refused (logged once per cause and counted, never raised: see the module).
+
+    Raises:
+        FeedbackError: Outside a pipeline run (or with ``GENOPT_STRICT=1``): the
+            feedback cannot be recorded as given.
+        SpoolError: Outside a pipeline run (or strict): the spool cannot be written.
 
     Example:
         >>> feedback("accuracy", float("inf"), run_id="8d6e5f2a-1b7c-4c1e-9a55-0c8f4f2b9e10")
@@ -299,16 +311,32 @@ def feedback(
         ...
         prefect_genopt.feedback.FeedbackError: feedback value must be a finite number, got inf
     """
-    record = build_record(
-        kpi,
-        value,
-        comment=comment,
-        run_id=run_id,
-        item_key=item_key,
-        source=source,
-        idempotency_key=idempotency_key,
-        expected=expected,
-        step=step,
-    )
-    deliver(record)
+    try:
+        record = build_record(
+            kpi,
+            value,
+            comment=comment,
+            run_id=run_id,
+            item_key=item_key,
+            source=source,
+            idempotency_key=idempotency_key,
+            expected=expected,
+            step=step,
+        )
+    except FeedbackError as exc:
+        _raise_outside_a_run(exc, f"feedback for KPI {kpi!r} not recorded: {exc}")
+        return ""
+    try:
+        deliver(record)
+    except spool.SpoolError as exc:
+        _raise_outside_a_run(exc, f"feedback for KPI {record['kpi']!r} not recorded: {exc}")
     return str(record["feedback_id"])
+
+
+def _raise_outside_a_run(exc: Exception, detail: str) -> None:
+    """Re-raise ``exc`` outside a pipeline run or in strict mode; inside a run, count it
+    (one warning per cause per run) and let the flow go on."""
+    rc = run_var.get()
+    if rc is None or incidents.strict():
+        raise exc
+    incidents.note(incidents.cause_of(exc), run_id=rc.run_id, detail=detail)

@@ -26,6 +26,10 @@ PARAMS_READ = "genopt.params_read"
 ERROR = "genopt.error"
 TASK_NAME = "genopt.task"
 ROUTING_ERROR = "genopt.routing_error"
+#: genopt's own failures counted in a run, by cause (JSON), on its run-end span
+GENOPT_ERRORS = "genopt.errors"
+#: where a run's routing came from: api, cache, process, state-file or defaults
+ROUTING_SOURCE = "genopt.routing_source"
 #: a task's docstring (first paragraph): the optimizer's #Code/#Documentation
 DOC = "genopt.doc"
 #: verified replay: "replayed", "computed", or "computed: <why no experience was valid>"

@@ -125,6 +125,27 @@ class GenoptSettings(BaseSettings):
         description="Check feedback for a run unknown to the warehouse against the Prefect "
         "API (an unknown flow run is refused).",
     )
+    strict: bool = Field(
+        default=False,
+        description="Raise genopt's own failures inside a pipeline run (a spool that cannot be "
+        "written, refused feedback) instead of logging one warning per cause per run and "
+        "counting them in runs.genopt_errors. For tests; production flows never fail because "
+        "of genopt.",
+    )
+    spool_reserve_mb: float = Field(
+        default=256.0,
+        ge=0,
+        description="Free space (MB) `genopt serve` keeps on the spool's disk: below it, it "
+        "answers 503 (clients retry) so the warehouse, by default on the same disk, still has "
+        "room to load the backlog. 0 turns the reserve off.",
+    )
+    redact_key: str | None = Field(
+        default=None,
+        description="Key of the keyed hash that replaces an item_key holding a secret (so "
+        "items stay apart without storing the secret). Default: a random key kept in a file "
+        "beside the warehouse ('<warehouse>.redact-key'); set the same value on every machine "
+        "that sends to one warehouse.",
+    )
     export: Literal["spool", "otlp", "none"] | None = Field(
         default=None,
         description="Where spans go: 'spool' (default), 'otlp' (default when otlp_endpoint is "

@@ -25,6 +25,7 @@ import atexit
 import errno
 import logging
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Callable
@@ -49,17 +50,51 @@ __all__ = [
     "add_flush_hook",
     "remove_flush_hook",
     "flush_pending",
+    "free_bytes",
+    "check_reserve",
+    "seal",
+    "staging_files",
+    "STAGING_PREFIX",
 ]
 
 logger = logging.getLogger("prefect_genopt.spool")
 
 OPEN_SUFFIX = ".open"
 SEALED_SUFFIX = ".jsonl"
+#: A writer seals its file and starts a new one past this size (read at each new writer).
 DEFAULT_ROTATE_BYTES = 64 * 1024 * 1024
+#: Copies older ingesters made of the lines they loaded (``.staging-<pid>-<id>.jsonl``).
+#: Ingest reads in place now; a leftover (a killed ingest) holds nothing the spool files
+#: do not, and the next ingest removes it.
+STAGING_PREFIX = ".staging-"
+
+#: errno -> how the spool's failure reads in messages
+_WHY = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EFBIG: "the file is too large",
+}
 
 
 class SpoolError(UnavailableError, OSError):
     """The spool could not be written (disk full, permissions, ...)."""
+
+
+def _spool_error(directory: Path, exc: OSError, what: str = "write") -> SpoolError:
+    """A :class:`SpoolError` that says where, why (the errno in words) and what was lost."""
+    code = exc.errno or errno.EIO
+    why = _WHY.get(code) or exc.strerror or str(exc)
+    name = errno.errorcode.get(code, str(code))
+    return SpoolError(
+        code, f"cannot {what} the spool {directory}: {why} ({name}); the records were not stored"
+    )
+
+
+#: ``os.write``, looked up at each call: tests replace it to inject a full disk
+_write = os.write
 
 
 def _encode(records: list[dict[str, Any]]) -> bytes:
@@ -77,9 +112,9 @@ class SpoolWriter:
     ingester sets aside (never loads, never loses: it keeps the bytes).
     """
 
-    def __init__(self, directory: Path, rotate_bytes: int = DEFAULT_ROTATE_BYTES) -> None:
+    def __init__(self, directory: Path, rotate_bytes: int | None = None) -> None:
         self.directory = Path(directory)
-        self.rotate_bytes = rotate_bytes
+        self.rotate_bytes = DEFAULT_ROTATE_BYTES if rotate_bytes is None else rotate_bytes
         self.pid = os.getpid()
         self._lock = threading.Lock()
         self._fd: int | None = None
@@ -93,14 +128,17 @@ class SpoolWriter:
             self._path = self.directory / name
             self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise SpoolError(
-                exc.errno or errno.EIO, f"cannot open spool in {self.directory}: {exc}"
-            ) from exc
+            self._fd = self._path = None
+            raise _spool_error(self.directory, exc, "open") from exc
         self._written = 0
         return self._fd
 
     def append(self, records: list[dict[str, Any]]) -> None:
-        """Append records (dicts with a ``k`` kind) as JSON lines."""
+        """Append records (dicts with a ``k`` kind) as JSON lines.
+
+        All or nothing: when the write fails, the file is cut back to its last complete
+        line (see :meth:`_undo_partial`) and :class:`SpoolError` says why.
+        """
         if not records:
             return
         data = _encode(records)
@@ -109,18 +147,43 @@ class SpoolWriter:
             view = memoryview(data)
             try:
                 while view:
-                    n = os.write(fd, view)
+                    n = _write(fd, view)
                     view = view[n:]
             except OSError as exc:
-                raise SpoolError(exc.errno or errno.EIO, f"spool write failed: {exc}") from exc
+                self._undo_partial()
+                raise _spool_error(self.directory, exc) from exc
             self._written += len(data)
             if self._written >= self.rotate_bytes:
                 self._seal()
 
+    def _undo_partial(self) -> None:
+        """After a failed write: cut the file back to its last complete line, so the next
+        record stands on its own line; seal a file that holds records (the ingester can
+        then load and delete it, freeing its space); a file that cannot be cut is sealed
+        as it is (the ingester sets its unfinished line aside, never glues onto it)."""
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, self._written)
+        except OSError as exc:
+            logger.warning(
+                "cannot cut spool file %s back to its last complete line (%s): sealing it",
+                self._path,
+                exc,
+            )
+            self._seal()
+            return
+        if self._written:
+            self._seal()
+
     def _seal(self) -> None:
         if self._fd is None or self._path is None:
             return
-        os.close(self._fd)
+        try:
+            os.close(self._fd)
+        except OSError:  # a close that reports a failed flush: nothing more to do here
+            pass
         self._fd = None
         try:
             os.rename(self._path, self._path.with_suffix(SEALED_SUFFIX))
@@ -165,6 +228,74 @@ def close_all() -> None:
     for (wpid, _), w in list(_writers.items()):
         if wpid == pid:
             w.close()
+
+
+def seal(directory: Path) -> None:
+    """Seal this process's open file in ``directory``, if any (the next append starts a
+    new one); the ingester deletes a sealed file once it has loaded it."""
+    w = _writers.get((os.getpid(), Path(directory)))
+    if w is not None:
+        w.close()
+
+
+def free_bytes(directory: Path) -> int | None:
+    """Free bytes on the file system holding ``directory`` (or its nearest existing
+    parent), or None when it cannot be told.
+
+    Example:
+        >>> free_bytes(Path(".")) > 0
+        True
+    """
+    path = Path(directory)
+    for candidate in (path, *path.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    return None
+
+
+def check_reserve(directory: Path, reserve_bytes: int) -> None:
+    """Refuse to write while the spool's disk has less than ``reserve_bytes`` free.
+
+    The reserve keeps room for the warehouse (by default on the same disk) to load the
+    backlog; once the ingester has loaded and deleted spool files, writes are accepted
+    again. Before refusing, this process's open file in ``directory`` is sealed, so the
+    ingester can delete it too once it is loaded (the receiver's own file would otherwise
+    stay open, and its space taken, until it grew to its rotation size).
+
+    Raises:
+        SpoolError: Below the reserve (``ENOSPC``), saying how much is free.
+
+    Example:
+        >>> check_reserve(Path("."), 0)  # no reserve: never refuses
+    """
+    if reserve_bytes <= 0:
+        return
+    free = free_bytes(directory)
+    if free is None or free >= reserve_bytes:
+        return
+    seal(directory)
+    raise SpoolError(
+        errno.ENOSPC,
+        f"the spool {directory} has {free / 2**20:.1f} MB free, below its reserve of "
+        f"{reserve_bytes / 2**20:.1f} MB (GENOPT_SPOOL_RESERVE_MB): records are refused "
+        "until an ingest has loaded and deleted spool files",
+    )
+
+
+def staging_files(directory: Path) -> list[Path]:
+    """Staging copies older ingesters left in ``directory`` (see :data:`STAGING_PREFIX`)."""
+    try:
+        return sorted(
+            Path(e.path)
+            for e in os.scandir(directory)
+            if e.name.startswith(STAGING_PREFIX) and e.name.endswith(SEALED_SUFFIX)
+        )
+    except FileNotFoundError:
+        return []
 
 
 atexit.register(close_all)

@@ -15,8 +15,12 @@ from its ``BatchSpanProcessor``:
   ``GENOPT_OTLP_ENDPOINT``) through a bounded queue and a background thread, so
   the task thread only enqueues; run boundaries (run start and end, flow spans)
   are exported synchronously, so a killed run keeps its record. A span that
-  does not fit in the queue is dropped and counted, and reported as a
-  ``genopt.drops`` span so ``genopt status`` shows it.
+  does not fit in the queue, or whose export fails, is dropped and counted, and
+  reported as a ``genopt.drops`` span so ``genopt status`` shows it; a report
+  that cannot be written (the disk is full) stays counted in memory and is
+  written once the spool can be written again. A failed export logs one warning
+  per cause per run, no traceback (:mod:`prefect_genopt.incidents`): the run's
+  end record carries the counts to ``runs.genopt_errors``.
 
 :class:`GenoptSpanProcessor` chains the two in one processor, for a provider
 built by hand. :func:`setup_tracing` also starts tracing litellm calls
@@ -55,7 +59,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanContext, TraceFlags
 
-from prefect_genopt import llm_spans, semconv, spool
+from prefect_genopt import incidents, llm_spans, semconv, spool
 from prefect_genopt.context import item_var, run_var
 from prefect_genopt.records import from_readable_span
 from prefect_genopt.settings import get_settings
@@ -90,15 +94,28 @@ class SpoolSpanExporter(SpanExporter):
 
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = directory
+        self._local = threading.local()
+        self._failing = False
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """Why this thread's last :meth:`export` failed (None after a success): the
+        :class:`ExportSpanProcessor` counts the lost spans under its cause."""
+        return getattr(self._local, "error", None)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         settings = get_settings()
         records = [from_readable_span(s, settings.max_value_chars) for s in spans]
         try:
             spool.append(records, self.directory or settings.spool_dir)
-        except spool.SpoolError:
-            logger.exception("genopt could not write %d span(s) to the spool", len(records))
+        except spool.SpoolError as exc:
+            self._local.error = exc
+            self._failing = True
             return SpanExportResult.FAILURE
+        self._local.error = None
+        if self._failing:
+            self._failing = False
+            incidents.recovered()
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
@@ -223,6 +240,8 @@ class ExportSpanProcessor(SpanProcessor):
         self.interval = interval
         self.dropped = 0
         self._reported_drops = 0
+        self._report_lock = threading.Lock()
+        self._report_failing = False
         self._lock = threading.Lock()
         self._queue: collections.deque[ReadableSpan] = collections.deque()
         self._wake = threading.Condition(self._lock)
@@ -243,12 +262,20 @@ class ExportSpanProcessor(SpanProcessor):
             self._export([span])
             return
         with self._lock:
-            if len(self._queue) >= self.queue_size:
+            full = len(self._queue) >= self.queue_size
+            if full:
                 self.dropped += 1
-                return
-            self._queue.append(span)
-            if len(self._queue) >= self.batch_size:
-                self._wake.notify()
+            else:
+                self._queue.append(span)
+                if len(self._queue) >= self.batch_size:
+                    self._wake.notify()
+        if full:
+            run_id = (span.attributes or {}).get(semconv.RUN_ID)
+            incidents.note(
+                "queue_full",
+                run_id=str(run_id) if run_id is not None else None,
+                detail=f"more than {self.queue_size} spans waiting (GENOPT_SPAN_QUEUE_SIZE)",
+            )
 
     def _start_thread(self) -> None:
         self._stop = False
@@ -274,6 +301,7 @@ class ExportSpanProcessor(SpanProcessor):
     def _after_fork(self) -> None:
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._report_lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._idle = threading.Condition(self._lock)
         self._queue.clear()
@@ -304,29 +332,68 @@ class ExportSpanProcessor(SpanProcessor):
                         self._idle.notify_all()
 
     def _export(self, spans: list[ReadableSpan], count: bool = True) -> bool:
-        """Export without tracing the export itself; a failure counts the spans as dropped."""
+        """Export without tracing the export itself; a failure counts the spans as dropped
+        (and, by run, under its cause: one warning per cause per run, no traceback)."""
         token = otel_context.attach(
             otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
         )
+        error: BaseException | None = None
         try:
             ok = self.exporter.export(spans) == SpanExportResult.SUCCESS
-        except Exception:  # noqa: BLE001 - an exporter must never break the pipeline
-            logger.exception("genopt span export failed")
-            ok = False
+            if not ok:
+                error = getattr(self.exporter, "last_error", None)
+        except Exception as exc:  # noqa: BLE001 - an exporter must never break the pipeline
+            ok, error = False, exc
         finally:
             otel_context.detach(token)
         if not ok and count:
             with self._lock:
                 self.dropped += len(spans)
+            self._note_lost(spans, error)
         return ok
 
+    @staticmethod
+    def _note_lost(spans: list[ReadableSpan], error: BaseException | None) -> None:
+        """Count lost spans per run under their cause (:mod:`prefect_genopt.incidents`)."""
+        by_run: collections.Counter[str | None] = collections.Counter()
+        for span in spans:
+            run_id = (span.attributes or {}).get(semconv.RUN_ID)
+            by_run[str(run_id) if run_id is not None else None] += 1
+        cause = incidents.cause_of(error)
+        if cause == "internal":  # the exporter raised: not genopt's own bookkeeping
+            cause = "export_failed"
+        for run_id, n in by_run.items():
+            incidents.note(
+                cause,
+                run_id=run_id,
+                count=n,
+                detail=f"{n} span(s) not stored: {error or 'the exporter failed'}",
+                exc=error,
+            )
+
     def _report_drops(self) -> None:
-        with self._lock:
-            new = self.dropped - self._reported_drops
+        """Write new drops as one ``genopt.drops`` span. A report that cannot be written
+        leaves them counted: the next flush (a run's end, an ingest, exit) reports them."""
+        with self._report_lock:
+            with self._lock:
+                new = self.dropped - self._reported_drops
             if new <= 0:
                 return
-            self._reported_drops = self.dropped
-        logger.warning("genopt dropped %d span(s) (queue full or export failed)", new)
+            if self._write_drops_report(new):
+                with self._lock:
+                    self._reported_drops += new
+                self._report_failing = False
+                # the loss itself was warned once per cause per run (incidents)
+                logger.info("genopt reported %d dropped span(s) (genopt status)", new)
+            elif not self._report_failing:
+                self._report_failing = True
+                logger.info(
+                    "genopt could not report %d dropped span(s) yet; they stay counted and "
+                    "are reported once the spool can be written",
+                    new,
+                )
+
+    def _write_drops_report(self, new: int) -> bool:
         now = time.time_ns()
         report = ReadableSpan(
             name=DROPS_SPAN,
@@ -341,8 +408,7 @@ class ExportSpanProcessor(SpanProcessor):
             end_time=now,
             resource=Resource.get_empty(),
         )
-        if not self._export([report], count=False):
-            logger.error("genopt could not report %d dropped span(s)", new)
+        return self._export([report], count=False)
 
     def _drain(self, timeout: float) -> None:
         if self.queue_size is None or self._thread is None:
@@ -400,6 +466,20 @@ class GenoptSpanProcessor(ExportSpanProcessor):
 _processor: ExportSpanProcessor | None = None
 _stamper: RunContextSpanProcessor | None = None
 _setup_lock = threading.Lock()
+
+
+def _ca_session() -> Any:
+    """A ``requests`` session that keeps the CA bundle the exporter sets on it: a plain one
+    lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` replace it on every request."""
+    import requests
+
+    class _KeepVerify(requests.Session):
+        def merge_environment_settings(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            merged = super().merge_environment_settings(*args, **kwargs)
+            merged["verify"] = self.verify
+            return merged
+
+    return _KeepVerify()
 
 
 def _make_processor() -> ExportSpanProcessor | None:

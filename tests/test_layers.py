@@ -72,6 +72,7 @@ LAYERS: dict[str, int] = {
     "prefect_genopt.tracing": 3,
     "prefect_genopt.llm_spans": 3,
     "prefect_genopt.spool": 3,
+    "prefect_genopt.incidents": 3,
     "prefect_genopt.pipeline": 3,
     "prefect_genopt.feedback": 3,
     "prefect_genopt.replay.steps": 3,

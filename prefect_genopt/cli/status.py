@@ -28,6 +28,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     print(f"spool:     {ctx.settings.spool_dir}")
     s = warehouse_status(ctx.warehouse(ingest=False))
     print(f"backlog:   {s.backlog_files} spool file(s), {s.backlog_bytes} bytes not ingested")
+    if s.staging_files:
+        print(
+            f"staging:   {s.staging_files} leftover staging file(s), {s.staging_bytes} bytes "
+            "(from an older version or a killed ingest; the next ingest removes them)"
+        )
     if not s.exists:
         print("warehouse not created yet: run `genopt ingest`")
         return 0
@@ -42,4 +47,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     print("  ".join(f"{k}: {v}" for k, v in s.counts.items()))
     if s.runs_by_status:
         print("runs by status: " + ", ".join(f"{st} {n}" for st, n in s.runs_by_status))
+    if s.genopt_errors:
+        print(
+            f"genopt errors in {s.runs_with_genopt_errors} run(s) (the flows went on): "
+            + ", ".join(f"{cause} {n}" for cause, n in s.genopt_errors.items())
+        )
     return 0

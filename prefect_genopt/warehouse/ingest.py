@@ -423,6 +423,20 @@ class Ingester:
               AND (runs.end_time IS NULL OR o.end_time >= runs.end_time)
             """
         )
+        # genopt's own failures in the run, by cause: the latest run-end record's counts
+        # (cumulative over the run's attempts in one process; prefect_genopt.incidents)
+        con.execute(
+            f"""
+            UPDATE runs SET genopt_errors = e.errors
+            FROM (SELECT run_id, arg_max(TRY_CAST({attr(semconv.GENOPT_ERRORS)} AS JSON),
+                                         end_ns) AS errors
+                  FROM batch
+                  WHERE k = 'span' AND run_type = 'run_end' AND run_id IS NOT NULL
+                    AND {attr(semconv.GENOPT_ERRORS)} IS NOT NULL
+                  GROUP BY run_id) e
+            WHERE runs.run_id = e.run_id AND e.errors IS NOT NULL
+            """
+        )
         _fault("after-runs")
         self._apply_feedback(con, now, result)
         self._apply_rows(con, now)

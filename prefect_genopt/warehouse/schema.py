@@ -544,6 +544,12 @@ ALTER TABLE proposals ADD COLUMN IF NOT EXISTS night_id VARCHAR;
 ALTER TABLE proposals ADD COLUMN IF NOT EXISTS offline_evidence JSON;
 """
 
+# v9: genopt's own failures in a run (issue 15): counts by cause ({"spool_full": 3, ...}),
+# carried by the run-end record; NULL when there were none (prefect_genopt.incidents).
+_V9 = """
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS genopt_errors JSON;
+"""
+
 #: Tables genopt writes through spool ``row`` records (not spans or feedback):
 #: table -> its key columns. A row loaded twice is stored once.
 ROW_TABLES: dict[str, tuple[str, ...]] = {
@@ -572,6 +578,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (5, _V5),
     (6, _V6),
     (7, _V7),
+    (9, _V9),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -20,7 +20,13 @@ from prefect_genopt import spool
 from prefect_genopt.warehouse.access import WarehouseMissingError
 from prefect_genopt.warehouse.warehouse import Warehouse
 
-__all__ = ["WarehouseStatus", "warehouse_status", "spool_backlog", "feedback_pending"]
+__all__ = [
+    "WarehouseStatus",
+    "warehouse_status",
+    "spool_backlog",
+    "staging_leftovers",
+    "feedback_pending",
+]
 
 
 @dataclass
@@ -40,6 +46,14 @@ class WarehouseStatus:
     counts: dict[str, int] = field(default_factory=dict)
     #: (status, runs) by count, most first
     runs_by_status: list[tuple[str, int]] = field(default_factory=list)
+    #: genopt's own failures counted in runs (``runs.genopt_errors``), by cause, and how
+    #: many runs had any (the flows went on: prefect_genopt.incidents)
+    genopt_errors: dict[str, int] = field(default_factory=dict)
+    runs_with_genopt_errors: int = 0
+    #: staging copies left in the spool by older versions or killed ingests, and their
+    #: bytes (the next ingest removes them)
+    staging_files: int = 0
+    staging_bytes: int = 0
 
 
 def spool_backlog(spool_dir: Path, offsets: dict[str, int]) -> tuple[int, int]:
@@ -56,13 +70,50 @@ def spool_backlog(spool_dir: Path, offsets: dict[str, int]) -> tuple[int, int]:
     return files, nbytes
 
 
+def staging_leftovers(spool_dir: Path) -> tuple[int, int]:
+    """Staging copies left in the spool (older versions, killed ingests), and their bytes."""
+    files = nbytes = 0
+    for path in spool.staging_files(spool_dir):
+        try:
+            nbytes += path.stat().st_size
+        except FileNotFoundError:
+            continue
+        files += 1
+    return files, nbytes
+
+
+def _genopt_errors(wh: Warehouse) -> tuple[dict[str, int], int]:
+    """Failures counted in runs by cause, and the runs with any (none before migration 9)."""
+    has_column = wh.execute(
+        "SELECT count(*) FROM information_schema.columns "
+        "WHERE table_name = 'runs' AND column_name = 'genopt_errors'"
+    )[1][0][0]
+    if not has_column:
+        return {}, 0
+    by_cause = wh.execute(
+        "SELECT key, sum(TRY_CAST(value AS BIGINT)) FROM runs, json_each(genopt_errors) "
+        "WHERE genopt_errors IS NOT NULL GROUP BY key ORDER BY 2 DESC, 1"
+    )[1]
+    runs = wh.execute("SELECT count(*) FROM runs WHERE genopt_errors IS NOT NULL")[1][0][0]
+    return {str(k): int(v or 0) for k, v in by_cause}, int(runs)
+
+
 def warehouse_status(wh: Warehouse) -> WarehouseStatus:
     """Read the status of ``wh`` and its spool (read-only; ingests only if ``wh`` does)."""
+    staging = staging_leftovers(wh.spool_dir)
     try:
         offsets = dict(wh.execute("SELECT stem, byte_offset FROM ingest_files")[1])
     except WarehouseMissingError:
         files, nbytes = spool_backlog(wh.spool_dir, {})
-        return WarehouseStatus(wh.path, wh.spool_dir, False, files, nbytes)
+        return WarehouseStatus(
+            wh.path,
+            wh.spool_dir,
+            False,
+            files,
+            nbytes,
+            staging_files=staging[0],
+            staging_bytes=staging[1],
+        )
     files, nbytes = spool_backlog(wh.spool_dir, offsets)
     with wh.reading():
         last = wh.sql("SELECT * FROM ingest_log ORDER BY finished_at DESC LIMIT 1")
@@ -74,6 +125,7 @@ def warehouse_status(wh: Warehouse) -> WarehouseStatus:
                       (SELECT count(*) FROM spool_rejects) AS rejected_lines"""
         )[0]
         by_status = wh.execute("SELECT status, count(*) FROM runs GROUP BY 1 ORDER BY 2 DESC")[1]
+        errors, error_runs = _genopt_errors(wh)
     return WarehouseStatus(
         wh.path,
         wh.spool_dir,
@@ -83,6 +135,10 @@ def warehouse_status(wh: Warehouse) -> WarehouseStatus:
         last[0] if last else None,
         {k: int(v) for k, v in counts.items()},
         [(str(s), int(n)) for s, n in by_status],
+        genopt_errors=errors,
+        runs_with_genopt_errors=error_runs,
+        staging_files=staging[0],
+        staging_bytes=staging[1],
     )
 
 
