@@ -51,9 +51,8 @@ class RunContext:
         route = self.route
         if item_key is None or route is None or not route.splitting:
             return self.params, self.param_set_id, self.arm
-        arm = route.arm_for(str(item_key))
+        arm = route.item_arm(str(item_key))
         params = route.params_for(arm)
-        route.split_items = True
         return params, params.param_set_id, arm
 
 

@@ -34,6 +34,7 @@ The tree (kind, then its classes with their builtin base and module)::
         - LockTimeout (TimeoutError)                   locks
       x UnavailableError     a dependency failed or is down
         - RoutingUnavailable (RuntimeError)            rollout.store (the Prefect API)
+          · PrefectUnavailable ("Prefect API unreachable at URL")
         - LLMTimeout (TimeoutError)                    optimize.llm (an LLM provider)
         - LLMCallError (RuntimeError)                  optimize.llm
         - LocalModelError (RuntimeError)               local_model (the embedded model)
@@ -42,6 +43,8 @@ The tree (kind, then its classes with their builtin base and module)::
         - BudgetExhausted (RuntimeError)               optimize.llm
       x GateStoppedError     the replay gate judged a candidate worse than stable
         - GateStopped (a RolloutError)                 rollout.controller
+      x GateSkippedError     the replay gate could not run, so nothing was rolled out
+        - GateSkipped (a RolloutError)                 rollout.controller
 
 The ``genopt`` command turns a kind into its exit status in one table
 (:data:`prefect_genopt.cli._errors.EXIT_CODES`). This module imports nothing, so
@@ -69,6 +72,7 @@ __all__ = [
     "UnavailableError",
     "BudgetError",
     "GateStoppedError",
+    "GateSkippedError",
 ]
 
 
@@ -109,3 +113,10 @@ class GateStoppedError(GenoptError):
     """The replay gate judged a candidate worse than stable: nothing was rolled out.
 
     A verdict rather than a fault; ``genopt rollout start`` exits 3 on it."""
+
+
+class GateSkippedError(GenoptError):
+    """The replay gate could not run (no replayable run, an entrypoint that does not
+    import...), so the candidate was not rolled out: no safety net, no start.
+
+    ``genopt rollout start`` exits 4 on it; ``--no-gate`` starts without the gate."""

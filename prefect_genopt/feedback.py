@@ -196,7 +196,9 @@ def build_record(
         if item_key is not None:
             _, ps_id, arm = rc.for_item(item_key)
         elif rc.route is not None and rc.route.split_items:
-            arm = "mixed"  # a run-level KPI of a run whose items went to both arms
+            # a run-level KPI of a run whose items were routed: the arm all of them went
+            # to, or "mixed" when they went to both
+            ps_id, arm = rc.route.run_level()
         else:
             ps_id, arm = rc.param_set_id, rc.arm
     return {

@@ -229,6 +229,19 @@ class GenoptSettings(BaseSettings):
         description="Seconds a rollout command or analysis waits for another one on the same "
         "pipeline to finish (they never overlap) before giving up.",
     )
+    state_dir: Path | None = Field(
+        default=None,
+        description="Directory where every process keeps the last routing state it read "
+        "(the stable param set's values and the pin, one small file per pipeline), used when "
+        "a fresh process cannot read the Prefect API. Default: $PREFECT_HOME/genopt/state.",
+    )
+    ingest_backlog_age: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds other processes' spool data may wait before a reader ingests it "
+        "(and only when the warehouse lock is free; a reader always ingests what its own "
+        "process wrote). `genopt serve` ingests on its own schedule (GENOPT_INGEST_INTERVAL).",
+    )
 
     @cached_property
     def warehouse_path(self) -> Path:

@@ -24,6 +24,7 @@ TREE: dict[str, tuple[str, type[e.GenoptError], type[BaseException]]] = {
     "PayloadTooLargeError": ("prefect_genopt.warehouse.otlp", e.BadInputError, ValueError),
     "RolloutError": ("prefect_genopt.rollout.controller", e.BadInputError, ValueError),
     "GateStopped": ("prefect_genopt.rollout.controller", e.GateStoppedError, ValueError),
+    "GateSkipped": ("prefect_genopt.rollout.controller", e.GateSkippedError, ValueError),
     "ExperienceError": ("prefect_genopt.replay.experiences", e.BadInputError, ValueError),
     "ProposalError": ("prefect_genopt.proposals.proposals", e.BadInputError, ValueError),
     "SuggestionError": ("prefect_genopt.optimize.validate", e.BadInputError, ValueError),
@@ -39,6 +40,7 @@ TREE: dict[str, tuple[str, type[e.GenoptError], type[BaseException]]] = {
     "WarehouseBusyError": ("prefect_genopt.warehouse.access", e.BusyError, TimeoutError),
     "LockTimeout": ("prefect_genopt.locks", e.BusyError, TimeoutError),
     "RoutingUnavailable": ("prefect_genopt.rollout.store", e.UnavailableError, RuntimeError),
+    "PrefectUnavailable": ("prefect_genopt.rollout.store", e.UnavailableError, RuntimeError),
     "LLMTimeout": ("prefect_genopt.optimize.llm", e.UnavailableError, TimeoutError),
     "LLMCallError": ("prefect_genopt.optimize.llm", e.UnavailableError, RuntimeError),
     "LocalModelError": ("prefect_genopt.local_model", e.UnavailableError, RuntimeError),
@@ -60,6 +62,7 @@ KINDS = (
     e.UnavailableError,
     e.BudgetError,
     e.GateStoppedError,
+    e.GateSkippedError,
 )
 
 
@@ -109,6 +112,8 @@ def test_each_error_keeps_name_module_and_builtin_base(name: str) -> None:
         assert kinds == [e.BadInputError, e.NotFoundError]
     elif name == "GateStopped":  # a RolloutError (bad input) that is the gate's verdict
         assert kinds == [e.BadInputError, e.GateStoppedError]
+    elif name == "GateSkipped":  # a RolloutError (bad input): the gate could not run
+        assert kinds == [e.BadInputError, e.GateSkippedError]
     else:
         assert kinds == [kind]
 
@@ -146,7 +151,8 @@ def test_every_error_has_its_exit_status(name: str) -> None:
 
     module, _, _ = TREE[name]
     exc = getattr(importlib.import_module(module), name)("the message")
-    assert exit_status(exc) == ((3, "stopped") if name == "GateStopped" else (2, "error"))
+    expected = {"GateStopped": (3, "stopped"), "GateSkipped": (4, "gate not run")}
+    assert exit_status(exc) == expected.get(name, (2, "error"))
 
 
 def test_the_table_in_use(
@@ -158,7 +164,9 @@ def test_the_table_in_use(
 
     from prefect_genopt.cli import EXIT_GATE_STOPPED, CLIError, main
     from prefect_genopt.cli import ingest as ingest_command
-    from prefect_genopt.rollout.controller import GateStopped
+    from prefect_genopt.cli._errors import EXIT_GATE_SKIPPED
+    from prefect_genopt.rollout.controller import GateSkipped, GateStopped
+    from prefect_genopt.rollout.store import PrefectUnavailable
 
     def raising(exc: BaseException) -> None:
         def run(args: object, ctx: object) -> int:
@@ -169,6 +177,12 @@ def test_the_table_in_use(
     argv = ["--warehouse", str(tmp_path / "w.duckdb"), "ingest"]
     for exc, code, line in [
         (GateStopped("worse than stable"), 3, "genopt ingest: stopped: worse than stable"),
+        (GateSkipped("no replayable run"), 4, "genopt ingest: gate not run: no replayable run"),
+        (
+            PrefectUnavailable("Prefect API unreachable at http://h/api: refused"),
+            2,
+            "genopt ingest: error: Prefect API unreachable at http://h/api: refused",
+        ),
         (CLIError("bad option"), 2, "genopt ingest: error: bad option"),
         (e.BusyError("locked"), 2, "genopt ingest: error: locked"),
         (e.GenoptError("any"), 2, "genopt ingest: error: any"),
@@ -177,7 +191,7 @@ def test_the_table_in_use(
         raising(exc)
         assert main(argv) == code
         assert capsys.readouterr().err.strip() == line
-    assert EXIT_GATE_STOPPED == 3
+    assert (EXIT_GATE_STOPPED, EXIT_GATE_SKIPPED) == (3, 4)
     raising(KeyError("a bug"))
     with pytest.raises(KeyError, match="a bug"):
         main(argv)

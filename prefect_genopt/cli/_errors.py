@@ -3,7 +3,9 @@
 Exit statuses: 0 done; 1 ``genopt instruction tune`` got an unusable answer (nothing
 stored), or an unexpected error (a traceback, as Python prints it); 2 an error the
 command explains in one line (nothing changed); 3 ``genopt rollout start``: the replay
-gate found the candidate worse than stable, so no item saw it.
+gate found the candidate worse than stable, so no item saw it; 4 ``genopt rollout start``:
+the replay gate could not run (the message says why), so nothing started (``--no-gate``
+starts without it).
 
 Example:
     >>> from prefect_genopt.errors import BusyError, GateStoppedError
@@ -19,10 +21,12 @@ import sys
 
 from prefect_genopt import errors
 
-__all__ = ["EXIT_CODES", "EXIT_GATE_STOPPED", "exit_status"]
+__all__ = ["EXIT_CODES", "EXIT_GATE_STOPPED", "EXIT_GATE_SKIPPED", "exit_status"]
 
 #: `genopt rollout start`: the replay gate found the candidate worse; nothing was rolled out
 EXIT_GATE_STOPPED = 3
+#: `genopt rollout start`: the replay gate could not run; nothing was rolled out
+EXIT_GATE_SKIPPED = 4
 
 #: Error kind -> (exit status, word after the command in the message), first match wins.
 #: A kind is a class, or "module:Class" for a library's class that is looked up only if
@@ -30,6 +34,7 @@ EXIT_GATE_STOPPED = 3
 #: (a traceback, exit status 1), as before the tree.
 EXIT_CODES: tuple[tuple[type[BaseException] | str, int, str], ...] = (
     (errors.GateStoppedError, EXIT_GATE_STOPPED, "stopped"),
+    (errors.GateSkippedError, EXIT_GATE_SKIPPED, "gate not run"),
     (errors.BadInputError, 2, "error"),
     (errors.NotFoundError, 2, "error"),
     (errors.ConflictError, 2, "error"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from prefect_genopt.cli._errors import EXIT_GATE_STOPPED
+from prefect_genopt.cli._errors import EXIT_GATE_SKIPPED, EXIT_GATE_STOPPED
 from prefect_genopt.cli._output import print_json
 from prefect_genopt.cli._utilities import Arg, Verb, add_group, json_arg
 
@@ -25,9 +25,18 @@ DEFAULTS = (
     "(30%, 50%; 8 values per arm; tolerance 20%, alpha 0.05): it misses small regressions."
 )
 EXIT_CODES_HELP = (
-    f"exit codes: 0 done; 2 an error (nothing changed); {EXIT_GATE_STOPPED} `start` only: "
-    "the replay gate\nfound the candidate worse than stable, so no item saw it (a proposal "
-    "is rejected)."
+    'exit codes: 0 done; 2 an error (nothing changed; "Prefect API unreachable at URL" when\n'
+    f"the API is down); {EXIT_GATE_STOPPED} `start` only: the replay gate found the candidate "
+    "worse than\nstable, so no item saw it (a proposal is rejected); "
+    f"{EXIT_GATE_SKIPPED} `start` only: the replay gate\ncould not run (the message says why), "
+    "so nothing started and a proposal stays\n'proposed' (--no-gate starts without it)."
+)
+KPI_HELP = (
+    "the KPI must have values in the pipeline's recent runs (--allow-new-kpi: it will from\n"
+    "now on), and per item (feedback with item_key) when items are routed one by one\n"
+    "(--allow-run-kpi: a run-level KPI then counts only runs whose items all went to one\n"
+    "arm, which at a 10% canary weight is almost none). `abort` before any canary value\n"
+    "ends the rollout 'withdrawn' and returns its proposal to 'proposed'."
 )
 
 #: start's options that are RolloutPlan fields of the same name
@@ -82,7 +91,18 @@ START_ARGS = (
     Arg(
         "--no-gate",
         action="store_true",
-        help="skip the replay gate (replaying recorded runs with the candidate first)",
+        help="skip the replay gate (replaying recorded runs with the candidate first); "
+        "without it, a gate that cannot run stops the start (exit 4)",
+    ),
+    Arg(
+        "--allow-new-kpi",
+        action="store_true",
+        help="accept a KPI the pipeline has not emitted in its recent runs",
+    ),
+    Arg(
+        "--allow-run-kpi",
+        action="store_true",
+        help="accept a KPI with only run-level values while items are routed one by one",
     ),
     Arg("--gate-runs", type=int, default=1, help="recorded runs the gate replays (1)"),
     Arg("--reason", help="why (recorded)"),
@@ -117,7 +137,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "  genopt rollout analyze triage\n"
         '  genopt rollout abort triage --reason "complaints from support"\n'
         '  genopt rollout pin triage ps_0123456789abcdef --reason "incident 42"\n\n'
-        f"{DEFAULTS}\n\n{EXIT_CODES_HELP}",
+        f"{DEFAULTS}\n\n{KPI_HELP}\n\n{EXIT_CODES_HELP}",
         verbs=[
             Verb(
                 "start",
@@ -127,8 +147,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                 description="Start a canary rollout of a candidate param set: a proposal's "
                 "(--proposal) or a hand-written one (--params). Unless --no-gate, the replay "
                 "gate first replays recorded runs with the candidate and stops it if it is "
-                "worse than stable.",
-                epilog=f"{DEFAULTS}\n\n{EXIT_CODES_HELP}",
+                "worse than stable (exit 3); a gate that cannot run stops the start (exit 4).",
+                epilog=f"{DEFAULTS}\n\n{KPI_HELP}\n\n{EXIT_CODES_HELP}",
             ),
             Verb(
                 "status",
@@ -147,7 +167,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                 ),
             ),
             by_hand("promote", "promote the canary now (it becomes stable)"),
-            by_hand("abort", "roll back now: every item goes to stable"),
+            by_hand(
+                "abort",
+                "roll back now: every item goes to stable (before any canary value: "
+                "'withdrawn', the proposal is 'proposed' again)",
+            ),
             by_hand("pause", "stop automatic decisions; traffic stays as it is"),
             by_hand("resume", "let checks decide again"),
             Verb(
@@ -208,6 +232,8 @@ def run_start(args: argparse.Namespace, ctx: Context) -> int:
             reason=args.reason,
             gate=not args.no_gate,
             gate_runs=args.gate_runs,
+            allow_new_kpi=args.allow_new_kpi,
+            allow_run_kpi=args.allow_run_kpi,
             warehouse=ctx.warehouse(),
         )
     return run_status(args, ctx)

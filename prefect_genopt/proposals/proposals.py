@@ -57,7 +57,8 @@ FINAL_STATUSES = frozenset({"rejected", "no_change", "promoted", "rolled_back", 
 #: allowed status changes after the proposal is written
 TRANSITIONS: dict[str, frozenset[str]] = {
     "proposed": frozenset({"rejected", "canary", "promoted"}),
-    "canary": frozenset({"promoted", "rolled_back"}),
+    # back to proposed: its rollout was withdrawn before any canary value (never judged)
+    "canary": frozenset({"promoted", "rolled_back", "proposed"}),
 }
 
 

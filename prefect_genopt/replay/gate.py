@@ -10,9 +10,10 @@ candidate worse by more than the tolerance is stopped, with the numbers recorded
 ``replay_gates``. One recorded run replayed costs one pipeline run's worth of LLM calls.
 
 A run is replayable when its recorded inputs are whole (not truncated, no redacted
-secret) and its pipeline's entrypoint imports in this process. When nothing can be
-replayed the gate is ``skipped`` (recorded, with the reason), and the canary is the
-only check.
+secret) and its pipeline's entrypoint imports in this process (from the file the
+pipeline was recorded running from, whatever the current directory). When nothing can
+be replayed the gate is ``skipped`` (recorded, with the reason), and the rollout does
+not start (``GateSkipped``, exit 4) unless it is started without the gate.
 
 Example:
     >>> judge([1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0], "higher", 0.05, "relative").outcome
@@ -138,20 +139,28 @@ def judge(
     )
 
 
-def _load_script(file: str) -> Any:
+def _script_path(ep: dict[str, Any]) -> Path | None:
+    """The flow's source file: the recorded absolute path, else the recorded relative one
+    (from the current directory, as older records hold only that); None if neither exists."""
+    for candidate in (ep.get("path"), ep.get("file")):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate).resolve()
+    return None
+
+
+def _load_script(path: Path | None, ep: dict[str, Any]) -> Any:
     """A flow's script, imported under a name of its own (its ``__main__`` block does not run)."""
-    path = Path(file)
-    if not file or not path.is_file():
+    if path is None:
         raise ImportError(
-            f"the flow was loaded from a script and its file {file!r} is not found from "
-            "here: run this from the project directory"
+            f"the flow's file is not found (recorded: {ep.get('path') or ep.get('file')!r}); "
+            "was it moved or deleted since the pipeline last ran?"
         )
-    name = "genopt_script_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    name = "genopt_script_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {file!r}")
+        raise ImportError(f"cannot import {str(path)!r}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -162,30 +171,75 @@ def _load_script(file: str) -> Any:
     return module
 
 
+def _package_root(path: Path, module: str) -> Path | None:
+    """The directory ``module`` is importable from, given the file it was loaded from,
+    or None when they do not match.
+
+    Example:
+        >>> str(_package_root(Path("/p/tests/x.py"), "tests.x"))
+        '/p'
+        >>> str(_package_root(Path("/p/pkg/__init__.py"), "pkg"))
+        '/p'
+        >>> _package_root(Path("/p/flows/x.py"), "__prefect_loader_1") is None
+        True
+    """
+    parts = module.split(".")
+    where = path.parent if path.stem == "__init__" else path.with_suffix("")
+    names = where.parts
+    if len(names) <= len(parts) or list(names[-len(parts) :]) != parts:
+        return None
+    return Path(*names[: -len(parts)])
+
+
+def _import_by_file(ep: dict[str, Any]) -> Any:
+    """The entrypoint's module loaded from its recorded file: by its module name, from
+    the directory it is importable from (its package's relative imports keep working),
+    else as a script of its own."""
+    path = _script_path(ep)
+    module = ep["module"]
+    root = _package_root(path, module) if path is not None else None
+    if root is not None and module.split(".")[0].isidentifier():
+        if str(root) not in sys.path:
+            sys.path.append(str(root))
+        importlib.invalidate_caches()
+        try:
+            return importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if not f"{module}.".startswith(f"{exc.name or ''}."):
+                raise  # the module was found; something it imports is missing
+    return _load_script(path, ep)
+
+
 def load_entrypoint(entrypoint: str | dict[str, Any]) -> Any:
-    """The pipeline's flow object from its recorded entrypoint (module and function)."""
+    """The pipeline's flow object from its recorded entrypoint (module and function).
+
+    Imported by module name when that works from here; otherwise from the file the
+    pipeline was recorded running from (its absolute ``path``), whatever the current
+    directory: from the directory its module is importable from, else as a script.
+    """
     ep = orjson.loads(entrypoint) if isinstance(entrypoint, str) else entrypoint
     if os.getcwd() not in sys.path:  # entrypoints are relative to the project, as Prefect's
         sys.path.append(os.getcwd())
     if ep["module"] == "__main__":  # a script run as `python script.py`
-        live = _running_script(ep.get("file") or "")
+        path = _script_path(ep)
+        live = _running_script(str(path) if path else "")
         if live is not None:  # this process runs it: its flows as they are now (even
             try:  # ones it made at run time), without importing it a second time
                 return _attr_path(live, ep["function"])
             except AttributeError:
                 pass
-        module = _load_script(ep.get("file") or "")  # another process: load it by its file
+        module = _load_script(path, ep)  # another process: load it by its file
     else:
         try:
             module = importlib.import_module(ep["module"])
         except ModuleNotFoundError as exc:
-            # a flow Prefect loaded from a deployment's file path (`flows/x.py:flow`) has a
-            # module name of the file's stem, or `__prefect_loader_...`, not importable
-            # by name: load its file instead
+            # not importable by name from here (another directory), or a flow Prefect
+            # loaded from a deployment's file path (`flows/x.py:flow`, a module name of the
+            # file's stem or `__prefect_loader_...`): load it from its recorded file
             missing = exc.name or ""
-            if not ep.get("file") or not f"{ep['module']}.".startswith(f"{missing}."):
+            if not f"{ep['module']}.".startswith(f"{missing}."):
                 raise
-            module = _load_script(ep["file"])
+            module = _import_by_file(ep)
     return _attr_path(module, ep["function"])
 
 

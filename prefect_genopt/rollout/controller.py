@@ -9,6 +9,16 @@ change emits a Prefect event ``genopt.rollout.<kind>`` (``started``, ``advanced`
 ``promoted``, ``aborted``, ``paused``, ``resumed``, ``pinned``, ``unpinned``; every
 check also emits ``genopt.rollout.checked``) so Automations can notify or gate.
 
+Before a canary starts, :func:`start_rollout` checks that it can decide: the KPI
+must be one the pipeline emitted in its recent runs (``allow_new_kpi`` overrides), and
+per item when the pipeline routes items one by one (``allow_run_kpi`` overrides); and
+the replay gate must run (``gate=False`` skips it): a gate that cannot run is an error
+(:class:`GateSkipped`, exit 4), not a silent start without a safety net.
+
+Commands that reach the Prefect API (the lock, the pointer) say "Prefect API
+unreachable at URL" (:class:`~prefect_genopt.rollout.store.PrefectUnavailable`, exit 2)
+when it is down, not a traceback.
+
 A check (:func:`analyze`) measures the rollout's KPI per arm since it started
 (feedback rows whose arm and param set match the arm), asks
 :func:`~prefect_genopt.rollout.analysis.assess` for a verdict and
@@ -19,11 +29,12 @@ data changes nothing, so running it twice never advances twice.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import math
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +43,7 @@ from typing import Any
 import orjson
 
 from prefect_genopt import spool
-from prefect_genopt.errors import BadInputError, GateStoppedError
+from prefect_genopt.errors import BadInputError, GateSkippedError, GateStoppedError
 from prefect_genopt.locks import pipeline_lock
 from prefect_genopt.proposals import ProposalError, get_proposal, rating_row, set_status
 from prefect_genopt.records import current_user, row_record
@@ -52,6 +63,7 @@ from prefect_genopt.warehouse.schema import utcnow
 __all__ = [
     "RolloutError",
     "GateStopped",
+    "GateSkipped",
     "CheckResult",
     "start_rollout",
     "analyze",
@@ -63,6 +75,7 @@ __all__ = [
     "unpin",
     "get_state",
     "measure",
+    "check_kpi",
     "Measurement",
     "EVENT_NAMES",
     "flush_events",
@@ -79,13 +92,21 @@ EVENT_NAMES = {
     "advance": "genopt.rollout.advanced",
     "promote": "genopt.rollout.promoted",
     "abort": "genopt.rollout.aborted",
+    "withdraw": "genopt.rollout.withdrawn",
     "pause": "genopt.rollout.paused",
     "resume": "genopt.rollout.resumed",
     "pin": "genopt.rollout.pinned",
     "unpin": "genopt.rollout.unpinned",
 }
 CHECKED_EVENT = "genopt.rollout.checked"
-_PROPOSAL_STATUS = {"started": "canary", "promote": "promoted", "abort": "rolled_back"}
+_PROPOSAL_STATUS = {
+    "started": "canary",
+    "promote": "promoted",
+    "abort": "rolled_back",
+    "withdraw": "proposed",  # never judged: it can enter a canary again
+}
+#: the recent runs whose feedback says which KPIs a pipeline emits
+RECENT_RUNS = 200
 
 
 class RolloutError(BadInputError, ValueError):
@@ -94,6 +115,12 @@ class RolloutError(BadInputError, ValueError):
 
 class GateStopped(GateStoppedError, RolloutError):
     """The replay gate found the candidate worse than stable: it was not rolled out."""
+
+
+class GateSkipped(GateSkippedError, RolloutError):
+    """The replay gate could not run (the message says why): nothing was rolled out, and
+    a proposal stays ``proposed``. Start with ``gate=False`` (``--no-gate``) to go on
+    without it."""
 
 
 def _not_active(state: sm.RoutingState) -> None:
@@ -124,10 +151,15 @@ class CheckResult:
 LOCK_LEASE_SECONDS = 120.0
 
 
-def _lock(pipeline: str) -> Any:
-    return pipeline_lock(
-        "rollout", pipeline, get_settings().canary_wait, lease_seconds=LOCK_LEASE_SECONDS
-    )
+@contextlib.contextmanager
+def _lock(pipeline: str) -> Iterator[str]:
+    """The pipeline's rollout lock; "the Prefect API is down" errors in the block become
+    :class:`~prefect_genopt.rollout.store.PrefectUnavailable`."""
+    with store.reaching_api(f"the rollout of {pipeline!r}"):
+        with pipeline_lock(
+            "rollout", pipeline, get_settings().canary_wait, lease_seconds=LOCK_LEASE_SECONDS
+        ) as name:
+            yield name
 
 
 def _now() -> datetime:
@@ -138,10 +170,13 @@ def get_state(pipeline: str) -> sm.RoutingState:
     """The pipeline's pointer as the Prefect API holds it now.
 
     Raises:
-        RolloutError: The API cannot be reached, or holds a malformed pointer.
+        PrefectUnavailable: The API cannot be reached ("Prefect API unreachable at URL").
+        RolloutError: The API holds a malformed pointer.
     """
     try:
         return store.read_state(pipeline)
+    except store.PrefectUnavailable:
+        raise
     except store.RoutingUnavailable as exc:
         raise RolloutError(str(exc)) from exc
 
@@ -210,12 +245,9 @@ def _event_row(
     now: datetime,
     analysis_id: str | None = None,
 ) -> dict[str, Any]:
-    if decision.kind == "promote":
-        status = "promoted"
-    elif decision.kind == "abort":
-        status = "aborted"
-    else:
-        status = state.status
+    status = {"promote": "promoted", "abort": "aborted", "withdraw": "withdrawn"}.get(
+        decision.kind, state.status
+    )
     return row_record(
         "rollout_events",
         {
@@ -352,13 +384,19 @@ def start_rollout(
     warehouse: Warehouse | str | Path | None = None,
     gate: bool = True,
     gate_runs: int = 1,
+    allow_new_kpi: bool = False,
+    allow_run_kpi: bool = False,
 ) -> sm.RoutingState:
     """Start a canary of a proposal's candidate, or of a hand-written param set.
 
-    First the replay gate (:mod:`prefect_genopt.replay.gate`) replays ``gate_runs``
-    recorded stable runs (not the proposal's evidence) with the candidate, offline; a
-    candidate worse than stable on the same items by more than the plan's tolerance
-    is stopped there (a proposal is rejected) and never sees a real item.
+    First the plan's KPI is checked (see :func:`check_kpi`): one the pipeline has not
+    emitted in its recent runs, or one with only run-level values while items are
+    routed one by one, would never reach a verdict. Then the replay gate
+    (:mod:`prefect_genopt.replay.gate`) replays ``gate_runs`` recorded stable runs (not
+    the proposal's evidence) with the candidate, offline; a candidate worse than stable
+    on the same items by more than the plan's tolerance is stopped there (a proposal is
+    rejected) and never sees a real item. A gate that cannot run stops the start too
+    (:class:`GateSkipped`; the proposal stays ``proposed``) unless ``gate=False``.
 
     Args:
         pipeline: The pipeline.
@@ -370,13 +408,18 @@ def start_rollout(
         actor: Who starts it (default: the login name).
         reason: Why (recorded).
         warehouse: The warehouse (default: GENOPT_WAREHOUSE).
-        gate: Run the replay gate first (default).
+        gate: Run the replay gate first (default); False starts without it.
         gate_runs: Recorded runs the gate replays (each costs one pipeline run).
+        allow_new_kpi: Accept a KPI the pipeline has not emitted in its recent runs.
+        allow_run_kpi: Accept a KPI with only run-level values while items are routed
+            one by one.
 
     Raises:
         GateStopped: The replay gate stopped the candidate.
+        GateSkipped: The replay gate could not run (and ``gate`` is True).
         RolloutError: Unknown or unusable proposal, values that do not fit, a
-            rollout already active, no stable run yet.
+            rollout already active, no stable run yet, a KPI that cannot decide.
+        PrefectUnavailable: The Prefect API cannot be reached.
     """
     if (proposal_id is None) == (values is None):
         raise RolloutError("give exactly one of a proposal id (--proposal) or values (--params)")
@@ -411,6 +454,7 @@ def start_rollout(
     stable = _stable_of(wh, get_state(pipeline))
     if canary == stable:
         raise RolloutError(f"the candidate {canary} is the stable param set already")
+    check_kpi(wh, pipeline, the_plan, allow_new_kpi=allow_new_kpi, allow_run_kpi=allow_run_kpi)
     gate_note = "replay gate off"
     if gate:
         g = gate_proposal(
@@ -431,6 +475,12 @@ def start_rollout(
         gate_note = f"replay gate {g.outcome}: {g.reason}"
         if g.stopped:
             raise GateStopped(f"{canary} was not rolled out: {gate_note}")
+        if g.outcome != "passed":
+            raise GateSkipped(
+                f"{canary} was not rolled out: the replay gate could not run: {g.reason}. "
+                "Fix that, or start with --no-gate (gate=False): the canary is then the "
+                "only check"
+            )
     with _lock(pipeline):
         before = get_state(pipeline)
         _not_active(before)
@@ -489,6 +539,66 @@ def start_rollout(
         _apply(wh, before, after, decision, actor, rows, extra={"plan": the_plan.describe()})
         logger.info("rollout %s of %s started: %s", rollout_id, pipeline, the_plan.describe())
         return after
+
+
+def check_kpi(
+    wh: Warehouse,
+    pipeline: str,
+    plan: RolloutPlan,
+    *,
+    allow_new_kpi: bool = False,
+    allow_run_kpi: bool = False,
+) -> None:
+    """Refuse a KPI a rollout could never decide on.
+
+    * A KPI with no value in the pipeline's last :data:`RECENT_RUNS` runs (a typo, or
+      one the code does not emit): the canary would wait for values that never come.
+    * A KPI with only run-level values (no ``item_key``) while the pipeline routes items
+      one by one (its task spans carry item keys): a run-level value counts for an arm
+      only when all the run's items went to that arm, and at a 10% canary weight almost
+      no run has all its items on the canary, so the canary would get almost no values.
+
+    Raises:
+        RolloutError: Either case, unless allowed (``allow_new_kpi``, ``allow_run_kpi``).
+    """
+    kpi = plan.kpi
+    recent = "SELECT run_id FROM runs WHERE pipeline = ? ORDER BY start_time DESC LIMIT ?"
+    rows = wh.sql(
+        f"""
+        SELECT f.kpi, count(*) AS n, count(f.item_key) AS per_item
+        FROM feedback f
+        WHERE f.run_id IN ({recent}) AND f.value IS NOT NULL
+        GROUP BY f.kpi ORDER BY f.kpi
+        """,
+        [pipeline, RECENT_RUNS],
+    )
+    emitted = {r["kpi"]: r for r in rows}
+    if kpi not in emitted:
+        if allow_new_kpi:
+            return
+        others = ", ".join(sorted(emitted)) or "none"
+        raise RolloutError(
+            f"{pipeline!r} has not emitted the KPI {kpi!r} in its last {RECENT_RUNS} runs "
+            f"(the KPIs with values there: {others}): the rollout would wait for values that "
+            "never come. Check the name, or give --allow-new-kpi (allow_new_kpi=True) if the "
+            "pipeline emits it from now on"
+        )
+    if emitted[kpi]["per_item"] or allow_run_kpi:
+        return
+    (items,) = wh.sql(
+        f"SELECT count(*) AS n FROM spans WHERE run_id IN ({recent}) AND item_key IS NOT NULL",
+        [pipeline, RECENT_RUNS],
+    )
+    if not items["n"]:
+        return  # runs are routed whole: a run-level KPI gets the run's arm
+    raise RolloutError(
+        f"the KPI {kpi!r} of {pipeline!r} has only run-level values (no item_key), while "
+        "the pipeline routes its items one by one (current_params(item_key=...)): a "
+        "run-level value counts for an arm only when all the run's items went to it, and "
+        f"at a {plan.steps[0]:.0%} canary weight almost no run has all its items on the "
+        "canary, so the rollout would hardly ever reach a verdict. Judge by a per-item KPI "
+        "(feedback(kpi, value, item_key=...)), or give --allow-run-kpi (allow_run_kpi=True)"
+    )
 
 
 @dataclass(frozen=True)
@@ -707,13 +817,25 @@ def _manual(
             ps_id = kwargs["param_set_id"]
             values = _values_of(wh, pipeline, ps_id)
             store.save_param_set(pipeline, ps_id, values)
+        now = _now().isoformat()
         try:
-            after, decision = fn(before, *kwargs.values(), reason.strip(), _now().isoformat())
+            if verb == "abort" and before.active and _canary_values(wh, before) == 0:
+                verb = "withdraw"  # never judged: its proposal can be tried again
+                after, decision = sm.withdraw(before, reason.strip(), now, canary_values=0)
+            else:
+                after, decision = fn(before, *kwargs.values(), reason.strip(), now)
         except sm.RolloutStateError as exc:
             raise RolloutError(str(exc)) from None
         _apply(wh, before, after, decision, actor, _rating_rows(wh, before, None, verb))
         logger.info("%s: %s", pipeline, decision.reason)
         return after
+
+
+def _canary_values(wh: Warehouse, state: sm.RoutingState) -> int:
+    """How many values of the rollout's KPI the canary has, after loading the spool (so
+    a value another process just sent counts, when the warehouse lock allows)."""
+    wh.ingest_if_free()
+    return len(measure(wh, state).canary)
 
 
 def promote(
@@ -726,7 +848,12 @@ def promote(
 def abort(
     pipeline: str, reason: str, *, actor: str | None = None, warehouse: Any = None
 ) -> sm.RoutingState:
-    """Roll back now: every item goes to stable."""
+    """Roll back now: every item goes to stable.
+
+    A rollout aborted before any value of its KPI was recorded on the canary ends
+    ``withdrawn`` (:func:`~prefect_genopt.rollout.state.withdraw`): its candidate was
+    never judged, so its proposal is ``proposed`` again and can be started later.
+    """
     return _manual(pipeline, "abort", reason, actor, warehouse)
 
 

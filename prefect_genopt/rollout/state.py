@@ -16,6 +16,9 @@ States and transitions::
     running  --check: continue-->  running   (counters updated, nothing else)
     running  --check: wait-->      running   (no new data since the last check: no change at all)
     running|paused --promote|abort (a person)-->  idle
+    running|paused --withdraw (a person, no canary value yet)-->  idle  (outcome
+                   ``withdrawn``: the candidate was never judged; its proposal is
+                   ``proposed`` again and can be started later)
     running  --pause (a person)-->  paused;   paused --resume--> running
     any      --pin ID / unpin-->    same state, every item on ID while pinned
 
@@ -50,6 +53,7 @@ __all__ = [
     "decide",
     "promote",
     "abort",
+    "withdraw",
     "pause",
     "resume",
     "pin",
@@ -66,6 +70,7 @@ DECISIONS = (
     "advance",
     "promote",
     "abort",
+    "withdraw",
     "pause",
     "resume",
     "pin",
@@ -205,6 +210,10 @@ def start(
     return new, Decision(kind="started", reason=f"started: {plan.describe()}")
 
 
+#: how a rollout ended -> the decision that ended it
+_ENDING_DECISION = {"promoted": "promote", "aborted": "abort", "withdrawn": "withdraw"}
+
+
 def _ended(
     state: RoutingState, now: str, outcome: str, reason: str, **changes: Any
 ) -> RoutingState:
@@ -218,7 +227,7 @@ def _ended(
         proposal_id=None,
         last_rollout_id=state.rollout_id,
         last_outcome=outcome,
-        last_decision="promote" if outcome == "promoted" else "abort",
+        last_decision=_ENDING_DECISION[outcome],
         last_reason=reason,
         **changes,
     )
@@ -354,6 +363,36 @@ def abort(state: RoutingState, reason: str, now: str) -> tuple[RoutingState, Dec
     _need(state, ("running", "paused"), "abort")
     why = f"aborted by hand: {reason}"
     return _ended(state, now, "aborted", why), Decision(kind="abort", reason=why)
+
+
+def withdraw(
+    state: RoutingState, reason: str, now: str, canary_values: int
+) -> tuple[RoutingState, Decision]:
+    """Abort a rollout before any canary value was recorded (``canary_values`` is how
+    many the rollout's KPI has on the canary arm): every item goes to stable again, and
+    since the candidate was never judged, the rollout ends ``withdrawn``, not ``aborted``
+    (its proposal can enter a canary again).
+
+    Example:
+        >>> from prefect_genopt.rollout.plan import RolloutPlan
+        >>> s = RoutingState(pipeline="triage", stable="ps_a")
+        >>> s, _ = start(s, "ro_1", "ps_b", RolloutPlan(kpi="correct"), "t0")
+        >>> s, d = withdraw(s, "wrong KPI", "t1", canary_values=0)
+        >>> s.status, s.canary, s.last_outcome, d.kind
+        ('idle', None, 'withdrawn', 'withdraw')
+
+    Raises:
+        RolloutStateError: No rollout is active, or the canary has values already
+            (abort it: its data is a verdict on the candidate).
+    """
+    _need(state, ("running", "paused"), "withdraw")
+    if canary_values > 0:
+        raise RolloutStateError(
+            f"rollout {state.rollout_id} of {state.pipeline!r} has {canary_values} canary "
+            "value(s): abort it instead (it cannot be withdrawn once the canary was measured)"
+        )
+    why = f"withdrawn by hand before any canary value: {reason}"
+    return _ended(state, now, "withdrawn", why), Decision(kind="withdraw", reason=why)
 
 
 def pause(state: RoutingState, reason: str, now: str) -> tuple[RoutingState, Decision]:

@@ -315,7 +315,8 @@ class Ingester:
                    {attr("genopt.host")} AS host,
                    TRY_CAST({attr("genopt.pid")} AS BIGINT) AS pid,
                    inputs,
-                   {attr("genopt.routing_error")} AS routing_error
+                   {attr("genopt.routing_error")} AS routing_error,
+                   {attr("genopt.routing_source")} AS routing_source
             FROM batch
             WHERE k = 'span' AND run_type = 'run_start' AND run_id IS NOT NULL
               AND pipeline IS NOT NULL
@@ -366,10 +367,10 @@ class Ingester:
             """
             INSERT INTO runs (run_id, pipeline, flow_name, param_set_id, arm, schema_version,
                               trace_id, start_time, status, host, pid, inputs, routing_error,
-                              ingested_at)
+                              routing_source, ingested_at)
             SELECT s.run_id, s.pipeline, s.flow_name, s.param_set_id, s.arm, p.version,
                    s.trace_id, s.start_time, 'running', s.host, s.pid, s.inputs,
-                   s.routing_error, ?
+                   s.routing_error, s.routing_source, ?
             FROM starts s LEFT JOIN pipelines p
               ON p.pipeline = s.pipeline AND p.schema_hash = s.schema_hash
             QUALIFY row_number() OVER (PARTITION BY s.run_id ORDER BY s.start_time) = 1

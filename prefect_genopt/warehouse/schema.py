@@ -550,6 +550,12 @@ _V9 = """
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS genopt_errors JSON;
 """
 
+# v10: where a run's routing came from (issue 15): api, cache, process, state-file or
+# defaults (see prefect_genopt.rollout.router); with routing_error when it fell back.
+_V10 = """
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS routing_source VARCHAR;
+"""
+
 #: Tables genopt writes through spool ``row`` records (not spans or feedback):
 #: table -> its key columns. A row loaded twice is stored once.
 ROW_TABLES: dict[str, tuple[str, ...]] = {
@@ -579,6 +585,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (6, _V6),
     (7, _V7),
     (9, _V9),
+    (10, _V10),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

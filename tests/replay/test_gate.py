@@ -113,15 +113,20 @@ def test_a_good_candidate_passes_the_gate_into_its_canary(
     assert "replay gate passed" in started["reason"]
 
 
-def test_a_pipeline_that_cannot_be_replayed_skips_the_gate(
+def test_a_pipeline_that_cannot_be_replayed_does_not_start_without_gate_false(
     pipeline_name: str, warehouse_path: Path
 ) -> None:
     knob = make_pipeline(pipeline_name)  # a flow built in a function: no importable entrypoint
     knob(n=5, batch=0)
-    state = controller.start_rollout(pipeline_name, values={"quality": 0.9}, plan={"kpi": "ok"})
-    assert state.status == "running"
+    with pytest.raises(controller.GateSkipped, match="cannot import the pipeline's entrypoint"):
+        controller.start_rollout(pipeline_name, values={"quality": 0.9}, plan={"kpi": "ok"})
+    assert controller.get_state(pipeline_name).status == "idle"
     (gate,) = genopt.Warehouse().sql("SELECT outcome, reason FROM replay_gates")
     assert gate["outcome"] == "skipped" and "cannot import" in gate["reason"]
+    state = controller.start_rollout(
+        pipeline_name, values={"quality": 0.9}, plan={"kpi": "ok"}, gate=False
+    )
+    assert state.status == "running"
     assert controller.abort(pipeline_name, "done").status == "idle"
 
 
@@ -134,7 +139,7 @@ def test_a_flow_defined_in_a_script_run_as_main_is_loaded_from_its_file(tmp_path
     )
     fn = load_entrypoint({"module": "__main__", "function": "my_flow", "file": str(script)})
     assert fn() == 42  # loaded by file, its __main__ block not run
-    with pytest.raises(ImportError, match="not found from here"):
+    with pytest.raises(ImportError, match="file is not found"):
         load_entrypoint({"module": "__main__", "function": "my_flow", "file": "gone.py"})
     # a flow Prefect loaded from a deployment's file path: its module name (the file's stem,
     # or __prefect_loader_<hash>__) does not import by name, so its file is loaded

@@ -38,7 +38,7 @@ def test_a_better_candidate_is_promoted_and_every_row_says_which_arm(
     knob = make_pipeline(pipeline_name)
     knob(n=40, batch=0)  # a stable run, so the stable param set is known
     state = controller.start_rollout(
-        pipeline_name, values={"quality": 1.0}, plan=PLAN, reason="hand-tuned"
+        pipeline_name, values={"quality": 1.0}, plan=PLAN, reason="hand-tuned", gate=False
     )
     assert (state.status, state.weight, state.revision) == ("running", 0.3, 1)
     decisions = _run_until_verdict(knob, 1)
@@ -97,7 +97,7 @@ def test_a_worse_candidate_is_rolled_back_at_the_failure_limit(
 ) -> None:
     knob = make_pipeline(pipeline_name)
     knob(n=40, batch=0)
-    controller.start_rollout(pipeline_name, values={"quality": 0.1}, plan=PLAN)
+    controller.start_rollout(pipeline_name, values={"quality": 0.1}, plan=PLAN, gate=False)
     decisions = _run_until_verdict(knob, 1)
     assert decisions[-1] == "abort", decisions
     state = controller.get_state(pipeline_name)
@@ -122,9 +122,11 @@ def test_manual_verbs_one_rollout_at_a_time_and_pin(
 ) -> None:
     knob = make_pipeline(pipeline_name)
     knob(n=5, batch=0)
-    controller.start_rollout(pipeline_name, values={"quality": 0.9}, plan=PLAN, actor="ana")
+    controller.start_rollout(
+        pipeline_name, values={"quality": 0.9}, plan=PLAN, actor="ana", gate=False
+    )
     with pytest.raises(controller.RolloutError, match="already running"):
-        controller.start_rollout(pipeline_name, values={"quality": 0.7}, plan=PLAN)
+        controller.start_rollout(pipeline_name, values={"quality": 0.7}, plan=PLAN, gate=False)
     with pytest.raises(controller.RolloutError, match="give a reason"):
         controller.pause(pipeline_name, "")
     assert controller.pause(pipeline_name, "holiday", actor="ana").status == "paused"
@@ -166,18 +168,18 @@ def test_manual_verbs_one_rollout_at_a_time_and_pin(
 def test_start_refuses_bad_input(pipeline_name: str, warehouse_path: Path) -> None:
     knob = make_pipeline(pipeline_name)
     with pytest.raises(controller.RolloutError, match="run it once"):
-        controller.start_rollout(pipeline_name, values={"quality": 0.9}, plan=PLAN)
+        controller.start_rollout(pipeline_name, values={"quality": 0.9}, plan=PLAN, gate=False)
     knob(n=3, batch=0)
     with pytest.raises(controller.RolloutError, match="unknown param"):
-        controller.start_rollout(pipeline_name, values={"qualty": 0.9}, plan=PLAN)
+        controller.start_rollout(pipeline_name, values={"qualty": 0.9}, plan=PLAN, gate=False)
     with pytest.raises(controller.RolloutError, match="quality"):
-        controller.start_rollout(pipeline_name, values={"quality": 7}, plan=PLAN)
+        controller.start_rollout(pipeline_name, values={"quality": 7}, plan=PLAN, gate=False)
     with pytest.raises(controller.RolloutError, match="needs a KPI"):
-        controller.start_rollout(pipeline_name, values={"quality": 0.9})
+        controller.start_rollout(pipeline_name, values={"quality": 0.9}, gate=False)
     with pytest.raises(controller.RolloutError, match="stable param set already"):
-        controller.start_rollout(pipeline_name, values={"quality": 0.8}, plan=PLAN)
+        controller.start_rollout(pipeline_name, values={"quality": 0.8}, plan=PLAN, gate=False)
     with pytest.raises(controller.RolloutError, match="exactly one"):
-        controller.start_rollout(pipeline_name, plan=PLAN)
+        controller.start_rollout(pipeline_name, plan=PLAN, gate=False)
     assert controller.get_state(pipeline_name).status == "idle"
 
 
@@ -186,7 +188,7 @@ def test_the_same_check_twice_does_not_advance_twice(
 ) -> None:
     knob = make_pipeline(pipeline_name)
     knob(n=40, batch=0)
-    controller.start_rollout(pipeline_name, values={"quality": 1.0}, plan=PLAN)
+    controller.start_rollout(pipeline_name, values={"quality": 1.0}, plan=PLAN, gate=False)
     knob(n=40, batch=1)
     knob(n=40, batch=2)
     first = controller.analyze(pipeline_name)
@@ -199,7 +201,7 @@ def test_the_same_check_twice_does_not_advance_twice(
 def test_overlapping_analyses_are_serialized(pipeline_name: str, warehouse_path: Path) -> None:
     knob = make_pipeline(pipeline_name)
     knob(n=40, batch=0)
-    controller.start_rollout(pipeline_name, values={"quality": 1.0}, plan=PLAN)
+    controller.start_rollout(pipeline_name, values={"quality": 1.0}, plan=PLAN, gate=False)
     knob(n=40, batch=1)
     knob(n=40, batch=2)
     results: list[Any] = []
@@ -226,7 +228,7 @@ def test_overlapping_analyses_are_serialized(pipeline_name: str, warehouse_path:
 def test_a_stale_decision_is_dropped(pipeline_name: str, warehouse_path: Path) -> None:
     knob = make_pipeline(pipeline_name)
     knob(n=5, batch=0)
-    state = controller.start_rollout(pipeline_name, values={"quality": 0.9}, plan=PLAN)
+    state = controller.start_rollout(pipeline_name, values={"quality": 0.9}, plan=PLAN, gate=False)
     controller.pause(pipeline_name, "someone else acted")
     with pytest.raises(store.StaleStateError, match="revision 2, expected 1"):
         store.write_state(state.bump("now", weight=0.5), expected_revision=state.revision)
@@ -241,7 +243,7 @@ def test_rollout_events_are_readable_from_the_prefect_api(
 
     knob = make_pipeline(pipeline_name)
     knob(n=5, batch=0)
-    controller.start_rollout(pipeline_name, values={"quality": 0.9}, plan=PLAN)
+    controller.start_rollout(pipeline_name, values={"quality": 0.9}, plan=PLAN, gate=False)
     controller.abort(pipeline_name, "test over")
     flt = EventFilter(
         event=EventNameFilter(prefix=["genopt.rollout."]),
@@ -256,16 +258,17 @@ def test_rollout_events_are_readable_from_the_prefect_api(
         if len(names) >= 2:
             break
         time.sleep(1)
-    assert names == ["genopt.rollout.aborted", "genopt.rollout.started"]
-    (aborted,) = [e for e in page.events if e.event.endswith("aborted")]
-    assert "test over" in aborted.payload["reason"]
+    # aborted before any canary value: the rollout ends withdrawn (see test_withdraw...)
+    assert names == ["genopt.rollout.started", "genopt.rollout.withdrawn"]
+    (withdrawn,) = [e for e in page.events if e.event.endswith("withdrawn")]
+    assert "test over" in withdrawn.payload["reason"]
 
 
 def test_the_plan_is_recorded_with_the_rollout(pipeline_name: str, warehouse_path: Path) -> None:
     knob = make_pipeline(pipeline_name)
     knob(n=3, batch=0)
     plan = RolloutPlan(kpi="ok", steps=[5, 20, 100], min_sample_per_arm=30)
-    controller.start_rollout(pipeline_name, values={"quality": 0.85}, plan=plan)
+    controller.start_rollout(pipeline_name, values={"quality": 0.85}, plan=plan, gate=False)
     (row,) = genopt.Warehouse().sql("SELECT plan FROM rollouts WHERE pipeline = ?", [pipeline_name])
     recorded = orjson.loads(row["plan"])
     assert recorded["steps"] == [0.05, 0.2] and recorded["min_sample_per_arm"] == 30
@@ -277,7 +280,7 @@ def test_feedback_given_later_for_an_item_gets_the_items_arm(
 ) -> None:
     knob = make_pipeline(pipeline_name)
     knob(n=5, batch=0)
-    controller.start_rollout(pipeline_name, values={"quality": 0.9}, plan=PLAN)
+    controller.start_rollout(pipeline_name, values={"quality": 0.9}, plan=PLAN, gate=False)
     knob(n=30, batch=1)
     wh = genopt.Warehouse()
     in_run = wh.sql(

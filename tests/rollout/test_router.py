@@ -60,7 +60,9 @@ def test_an_unreachable_api_falls_back_to_stable(
         with caplog.at_level(logging.WARNING, logger="prefect_genopt.rollout"):
             route = resolve_route("unreachable-pipeline", KnobParams)
     assert route.stable == KnobParams() and route.canary is None
-    assert route.error and "cannot read genopt-route-unreachable-pipeline" in route.error
+    assert route.error and "Prefect API unreachable at http://127.0.0.1:9/api" in route.error
+    assert "reading genopt-route-unreachable-pipeline" in route.error
+    assert route.source == "defaults" and "[routing from defaults" in route.error
     assert "fell back to the stable param set" in caplog.text
 
 
@@ -121,7 +123,9 @@ def test_the_last_known_stable_survives_an_outage(
 
     knob = make_pipeline(pipeline_name)
     knob(n=3, batch=0)
-    controller.start_rollout(pipeline_name, values={"quality": 0.95}, plan={"kpi": "ok"})
+    controller.start_rollout(
+        pipeline_name, values={"quality": 0.95}, plan={"kpi": "ok"}, gate=False
+    )
     controller.promote(pipeline_name, "known good")
     promoted = KnobParams(quality=0.95)
     assert resolve_route(pipeline_name, KnobParams).stable == promoted

@@ -170,3 +170,27 @@ def test_the_pointer_fits_a_prefect_variable() -> None:
     import orjson
 
     assert len(orjson.dumps(s.model_dump(mode="json"))) < 5000
+
+
+def test_withdraw_ends_a_rollout_before_any_canary_value() -> None:
+    state = started()
+    new, decision = sm.withdraw(state, "wrong KPI", "t1", canary_values=0)
+    assert (new.status, new.canary, new.weight, new.stable) == ("idle", None, 0.0, "ps_a")
+    assert (new.last_outcome, new.last_decision, new.last_rollout_id) == (
+        "withdrawn",
+        "withdraw",
+        "ro",
+    )
+    assert new.revision == state.revision + 1 and decision.kind == "withdraw"
+    assert "before any canary value: wrong KPI" in decision.reason
+    # paused works too; a new rollout can start after it
+    paused, _ = sm.pause(started(), "x", "t1")
+    assert sm.withdraw(paused, "x", "t2", canary_values=0)[0].status == "idle"
+    assert sm.start(new, "ro2", "ps_b", PLAN, "t3")[0].status == "running"
+
+
+def test_withdraw_is_refused_once_the_canary_has_values_or_nothing_runs() -> None:
+    with pytest.raises(sm.RolloutStateError, match="has 3 canary value"):
+        sm.withdraw(started(), "late", "t1", canary_values=3)
+    with pytest.raises(sm.RolloutStateError, match="cannot withdraw"):
+        sm.withdraw(sm.RoutingState(pipeline="p"), "nothing", "t1", canary_values=0)
