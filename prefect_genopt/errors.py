@@ -39,6 +39,7 @@ The tree (kind, then its classes with their builtin base and module)::
         - LLMCallError (RuntimeError)                  optimize.llm
         - LocalModelError (RuntimeError)               local_model (the embedded model)
         - SpoolError (OSError)                         spool (its disk)
+        - WarehouseWriteError (OSError)                warehouse.ingest (its disk)
       x BudgetError          a limit the user set stops the work
         - BudgetExhausted (RuntimeError)               optimize.llm
       x GateStoppedError     the replay gate judged a candidate worse than stable

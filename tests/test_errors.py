@@ -45,6 +45,7 @@ TREE: dict[str, tuple[str, type[e.GenoptError], type[BaseException]]] = {
     "LLMCallError": ("prefect_genopt.optimize.llm", e.UnavailableError, RuntimeError),
     "LocalModelError": ("prefect_genopt.local_model", e.UnavailableError, RuntimeError),
     "SpoolError": ("prefect_genopt.spool", e.UnavailableError, OSError),
+    "WarehouseWriteError": ("prefect_genopt.warehouse.ingest", e.UnavailableError, OSError),
     "BudgetExhausted": ("prefect_genopt.optimize.llm", e.BudgetError, RuntimeError),
 }
 

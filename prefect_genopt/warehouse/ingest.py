@@ -3,7 +3,9 @@
 One ingest takes the warehouse lock briefly and, in **one transaction**:
 
 1. reads every spool file from where the last ingest stopped (complete lines only),
-2. loads them with one DuckDB ``read_json`` into a temporary batch,
+2. loads them with one DuckDB ``read_json`` into a temporary batch, in place: a
+   finished file is read where it lies, the new lines of a growing one from memory;
+   nothing is copied on disk, so a full disk can be emptied by ingesting,
 3. inserts spans, pipelines (a new schema gets a new version), param sets, runs,
    feedback (feedback for a run not yet seen waits in ``pending_feedback``),
    drop reports and rejected lines,
@@ -13,7 +15,13 @@ A crash anywhere before ``COMMIT`` rolls everything back, offsets included, so
 the next ingest loads the same lines again; keys (span id, feedback id, run id)
 make loading twice store once. Sealed files, and files of writers that died,
 are deleted once fully loaded (a dead writer's unfinished last line is kept in
-``spool_rejects``, never dropped silently).
+``spool_rejects``, never dropped silently), after each transaction: a spool whose disk
+filled up frees its space as its backlog loads, and each transaction loads at most a
+quarter of the warehouse disk's free space. Staging copies that older versions left
+(``.staging-*.jsonl``, see :data:`prefect_genopt.spool.STAGING_PREFIX`) are removed.
+A warehouse that cannot be written (its disk is full) raises
+:class:`WarehouseWriteError` with that cause; the spool keeps every record.
+
 
 Example:
     >>> import tempfile, pathlib
@@ -24,8 +32,8 @@ Example:
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -38,12 +46,20 @@ import jsonschema
 import orjson
 
 from prefect_genopt import semconv, spool
+from prefect_genopt.errors import UnavailableError
 from prefect_genopt.records import RECORD_COLUMNS, field_type_error
 from prefect_genopt.settings import get_settings
 from prefect_genopt.warehouse.access import connect
 from prefect_genopt.warehouse.schema import ROW_TABLES, migrate, utcnow
 
-__all__ = ["Ingester", "IngestResult", "ingest", "FAULT_POINTS", "set_fault_hook"]
+__all__ = [
+    "Ingester",
+    "IngestResult",
+    "ingest",
+    "FAULT_POINTS",
+    "set_fault_hook",
+    "WarehouseWriteError",
+]
 
 logger = logging.getLogger("prefect_genopt.ingest")
 
@@ -63,6 +79,41 @@ WHERE k IS NULL OR k NOT IN ({", ".join(f"'{k}'" for k in sorted(_KINDS))})
    OR (k = 'row' AND ("table" NOT IN ({", ".join(f"'{t}'" for t in ROW_TABLES)})
                       OR json_type(body) IS DISTINCT FROM 'OBJECT'))
 """
+
+
+#: Fewest bytes one transaction loads, however little space the warehouse disk has left.
+MIN_BATCH_BYTES = 1024 * 1024
+#: Phrases of DuckDB's (and the OS's) errors that say the warehouse file cannot be written.
+_WRITE_FAILURES = (
+    "no space left on device",
+    "disk quota exceeded",
+    "read-only file system",
+    "file too large",
+    "could not write",
+    "could not truncate",
+    "could not fsync",
+)
+
+
+class WarehouseWriteError(UnavailableError, OSError):
+    """The warehouse file could not be written (its disk is full, read-only...): the
+    message gives DuckDB's own cause. Nothing is lost: the spool keeps every record
+    until a later ingest loads it."""
+
+
+def _write_failure(exc: BaseException) -> BaseException | None:
+    """The error in ``exc``'s chain (itself or what it was raised during) that says the
+    warehouse could not be written, or None (a failed ``COMMIT`` is often followed by a
+    ``cannot rollback`` error that hides it)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        msg = str(current).lower()
+        if any(p in msg for p in _WRITE_FAILURES):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 _fault_hook: Callable[[str], None] | None = None
@@ -94,6 +145,8 @@ class IngestResult:
     crashed_runs: int = 0
     seconds: float = 0.0
     transactions: int = 0
+    #: staging copies left by older versions or killed ingests, removed by this ingest
+    staging_removed: int = 0
 
     def __str__(self) -> str:
         return (
@@ -234,49 +287,55 @@ class Ingester:
                         f"unfinished last line left by writer pid {c.file.pid} that exited",
                     )
                 )
-        staging = self.spool_dir / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        # Finished files are read where they lie, the new lines of growing ones from
+        # memory: nothing is copied on disk (a full disk must be able to empty itself).
+        in_place = [c.file.path for c in chunks if c.whole]
+        in_memory = [c.data for c in chunks if not c.whole]
         try:
-            with open(staging, "wb") as fh:
-                for c in chunks:
-                    fh.write(c.data)
-            in_place = [c.file.path for c in chunks if c.whole]
-            try:
-                self._read_into_batch(con, [*in_place, staging])
-                if con.execute(_INVALID_IN_BATCH).fetchone()[0]:
-                    raise duckdb.InvalidInputException("records _check_line would refuse")
-            except duckdb.Error:
-                # Some line is malformed: sort lines in Python, keep the bad ones aside.
-                with open(staging, "wb") as fh:
-                    for c in chunks:
-                        pos = c.start
-                        for line in c.lines().splitlines(keepends=True):
-                            why = _check_line(line.rstrip(b"\n"))
-                            if why is None:
-                                fh.write(line)
-                            else:
-                                rejects.append(
-                                    (c.file.stem, pos, line.decode("utf-8", "replace"), why)
-                                )
-                            pos += len(line)
-                self._read_into_batch(con, [staging])
-        finally:
-            staging.unlink(missing_ok=True)
+            self._read_into_batch(con, in_place, in_memory)
+            if con.execute(_INVALID_IN_BATCH).fetchone()[0]:
+                raise duckdb.InvalidInputException("records _check_line would refuse")
+        except duckdb.Error as exc:
+            if _write_failure(exc) is not None:
+                raise
+            # Some line is malformed: sort lines in Python, keep the bad ones aside.
+            good: list[bytes] = []
+            for c in chunks:
+                pos = c.start
+                for line in c.lines().splitlines(keepends=True):
+                    why = _check_line(line.rstrip(b"\n"))
+                    if why is None:
+                        good.append(line)
+                    else:
+                        rejects.append((c.file.stem, pos, line.decode("utf-8", "replace"), why))
+                    pos += len(line)
+            self._read_into_batch(con, [], [b"".join(good)])
         return rejects
 
-    def _read_into_batch(self, con: duckdb.DuckDBPyConnection, files: list[Path]) -> None:
-        """Create temp table ``batch`` from JSON-lines files (empty ones skipped)."""
+    def _read_into_batch(
+        self, con: duckdb.DuckDBPyConnection, files: list[Path], buffers: list[bytes] = ()
+    ) -> None:
+        """Create temp table ``batch`` from JSON-lines files and in-memory JSON lines
+        (empty ones skipped)."""
         con.execute("DROP TABLE IF EXISTS batch")
-        files = [f for f in files if f.stat().st_size > 0]
-        if not files:
+        sources: list[Any] = [str(f) for f in files if f.stat().st_size > 0]
+        sources += [io.BytesIO(b) for b in buffers if b]
+        if not sources:
             cols = ", ".join(f'"{k}" {t}' for k, t in RECORD_COLUMNS.items())
             con.execute(f"CREATE TEMP TABLE batch ({cols})")
             return
-        columns = "{" + ", ".join(f"'{k}': '{t}'" for k, t in RECORD_COLUMNS.items()) + "}"
-        con.execute(
-            f"CREATE TEMP TABLE batch AS SELECT * FROM read_json(?, columns={columns}, "
-            f"format='newline_delimited', maximum_object_size={MAX_LINE_BYTES})",
-            [[str(f) for f in files]],
+        rel = con.read_json(
+            sources,
+            columns=dict(RECORD_COLUMNS),
+            format="newline_delimited",
+            maximum_object_size=MAX_LINE_BYTES,
         )
+        name = f"_spool_{uuid.uuid4().hex[:8]}"
+        con.register(name, rel)
+        try:
+            con.execute(f"CREATE TEMP TABLE batch AS SELECT * FROM {name}")
+        finally:
+            con.unregister(name)
 
     def _apply(self, con: duckdb.DuckDBPyConnection, now: Any, result: IngestResult) -> None:
         ts = "make_timestamp(CAST({0} // 1000 AS BIGINT))"
@@ -613,7 +672,8 @@ class Ingester:
     def _ingest_once(self, con: duckdb.DuckDBPyConnection, result: IngestResult) -> bool:
         """One transaction; returns True if there may be more to load."""
         offsets = dict(con.execute("SELECT stem, byte_offset FROM ingest_files").fetchall())
-        chunks, cut_short = self._chunks(offsets, self.batch_bytes)
+        budget = self._budget()
+        chunks, cut_short = self._chunks(offsets, budget)
         now = utcnow()
         started = time.perf_counter()
         # The batch is a temp table, loaded before the transaction: a malformed line
@@ -669,12 +729,50 @@ class Ingester:
             _fault("before-commit")
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:  # a failed COMMIT has already ended the transaction
+                pass
             raise
         result.transactions += 1
         result.files += len(chunks)
         self._cleanup(chunks)
+        if budget < self.batch_bytes and chunks:
+            # a nearly full disk: fold the write-ahead log into the file now, rather than
+            # let it grow over the next transactions
+            con.execute("CHECKPOINT")
         return cut_short
+
+    def _budget(self) -> int:
+        """Bytes one transaction may load: ``GENOPT_INGEST_BATCH_BYTES``, and at most a
+        quarter of the warehouse disk's free space (at least :data:`MIN_BATCH_BYTES`), so
+        on a nearly full disk small transactions load and delete spool files one by one."""
+        free = spool.free_bytes(self.warehouse.parent)
+        if free is None:
+            return self.batch_bytes
+        return min(self.batch_bytes, max(MIN_BATCH_BYTES, free // 4))
+
+    def _remove_staging(self, result: IngestResult) -> None:
+        """Remove staging copies older versions (or killed ingests) left in the spool:
+        their lines are still in the spool files, which load from there. Called with the
+        warehouse lock held, so no ingester is using one."""
+        leftovers = spool.staging_files(self.spool_dir)
+        nbytes = 0
+        for path in leftovers:
+            try:
+                nbytes += path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            result.staging_removed += 1
+        if result.staging_removed:
+            logger.warning(
+                "removed %d leftover staging file(s) (%d bytes) from an earlier ingest in %s; "
+                "their lines load from the spool files themselves",
+                result.staging_removed,
+                nbytes,
+                self.spool_dir,
+            )
 
     def _cleanup(self, chunks: list[_Chunk]) -> None:
         """Delete the files this ingest finished (fully loaded, no writer left)."""
@@ -700,15 +798,28 @@ class Ingester:
 
         Raises:
             WarehouseBusyError: The file stayed locked past ``GENOPT_LOCK_TIMEOUT``.
+            WarehouseWriteError: The warehouse could not be written (its disk is full...);
+                the spool keeps the records.
         """
         spool.flush_pending()  # spans this process has queued go to the spool first
         result = IngestResult()
         t0 = time.perf_counter()
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        with connect(self.warehouse, read_only=False, timeout=self.timeout) as con:
-            migrate(con)
-            while self._ingest_once(con, result):
-                pass
+        try:
+            with connect(self.warehouse, read_only=False, timeout=self.timeout) as con:
+                self._remove_staging(result)
+                migrate(con)
+                while self._ingest_once(con, result):
+                    pass
+        except duckdb.Error as exc:
+            cause = _write_failure(exc)
+            if cause is None:
+                raise
+            raise WarehouseWriteError(
+                f"cannot write the warehouse {self.warehouse}: {cause}. Nothing is lost: the "
+                f"spool {self.spool_dir} keeps every record until an ingest loads it; free "
+                "space on the warehouse's disk and run `genopt ingest` again"
+            ) from exc
         result.seconds = time.perf_counter() - t0
         return result
 

@@ -274,7 +274,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _append(self, records: list[dict[str, Any]]) -> None:
         rx = self.server.receiver
-        try:
+        try:  # below the disk reserve: 503 (the warehouse keeps room to load the backlog)
+            spool.check_reserve(rx.spool_dir, int(get_settings().spool_reserve_mb * 2**20))
             spool.append(records, rx.spool_dir)
         except (spool.SpoolError, OSError) as exc:
             logger.error("cannot write the spool %s: %s", rx.spool_dir, exc)
