@@ -1,13 +1,16 @@
 """One optimizer run: evidence -> problem -> LLM -> parse -> validate -> proposal.
 
-:func:`optimize` is what ``flows/optimize.py`` and ``genopt optimize`` call. Each
-update takes a fresh minibatch, builds the problem with the optimizer (OptoPrime
-by default), calls the LLM through litellm (one retry, saying what was wrong,
-when the answer is unusable), checks the suggestion against the Tunables schema
-and records the outcome as a ``proposals`` row: ``proposed`` (a new immutable
-candidate param set), ``rejected`` (with the reason) or ``no_change``. The run
-stops after ``max_updates``, after ``proposals_per_run`` valid proposals, or
-before a call the budget cannot pay for.
+:func:`optimize` is what ``flows/optimize.py`` and ``genopt optimize`` call. With
+``settings.search`` (the default) it runs one night of the search
+(:func:`prefect_genopt.optimize.search.night.run_night`: drafts and demo sets chosen on
+replayed items, proposed only when a paired test confirms them). With ``search=False``
+it is the single-shot path described here: each update takes a fresh minibatch,
+builds the problem with the optimizer (OptoPrime by default), calls the LLM through
+litellm (one retry, saying what was wrong, when the answer is unusable), checks the
+suggestion against the Tunables schema and records the outcome as a ``proposals``
+row: ``proposed`` (a new immutable candidate param set), ``rejected`` (with the
+reason) or ``no_change``. The run stops after ``max_updates``, after
+``proposals_per_run`` valid proposals, or before a call the budget cannot pay for.
 
 Example:
     >>> OptimizeResult(stop_reason="done").summary()
@@ -402,12 +405,28 @@ def optimize(
         client: The optimizer model's client (default: ``LLMClient.configured`` with the
             model, response format, output tokens, temperature and timeout of ``settings``).
             The instruction tuner (``settings.tune_instruction_every``) still calls
-            ``settings.model``.
+            ``settings.model``. The search's generators call it too.
+
+    Returns:
+        With ``settings.search``, a :class:`~prefect_genopt.optimize.search.night.NightResult`
+        (an :class:`OptimizeResult` whose one update is the night's ``proposed`` or
+        ``not_better`` proposal, none when there were too few items).
 
     Raises:
         EvidenceError: No usable evidence (unknown pipeline, no feedback in the window).
         LLMCallError: The provider failed (after recording the failed update).
     """
+    if settings.search:
+        from prefect_genopt.optimize.search.night import run_night
+
+        return run_night(
+            settings,
+            warehouse=warehouse,
+            client=client,
+            progress=progress,
+            optimizer=optimizer,
+            optimizer_run_id=optimizer_run_id,
+        )
     t0 = time.perf_counter()
     say = progress or logger.info
     wh = as_warehouse(warehouse)

@@ -81,6 +81,7 @@ __all__ = [
     "ScoreCache",
     "score_cache_path",
     "code_fingerprint",
+    "task_budget_spent",
     "SOURCES",
     "CACHE_SUFFIX",
 ]
@@ -176,6 +177,22 @@ class ScoreCache:
                     for iid, (s, c, u) in scores.items()
                 ],
             )
+
+
+def task_budget_spent(budget: Budget) -> str | None:
+    """Why replays must stop (the task-call or the USD budget is spent), or None. The
+    optimizer-call budget stops only the optimizer's calls.
+
+    Example:
+        >>> task_budget_spent(Budget(task_calls=5, optimizer_calls=1, used_optimizer_calls=1))
+        >>> task_budget_spent(Budget(task_calls=5, used_task_calls=5))
+        'task-call budget of 5 spent'
+    """
+    if budget.task_calls is not None and budget.used_task_calls >= budget.task_calls:
+        return f"task-call budget of {budget.task_calls} spent"
+    if budget.usd is not None and budget.used_usd >= budget.usd:
+        return f"USD budget of {budget.usd:g} spent"
+    return None
 
 
 def _steps_of(flow: Any) -> list[StepInfo]:
@@ -405,7 +422,7 @@ class ReplayEvaluator:
 
     def _can_pay(self, run_id: str) -> bool:
         """Whether the budget can pay for replaying ``run_id`` (else sets stop_reason)."""
-        why = self.budget.exhausted()
+        why = task_budget_spent(self.budget)
         left = self.budget.task_calls_left()
         n_items = max(len(self._keys.get(run_id, [])), 1)
         per_item = self.calls_replayed / self.items_replayed if self.items_replayed else 1.0

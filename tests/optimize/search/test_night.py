@@ -1,0 +1,269 @@
+"""One night of the search end to end, on the triage pipeline and its keyword model (each
+item's correctness depends on the prompt): a clearly better draft is proposed, equal
+drafts are not_better, too few items propose nothing, budgets stop the night cleanly,
+every score and the offline evidence are in SQL, the old path still works."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+
+import prefect_genopt as genopt
+from flows.examples.triage import triage
+from prefect_genopt import testing
+from prefect_genopt.cli import main
+from prefect_genopt.optimize import OptimizerSettings, optimize
+from prefect_genopt.optimize.runner import OptimizeResult
+from prefect_genopt.optimize.search.generators import DRAFT_SYSTEM
+from prefect_genopt.optimize.search.night import NightResult, run_night
+from prefect_genopt.optimize.search.pools import assign_pools, pool_runs
+from prefect_genopt.proposals.proposals import ProposalError, set_status
+from tests.optimize import scripted  # noqa: F401  (registers scripted-opt)
+
+PROVIDER = "night-opt"
+#: what the scripted optimizer drafts, per mode (its route)
+DRAFTS = {
+    # rules for both labels that the keyword model follows: right on most tickets
+    "good": "Classify the ticket as billing, bug or other. billing: invoice, refund, charged, "
+    "payment, bill, declined; bug: crash, error, broken, freezes, login",
+    # the parent's rules in other words: the keyword model answers exactly as before
+    "equal": "Reply with one word (billing, bug or other) for each support ticket you read. "
+    "billing: invoice; bug: crash.",
+}
+
+
+def _respond(call: testing.Call) -> testing.Reply:
+    if DRAFT_SYSTEM in call.system:
+        return testing.Reply(f"Here it is:\n```\n{DRAFTS[call.route]}\n```")
+    # the OptoPrime update asks for no change (a dropped candidate, counted)
+    return testing.scripted_optimizer(dataclasses.replace(call, route="empty"))
+
+
+OPT = testing.register(PROVIDER, _respond)
+
+
+def settings(mode: str, **kw: object) -> OptimizerSettings:
+    """Small pools for a test: 8 evidence, 16 selection, 40 confirmation items."""
+    base: dict = {
+        "pipeline": "triage",
+        "model": f"{PROVIDER}/{mode}",
+        "response_format": "none",
+        "starting_artifact": {"editable": ["prompt"]},
+        "evidence_items": 8,
+        "selection_items": 16,
+        "confirmation_items": 40,
+        "n_drafts": 2,
+    }
+    return OptimizerSettings(**{**base, **kw})
+
+
+def _pools_filled(s: OptimizerSettings) -> bool:
+    wh = genopt.Warehouse()
+    runs = pool_runs(wh, "triage", "correct", limit=s.pool_runs)
+    p = assign_pools(
+        runs,
+        pipeline="triage",
+        evidence=s.evidence_items,
+        selection=s.selection_items,
+        confirmation=s.confirmation_items,
+    )
+    return all(got >= wanted for wanted, got in p.sizes.values())
+
+
+@pytest.fixture
+def triage_runs(prefect_api: str, warehouse_path: Path) -> Path:
+    """Recorded triage runs (8 tickets each) until every pool of :func:`settings` is full:
+    a run's pool is decided by a hash of its (random) run id."""
+    for seed in range(12):
+        triage(n=8, seed=seed)
+    seed = 12
+    while not _pools_filled(settings("good")) and seed < 60:
+        triage(n=8, seed=seed)
+        seed += 1
+    return warehouse_path
+
+
+def test_a_clearly_better_draft_is_proposed_with_its_evidence_in_sql(
+    triage_runs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines: list[str] = []
+    result = optimize(settings("good"), progress=lines.append)
+    assert isinstance(result, NightResult) and result.status == "proposed", result.summary()
+    (update,) = result.updates
+    assert update.status == "proposed" and update.candidate_param_set_id
+    assert result.step == "classify" and result.editable == ["prompt"]
+    assert result.winner is not None and result.winner.generator == "drafts"
+    # both drafts were the same text: the second is dropped as a copy; the OptoPrime
+    # update asked for no change
+    assert result.dropped == {"copy": 1, "no_change": 1}
+    assert result.optimizer_calls == 3 and result.task_calls > 0
+    # progress: stages, candidates, items done and an ETA
+    text = "\n".join(lines)
+    for stage in ("pools from", "evidence:", "selection:", "confirmation:", "ETA"):
+        assert stage in text, stage
+
+    wh = genopt.Warehouse()
+    (prop,) = wh.sql("SELECT * FROM proposals")
+    assert prop["status"] == "proposed" and prop["night_id"] == result.night_id
+    assert prop["candidate_param_set_id"] == update.candidate_param_set_id
+    assert prop["optimizer"] == "search" and prop["parent_param_set_id"]
+    values = orjson.loads(
+        wh.sql(
+            'SELECT "values" FROM param_sets WHERE param_set_id = ?',
+            [prop["candidate_param_set_id"]],
+        )[0]["values"]
+    )
+    assert values["prompt"] == DRAFTS["good"]
+    ev = orjson.loads(prop["offline_evidence"])
+    conf = ev["confirmation"]
+    assert conf["accepted"] and conf["p_value"] < 0.05 and conf["wins"] > conf["losses"]
+    assert conf["candidate_mean"] > conf["parent_mean"] and conf["ci_low"] > 0
+    assert ev["selection"]["winner_mean"] > ev["selection"]["parent_mean"]
+    assert ev["pools"]["confirmation"]["got"] >= 40 and ev["budgets"]["optimizer_calls"] == 3
+    assert {c["generator"] for c in ev["candidates"]} == {"parent", "drafts"}
+    assert ev["dropped"] == {"copy": 1, "no_change": 1}
+
+    # every per-item score is in candidate_scores, and the evidence's numbers follow from it
+    rows = wh.sql(
+        "SELECT candidate_id, pool, count(*) AS n, count(DISTINCT item_id) AS items, "
+        "list(DISTINCT source ORDER BY source) AS sources FROM candidate_scores "
+        "WHERE night_id = ? AND proposal_id = ? GROUP BY ALL ORDER BY ALL",
+        [result.night_id, prop["proposal_id"]],
+    )
+    parent, cand = prop["parent_param_set_id"], prop["candidate_param_set_id"]
+    by = {(r["candidate_id"], r["pool"]): r for r in rows}
+    assert set(by) == {
+        (parent, "selection"),
+        (parent, "confirmation"),
+        (cand, "selection"),
+        (cand, "confirmation"),
+    }
+    assert (
+        by[(cand, "confirmation")]["n"] == conf["items_asked"] == by[(parent, "confirmation")]["n"]
+    )
+    assert by[(parent, "selection")]["sources"] == ["recorded"]  # recorded by this code and model
+    assert by[(cand, "selection")]["sources"] == ["replay"]
+    (paired,) = wh.sql(
+        """
+        SELECT count(*) FILTER (WHERE c.score > p.score) AS wins,
+               count(*) FILTER (WHERE c.score < p.score) AS losses,
+               count(*) FILTER (WHERE c.score = p.score) AS ties,
+               avg(c.score) AS cand, avg(p.score) AS parent
+        FROM candidate_scores c JOIN candidate_scores p USING (night_id, item_id, pool)
+        WHERE c.night_id = ? AND c.pool = 'confirmation' AND c.candidate_id = ?
+          AND p.candidate_id = ?
+        """,
+        [result.night_id, cand, parent],
+    )
+    assert (paired["wins"], paired["losses"], paired["ties"]) == (
+        conf["wins"],
+        conf["losses"],
+        conf["ties"],
+    )
+    assert paired["cand"] == pytest.approx(conf["candidate_mean"])
+    assert paired["parent"] == pytest.approx(conf["parent_mean"])
+    # the pools are disjoint: no item is scored in two pools
+    assert not wh.sql(
+        "SELECT item_id FROM candidate_scores GROUP BY item_id HAVING count(DISTINCT pool) > 1"
+    )
+    # the replays are on their own arm and never evidence
+    assert not set(orjson.loads(prop["evidence_run_ids"])) & {
+        r["run_id"] for r in wh.sql("SELECT DISTINCT run_id FROM candidate_scores")
+    }
+
+    # genopt proposals show prints the offline evidence; --json nests it
+    capsys.readouterr()
+    assert main(["proposals", "show", prop["proposal_id"]]) == 0
+    shown = capsys.readouterr().out
+    assert "**Offline evidence**" in shown and "one-sided sign test" in shown
+    assert f"{conf['wins']} wins, {conf['losses']} losses" in shown
+    assert main(["proposals", "show", prop["proposal_id"], "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["offline_evidence"]["confirmation"]["wins"] == conf["wins"]
+
+
+def test_equal_drafts_make_a_not_better_row_and_nothing_becomes_live(triage_runs: Path) -> None:
+    result = run_night(settings("equal"))
+    assert result.status == "not_better", result.summary()
+    assert "no candidate beat the parent" in result.stop_reason
+    wh = genopt.Warehouse()
+    (prop,) = wh.sql("SELECT * FROM proposals")
+    assert prop["status"] == "not_better" and prop["candidate_param_set_id"] is None
+    ev = orjson.loads(prop["offline_evidence"])
+    assert ev["selection"]["winner_mean"] == ev["selection"]["parent_mean"]
+    assert ev["winner"]["generator"] == "parent" and ev["confirmation"] == {}
+    # the draft's scores are kept (the next night's history), and its param set is findable
+    drafted = wh.sql(
+        "SELECT DISTINCT candidate_id FROM candidate_scores WHERE generator = 'drafts'"
+    )
+    assert len(drafted) == 1
+    (found,) = wh.sql(
+        'SELECT "values" FROM param_sets WHERE param_set_id = ?', [drafted[0]["candidate_id"]]
+    )
+    assert orjson.loads(found["values"])["prompt"] == DRAFTS["equal"]
+    # a not_better proposal is final: it cannot enter a canary
+    with pytest.raises(ProposalError, match="cannot become 'canary'"):
+        set_status(wh, prop["proposal_id"], "canary")
+
+
+def test_too_few_items_propose_nothing_and_say_how_many_more(
+    prefect_api: str, warehouse_path: Path
+) -> None:
+    for seed in range(2):
+        triage(n=8, seed=seed)
+    OPT.reset()
+    result = optimize(
+        settings("good", evidence_items=30, selection_items=48, confirmation_items=150)
+    )
+    assert isinstance(result, NightResult) and result.status == "no_proposal"
+    assert result.needed_items > 0 and not result.updates
+    assert f"about {result.needed_items} more labelled item(s)" in result.stop_reason
+    assert genopt.Warehouse().sql("SELECT count(*) AS n FROM proposals")[0]["n"] == 0
+    assert OPT.calls == []  # not one optimizer call
+
+
+def test_budgets_stop_the_night_cleanly(triage_runs: Path) -> None:
+    OPT.reset()
+    result = run_night(settings("good", task_call_budget=12, optimizer_call_budget=1))
+    # one optimizer call: one draft, no OptoPrime update
+    assert result.optimizer_calls == 1 and len(OPT.calls) == 1
+    # the replays stopped before the 12 calls ran out: the night ends, recorded
+    assert 0 < result.task_calls <= 12
+    assert "task-call budget of 12" in result.stop_reason
+    assert result.status == "not_better"
+    wh = genopt.Warehouse()
+    (prop,) = wh.sql("SELECT status, status_reason, offline_evidence FROM proposals")
+    ev = orjson.loads(prop["offline_evidence"])
+    assert ev["budgets"]["task_calls"] == result.task_calls <= ev["budgets"]["task_call_budget"]
+    assert ev["budgets"]["optimizer_calls"] == 1 == ev["budgets"]["optimizer_call_budget"]
+    assert "task-call budget" in prop["status_reason"]
+    # what was measured before the stop is kept
+    assert wh.sql("SELECT count(*) AS n FROM candidate_scores")[0]["n"] > 0
+
+
+def test_the_old_single_shot_path_still_works_with_search_off(
+    prefect_api: str, warehouse_path: Path
+) -> None:
+    for r in range(2):
+        scripted.knob([f"item-{i}-r{r}" for i in range(4)])
+    old = optimize(
+        OptimizerSettings(
+            pipeline="knob",
+            model="scripted-opt/follow",
+            response_format="none",
+            max_updates=1,
+            search=False,
+        )
+    )
+    assert type(old) is OptimizeResult and len(old.proposals) == 1
+    (row,) = genopt.Warehouse().sql("SELECT optimizer, status, night_id FROM proposals")
+    assert row == {"optimizer": "optoprime", "status": "proposed", "night_id": None}
+    # the same settings with the search on (the default) run a night instead
+    night = optimize(
+        OptimizerSettings(pipeline="knob", model="scripted-opt/follow", response_format="none")
+    )
+    assert isinstance(night, NightResult) and night.status == "no_proposal"
