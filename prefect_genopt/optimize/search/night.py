@@ -285,6 +285,15 @@ def _run(
     cache: ScoreCache | None,
 ) -> None:
     s, result, say = night.settings, night.result, night.say
+    if client is None:
+        client = LLMClient.configured(
+            s.model,
+            s.response_format,
+            max_tokens=s.max_output_tokens,
+            temperature=s.temperature,
+            timeout_s=s.timeout_s,
+        )
+    result.model = client.model
     _parent_and_kpi(night)
     say(
         f"night {night.night_id} for {night.pipeline!r}: KPI {night.kpi!r} ({s.direction} is "
@@ -296,15 +305,6 @@ def _run(
     if flow is None:
         return
     _evidence_and_step(night)
-    if client is None:
-        client = LLMClient.configured(
-            s.model,
-            s.response_format,
-            max_tokens=s.max_output_tokens,
-            temperature=s.temperature,
-            timeout_s=s.timeout_s,
-        )
-    result.model = client.model
     if optimizer is None:
         _, text = current_instruction(night.wh, night.pipeline)
         optimizer = OptoPrime(instruction=text)
@@ -379,6 +379,12 @@ def _pools(night: _Night) -> bool:
     minimum = min_confirmation_items(s.confirm_alpha)
     need = needed_items(pools, minimum)
     short = [n for n in ("evidence", "selection") if not getattr(pools, n)]
+    if not runs:
+        result.notes.append(
+            f"no recorded run of {night.pipeline!r} has per-item {night.kpi!r} feedback "
+            "(genopt.feedback(..., item_key=...)) and whole, replayable inputs"
+        )
+        night.say(f"  {result.notes[-1]}")
     if need or short:
         extra = [f"the {n} pool is empty" for n in short]
         if need:
