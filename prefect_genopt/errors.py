@@ -29,6 +29,7 @@ The tree (kind, then its classes with their builtin base and module)::
       x ConflictError        the current state does not allow it
         - RolloutStateError (ValueError)               rollout.state
         - StaleStateError (RuntimeError)               rollout.store
+        - SchemaTooNewError (RuntimeError)             warehouse.schema (a newer genopt's file)
       x BusyError            another holder kept what is needed for too long
         - WarehouseBusyError (TimeoutError)            warehouse.access
         - LockTimeout (TimeoutError)                   locks
@@ -40,6 +41,7 @@ The tree (kind, then its classes with their builtin base and module)::
         - LocalModelError (RuntimeError)               local_model (the embedded model)
         - SpoolError (OSError)                         spool (its disk)
         - WarehouseWriteError (OSError)                warehouse.ingest (its disk)
+        - WarehouseCorruptError (a duckdb.IOException) warehouse.access (a damaged file)
       x BudgetError          a limit the user set stops the work
         - BudgetExhausted (RuntimeError)               optimize.llm
       x GateStoppedError     the replay gate judged a candidate worse than stable

@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import uuid
@@ -43,6 +42,7 @@ from prefect_genopt.records import (
     FEEDBACK_FIELDS,
     MAX_KEY_CHARS,
     FeedbackError,
+    feedback_id,
     validate_kpi,
     validate_record,
     validate_value,
@@ -65,6 +65,10 @@ __all__ = [
 
 logger = logging.getLogger("prefect_genopt.feedback")
 
+#: record fields the receiver derives at ingest (``warehouse.receiver.DERIVED_FIELDS``
+#: but the id, which it checks against the run and idempotency key)
+_DERIVED_AT_INGEST = frozenset({"arm", "param_set_id", "pipeline", "verified"})
+
 
 class UnknownRunError(FeedbackError, NotFoundError):
     """Feedback for a run that neither the warehouse nor the Prefect API knows."""
@@ -77,11 +81,6 @@ def _validate_run_id(run_id: Any) -> str:
         raise FeedbackError(
             f"run id {run_id!r} is not a Prefect flow-run id (a UUID, as in `runs.run_id`)"
         ) from None
-
-
-def feedback_id(run_id: str, idempotency_key: str) -> str:
-    """The stored id of a feedback: one per (run, idempotency key)."""
-    return hashlib.sha256(f"{run_id}\0{idempotency_key}".encode()).hexdigest()[:32]
 
 
 def _prefect_knows(run_id: str) -> bool | None:
@@ -251,8 +250,23 @@ def deliver(record: dict[str, Any], settings: GenoptSettings | None = None) -> N
     if url:
         import httpx
 
+        token = settings.otlp_token.get_secret_value() if settings.otlp_token else None
+        verify: Any = True
+        if settings.otlp_certificate:  # a private CA (a self-signed receiver)
+            import ssl
+
+            verify = ssl.create_default_context(cafile=str(settings.otlp_certificate))
+        # the receiver derives these at ingest from the stored run (and counts a body that
+        # sends them), so they are not sent
+        body = {k: v for k, v in record.items() if k not in _DERIVED_AT_INGEST}
         try:
-            resp = httpx.post(url, json=record, timeout=10)
+            resp = httpx.post(
+                url,
+                json=body,
+                headers={"Authorization": f"Bearer {token}"} if token else None,
+                timeout=10,
+                verify=verify,
+            )
             if resp.status_code < 300:
                 return
             why = f"HTTP {resp.status_code}: {resp.text[:200]}"

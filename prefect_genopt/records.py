@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import socket
@@ -54,6 +55,7 @@ __all__ = [
     "validate_kpi",
     "validate_value",
     "validate_record",
+    "feedback_id",
 ]
 
 HOST = socket.gethostname()
@@ -396,6 +398,16 @@ FEEDBACK_FIELDS = frozenset(
         "step",
     }
 )
+
+
+def feedback_id(run_id: str, idempotency_key: str) -> str:
+    """The stored id of a feedback: one per (run, idempotency key).
+
+    Example:
+        >>> feedback_id("8d6e5f2a-1b7c-4c1e-9a55-0c8f4f2b9e10", "accuracy||code")
+        'fde83d5ebfb62c896cb607aef8c01d99'
+    """
+    return hashlib.sha256(f"{run_id}\0{idempotency_key}".encode()).hexdigest()[:32]
 
 
 def validate_record(obj: Any, where: str = "record") -> dict[str, Any]:

@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["GenoptSettings", "get_settings", "use_settings", "default_warehouse_path"]
@@ -119,6 +119,47 @@ class GenoptSettings(BaseSettings):
     )
     ingest_interval: float = Field(
         default=2.0, gt=0, description="Seconds between ingests while `genopt serve` runs."
+    )
+    serve_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token `genopt serve` requires on every request (`Authorization: "
+        "Bearer <token>`; others get 401). `genopt serve --token-file` overrides it. Without a "
+        "token the receiver binds loopback only, unless given --insecure-no-auth.",
+    )
+    serve_token_file: Path | None = Field(
+        default=None,
+        description="A file holding the receiver's bearer token (first line); used when "
+        "serve_token is unset.",
+    )
+    serve_tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) `genopt serve` presents: the receiver then speaks "
+        "HTTPS only. Needs serve_tls_key.",
+    )
+    serve_tls_key: Path | None = Field(
+        default=None, description="PEM private key of serve_tls_cert."
+    )
+    otlp_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token a worker sends to the receiver (or a Collector) with its "
+        "OTLP spans and its feedback, as `Authorization: Bearer <token>`.",
+    )
+    otlp_certificate: Path | None = Field(
+        default=None,
+        description="CA bundle (PEM) a worker trusts for an https:// receiver or Collector "
+        "(spans and feedback); default: the system's trust store.",
+    )
+    max_records_per_request: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most spans or feedback records one request to the receiver may carry; a "
+        "larger request gets HTTP 413 (send smaller batches).",
+    )
+    pending_feedback_ttl_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="Days feedback waits in pending_feedback for its run; older pending "
+        "feedback is deleted at ingest (counted in `genopt status`).",
     )
     check_runs_with_prefect: bool = Field(
         default=True,

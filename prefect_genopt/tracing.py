@@ -468,13 +468,13 @@ _stamper: RunContextSpanProcessor | None = None
 _setup_lock = threading.Lock()
 
 
-def _ca_session() -> Any:
+def _ca_session() -> object:
     """A ``requests`` session that keeps the CA bundle the exporter sets on it: a plain one
     lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` replace it on every request."""
     import requests
 
     class _KeepVerify(requests.Session):
-        def merge_environment_settings(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        def merge_environment_settings(self, *args: object, **kwargs: object) -> dict:
             merged = super().merge_environment_settings(*args, **kwargs)
             merged["verify"] = self.verify
             return merged
@@ -493,9 +493,16 @@ def _make_processor() -> ExportSpanProcessor | None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         endpoint = settings.otlp_endpoint.rstrip("/") + "/v1/traces"
-        return ExportSpanProcessor(
-            OTLPSpanExporter(endpoint=endpoint), queue_size=settings.span_queue_size
+        token = settings.otlp_token.get_secret_value() if settings.otlp_token else None
+        ca = settings.otlp_certificate
+        exporter = OTLPSpanExporter(
+            endpoint=endpoint,
+            # GENOPT_OTLP_TOKEN: the receiver's (or a Collector's) bearer token
+            headers={"Authorization": f"Bearer {token}"} if token else None,
+            certificate_file=str(ca) if ca else None,
+            session=_ca_session() if ca else None,  # type: ignore[arg-type]
         )
+        return ExportSpanProcessor(exporter, queue_size=settings.span_queue_size)
     if settings.spool_flush_interval <= 0:
         return ExportSpanProcessor(SpoolSpanExporter())
     return ExportSpanProcessor(

@@ -35,6 +35,8 @@ TREE: dict[str, tuple[str, type[e.GenoptError], type[BaseException]]] = {
         FileNotFoundError,
     ),
     "EvidenceError": ("prefect_genopt.optimize.evidence", e.NotFoundError, RuntimeError),
+    "SchemaTooNewError": ("prefect_genopt.warehouse.schema", e.ConflictError, RuntimeError),
+    "WarehouseCorruptError": ("prefect_genopt.warehouse.access", e.UnavailableError, Exception),
     "RolloutStateError": ("prefect_genopt.rollout.state", e.ConflictError, ValueError),
     "StaleStateError": ("prefect_genopt.rollout.store", e.ConflictError, RuntimeError),
     "WarehouseBusyError": ("prefect_genopt.warehouse.access", e.BusyError, TimeoutError),

@@ -21,6 +21,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    """Ingest and print what was loaded."""
-    print(ctx.warehouse(ingest=False).ingest())
+    """Ingest and print what was loaded (exit 2 on a damaged warehouse, or one written by a
+    newer prefect-genopt)."""
+    import duckdb
+
+    from prefect_genopt.warehouse.access import corrupt_error
+
+    try:
+        print(ctx.warehouse(ingest=False).ingest())
+    except duckdb.Error as exc:
+        damaged = corrupt_error(ctx.warehouse_path, exc)
+        if damaged is not None:
+            raise damaged from exc
+        raise
     return 0

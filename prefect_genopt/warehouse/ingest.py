@@ -38,6 +38,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -147,12 +148,15 @@ class IngestResult:
     transactions: int = 0
     #: staging copies left by older versions or killed ingests, removed by this ingest
     staging_removed: int = 0
+    #: pending feedback deleted because it waited past GENOPT_PENDING_FEEDBACK_TTL_DAYS
+    expired: int = 0
 
     def __str__(self) -> str:
+        expired = f", {self.expired} pending feedback expired" if self.expired else ""
         return (
             f"ingested {self.records} records from {self.files} spool file(s) in "
             f"{self.seconds:.2f}s: {self.spans} new spans, {self.feedback} new feedback, "
-            f"{self.pending} feedback pending, {self.rejected} rejected lines"
+            f"{self.pending} feedback pending, {self.rejected} rejected lines{expired}"
         )
 
 
@@ -227,6 +231,7 @@ class Ingester:
         self.spool_dir = Path(spool_dir) if spool_dir else settings.spool_dir_for(self.warehouse)
         self.batch_bytes = settings.ingest_batch_bytes
         self.timeout = settings.lock_timeout
+        self.pending_ttl = timedelta(days=settings.pending_feedback_ttl_days)
 
     # -- reading the spool --------------------------------------------------------------
 
@@ -531,28 +536,60 @@ class Ingester:
             """,
             [now],
         )
+        # Fields a feedback record does not carry are derived from the stored run and its
+        # item spans: an item's arm and param set as its spans recorded them (feedback given
+        # after the run, or received over HTTP, whose body is not believed); a run-level
+        # value gets the arm all the run's items went to, "mixed" when they went to several,
+        # else the run's own arm.
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE fb_items AS
+            SELECT run_id, item_key, arg_max(arm, start_time) AS arm,
+                   arg_max(param_set_id, start_time) AS param_set_id
+            FROM spans
+            WHERE item_key IS NOT NULL AND arm IS NOT NULL
+              AND run_id IN (SELECT run_id FROM fb_in WHERE arm IS NULL)
+            GROUP BY run_id, item_key
+            """
+        )
+        # Ready to attach: the run is stored and, for a record whose origin could not vouch
+        # for it (verified NULL: received over HTTP), its arm can be known: the run has
+        # ended (all its spans are in) or the item's own spans are here.
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE fb_ready AS
+            SELECT f.*, r.pipeline AS run_pipeline, r.arm AS run_arm,
+                   r.param_set_id AS run_ps, it.arm AS item_arm, it.param_set_id AS item_ps,
+                   ra.arms AS run_arms, ra.arm AS items_arm, ra.param_set_id AS items_ps
+            FROM fb_in f JOIN runs r ON r.run_id = f.run_id
+            LEFT JOIN fb_items it
+              ON f.arm IS NULL AND it.run_id = f.run_id AND it.item_key = f.item_key
+            LEFT JOIN (SELECT run_id, count(DISTINCT arm) AS arms, any_value(arm) AS arm,
+                              any_value(param_set_id) AS param_set_id
+                       FROM fb_items GROUP BY run_id) ra
+              ON f.arm IS NULL AND f.item_key IS NULL AND ra.run_id = f.run_id
+            WHERE f.verified IS NOT NULL OR r.status IS DISTINCT FROM 'running'
+               OR it.arm IS NOT NULL
+            """
+        )
+        derived_arm = (
+            "coalesce(item_arm, CASE WHEN item_key IS NULL AND run_arms > 1 THEN 'mixed' "
+            "WHEN item_key IS NULL THEN items_arm END, run_arm)"
+        )
         before = con.execute("SELECT count(*) FROM feedback").fetchone()[0]
         con.execute(
             f"""
             INSERT INTO feedback ({cols})
-            SELECT f.feedback_id, f.run_id, coalesce(f.pipeline, r.pipeline),
-                   coalesce(f.param_set_id, it.param_set_id, r.param_set_id),
-                   coalesce(f.arm, it.arm, r.arm),
-                   f.item_key, f.kpi, f.value, f.comment, f.source, f.idempotency_key,
-                   f.created_at, f.verified, f.ingested_at, f.expected, f.step
-            FROM fb_in f JOIN runs r ON r.run_id = f.run_id
-            -- feedback given after the run (a person's rating) for one item: the item's
-            -- own arm and param set, as its spans recorded them (items split in a canary)
-            LEFT JOIN (
-                SELECT run_id, item_key, arg_max(arm, start_time) AS arm,
-                       arg_max(param_set_id, start_time) AS param_set_id
-                FROM spans
-                WHERE item_key IS NOT NULL AND arm IS NOT NULL
-                  AND run_id IN (SELECT run_id FROM fb_in
-                                 WHERE arm IS NULL AND item_key IS NOT NULL)
-                GROUP BY run_id, item_key
-            ) it ON f.arm IS NULL AND it.run_id = f.run_id AND it.item_key = f.item_key
-            QUALIFY row_number() OVER (PARTITION BY f.feedback_id ORDER BY f.created_at) = 1
+            SELECT feedback_id, run_id, coalesce(pipeline, run_pipeline),
+                   CASE WHEN arm IS NOT NULL THEN coalesce(param_set_id, run_ps)
+                        WHEN {derived_arm} = 'mixed' THEN NULL
+                        ELSE coalesce(item_ps, CASE WHEN item_key IS NULL AND run_arms = 1
+                                                    THEN items_ps END, run_ps) END,
+                   coalesce(arm, {derived_arm}),
+                   item_key, kpi, value, comment, source, idempotency_key,
+                   created_at, coalesce(verified, true), ingested_at, expected, step
+            FROM fb_ready
+            QUALIFY row_number() OVER (PARTITION BY feedback_id ORDER BY created_at) = 1
             ON CONFLICT DO NOTHING
             """
         )
@@ -561,12 +598,14 @@ class Ingester:
             f"""
             INSERT INTO pending_feedback ({cols})
             SELECT {cols} FROM fb_in f
-            WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_id = f.run_id)
+            WHERE NOT EXISTS (SELECT 1 FROM fb_ready r WHERE r.feedback_id = f.feedback_id)
             QUALIFY row_number() OVER (PARTITION BY f.feedback_id ORDER BY f.created_at) = 1
             ON CONFLICT DO NOTHING
             """
         )
-        con.execute("DELETE FROM pending_feedback WHERE run_id IN (SELECT run_id FROM runs)")
+        con.execute(
+            "DELETE FROM pending_feedback WHERE feedback_id IN (SELECT feedback_id FROM fb_ready)"
+        )
         result.pending = con.execute("SELECT count(*) FROM pending_feedback").fetchone()[0]
 
     def _apply_rows(self, con: duckdb.DuckDBPyConnection, now: Any) -> None:
@@ -712,9 +751,12 @@ class Ingester:
             self._mark_dead_runs(con, result)
             self._check_param_sets(con, now)
             self._prune_ledger(con)
-            if chunks:
+            expired = self._expire_pending(con, now, result)
+            if chunks or expired:
                 con.execute(
-                    "INSERT INTO ingest_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO ingest_log (finished_at, seconds, files, records, spans, "
+                    "feedback, pending, rejected, pending_expired) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         now,
                         time.perf_counter() - started,
@@ -724,6 +766,7 @@ class Ingester:
                         result.feedback,
                         result.pending,
                         len(rejects),
+                        expired,
                     ],
                 )
             _fault("before-commit")
@@ -742,6 +785,27 @@ class Ingester:
             # let it grow over the next transactions
             con.execute("CHECKPOINT")
         return cut_short
+
+    def _expire_pending(
+        self, con: duckdb.DuckDBPyConnection, now: Any, result: IngestResult
+    ) -> int:
+        """Delete feedback that waited for its run longer than the TTL (by when it was
+        first ingested: a body's own timestamps are not trusted); returns how many."""
+        cutoff = now - self.pending_ttl
+        (n,) = con.execute(
+            "SELECT count(*) FROM pending_feedback WHERE ingested_at < ?", [cutoff]
+        ).fetchone()
+        if n:
+            con.execute("DELETE FROM pending_feedback WHERE ingested_at < ?", [cutoff])
+            logger.warning(
+                "%d pending feedback expired: their runs did not arrive within %s "
+                "(GENOPT_PENDING_FEEDBACK_TTL_DAYS)",
+                n,
+                self.pending_ttl,
+            )
+            result.expired += n
+            result.pending = con.execute("SELECT count(*) FROM pending_feedback").fetchone()[0]
+        return int(n)
 
     def _budget(self) -> int:
         """Bytes one transaction may load: ``GENOPT_INGEST_BATCH_BYTES``, and at most a

@@ -18,13 +18,31 @@ Endpoints:
 * ``POST /v1/genopt/feedback``: one feedback record (as built by
   :func:`prefect_genopt.feedback.build_record`) or a JSON list of them;
   200 ``{"accepted": n}``.
-* ``GET /healthz``: 200 with the spool directory, the warehouse path and counters.
+* ``GET /healthz``: 200 with the spool directory, the warehouse path and counters
+  (without a valid token, when one is required: ``{"status": "ok"}`` only).
 
-Errors are JSON ``{"error": "..."}``: 400 malformed body, 404 unknown path,
+**Authentication and TLS.** With a token (``token=``, ``token_file=``,
+``GENOPT_SERVE_TOKEN`` or ``GENOPT_SERVE_TOKEN_FILE``) every request must carry
+``Authorization: Bearer <token>`` (compared in constant time) or gets 401. With a
+certificate and key (``tls_cert=``/``tls_key=``, ``GENOPT_SERVE_TLS_CERT``/``_KEY``)
+the socket speaks HTTPS only. Without a token the receiver binds loopback only,
+unless ``insecure_no_auth=True`` says that is meant (:class:`ReceiverConfigError`).
+
+**What a feedback body is not believed on.** A record's ``arm``, ``param_set_id``,
+``pipeline`` and ``verified`` are dropped here and derived at ingest from the stored
+run and its item spans (a received record waits in ``pending_feedback`` until its run
+has ended or its item's spans are in); its ``feedback_id`` is derived from the run id
+and the idempotency key (:func:`prefect_genopt.records.feedback_id`). Values a
+body sent for those fields are counted (the ``ignored_fields`` counter, and one
+``receiver_ignored_fields`` row per request, shown by ``genopt status``).
+
+Errors are JSON ``{"error": "..."}``: 400 malformed body (including JSON nested
+deeper than 1024 levels), 401 no or a wrong token, 404 unknown path,
 405 wrong method, 411 no length, 413 body over ``GENOPT_MAX_BODY_BYTES``
-(checked before the body is read, and again after decompression), 415
-unsupported Content-Type or Content-Encoding, 503 when the spool cannot be
-written or the receiver is stopping (OTLP clients retry 503).
+(checked before the body is read, and again after decompression) or more records
+than ``GENOPT_MAX_RECORDS_PER_REQUEST``, 415 unsupported Content-Type or
+Content-Encoding, 503 when the spool cannot be written or the receiver is stopping
+(OTLP clients retry 503).
 
 Example:
     >>> import tempfile, pathlib, urllib.request
@@ -36,13 +54,18 @@ Example:
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import logging
 import signal
 import socket
 import socketserver
+import ssl
 import threading
 import time
+import uuid
+from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -52,8 +75,9 @@ from typing import Any
 import orjson
 
 from prefect_genopt import spool
-from prefect_genopt.records import FeedbackError, validate_record
-from prefect_genopt.settings import get_settings
+from prefect_genopt.errors import BadInputError
+from prefect_genopt.records import FeedbackError, feedback_id, row_record, validate_record
+from prefect_genopt.settings import GenoptSettings, get_settings
 from prefect_genopt.warehouse.access import WarehouseBusyError
 from prefect_genopt.warehouse.ingest import Ingester, IngestResult
 from prefect_genopt.warehouse.otlp import (
@@ -67,8 +91,20 @@ from prefect_genopt.warehouse.otlp import (
     media_type,
     response_body,
 )
+from prefect_genopt.warehouse.schema import utcnow
 
-__all__ = ["Receiver", "serve", "feedback_records", "TRACES_PATH", "FEEDBACK_PATH", "HEALTH_PATH"]
+__all__ = [
+    "Receiver",
+    "serve",
+    "feedback_records",
+    "ReceiverConfigError",
+    "resolve_token",
+    "is_loopback",
+    "DERIVED_FIELDS",
+    "TRACES_PATH",
+    "FEEDBACK_PATH",
+    "HEALTH_PATH",
+]
 
 logger = logging.getLogger("prefect_genopt.receiver")
 
@@ -76,44 +112,162 @@ TRACES_PATH = "/v1/traces"
 FEEDBACK_PATH = "/v1/genopt/feedback"
 HEALTH_PATH = "/healthz"
 
+#: Feedback fields the receiver does not take from a body: the first four are derived at
+#: ingest from the stored run and its item spans, the id from the run and idempotency key.
+DERIVED_FIELDS = ("arm", "param_set_id", "pipeline", "verified", "feedback_id")
+#: orjson's nesting limit: a deeper JSON body is refused with 400
+MAX_JSON_DEPTH = 1024
+
+
+class ReceiverConfigError(BadInputError, ValueError):
+    """The receiver cannot start as configured: an open address without a token, a
+    certificate without its key, an unreadable or empty token file."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``): reachable from this
+    machine only.
+
+    Example:
+        >>> [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "", "10.0.0.5")]
+        [True, True, True, False, False, False]
+    """
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_token(
+    token: str | None = None,
+    token_file: Path | None = None,
+    settings: GenoptSettings | None = None,
+) -> str | None:
+    """The bearer token the receiver requires, or None (no authentication).
+
+    The first given of: ``token``, the first line of ``token_file``,
+    ``GENOPT_SERVE_TOKEN``, the first line of ``GENOPT_SERVE_TOKEN_FILE``.
+
+    Raises:
+        ReceiverConfigError: The token file cannot be read, or a token is empty or
+            holds whitespace.
+
+    Example:
+        >>> resolve_token("s3cret-token-0123456789")
+        's3cret-token-0123456789'
+        >>> resolve_token(settings=GenoptSettings()) is None
+        True
+    """
+    settings = settings or get_settings()
+    where = "the token"
+    if token is None and token_file is None:
+        if settings.serve_token is not None:
+            token, where = settings.serve_token.get_secret_value(), "GENOPT_SERVE_TOKEN"
+        elif settings.serve_token_file is not None:
+            token_file = settings.serve_token_file
+    if token is None and token_file is not None:
+        path = Path(token_file).expanduser()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ReceiverConfigError(f"cannot read the token file {path}: {exc}") from None
+        token, where = (lines[0].strip() if lines else ""), f"the token file {path}"
+    if token is None:
+        return None
+    if not token or any(c.isspace() for c in token):
+        raise ReceiverConfigError(f"{where} is empty or holds whitespace")
+    return token
+
 
 class _HTTPError(Exception):
     """An error reply: status code and message (sent as JSON)."""
 
-    def __init__(self, status: int, message: str, close: bool = False) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        close: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.close = close
+        self.headers = headers or {}
 
 
-def feedback_records(body: bytes) -> list[dict[str, Any]]:
+def _parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc):
+            raise FeedbackError(
+                f"body is not valid JSON: nested deeper than {MAX_JSON_DEPTH} levels"
+            ) from None
+        try:  # Python's json writes NaN/Infinity: parse them to refuse them by name below
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            raise FeedbackError(f"body is not valid JSON: {exc}") from None
+
+
+def _untrusted(raw: dict[str, Any], rec: dict[str, Any], ignored: Counter[str]) -> dict[str, Any]:
+    """``rec`` without the fields a body is not believed on (counting those it sent)."""
+    for key in DERIVED_FIELDS[:4]:
+        if raw.get(key) is not None:
+            ignored[key] += 1
+        rec[key] = None  # verified None: ingest derives the others before attaching it
+    key = rec.get("idempotency_key") or rec["feedback_id"]
+    derived = feedback_id(rec["run_id"], key)
+    if rec.get("idempotency_key") and raw.get("feedback_id") != derived:
+        ignored["feedback_id"] += 1
+    rec["feedback_id"], rec["idempotency_key"] = derived, key
+    return rec
+
+
+def feedback_records(
+    body: bytes, *, max_records: int | None = None, ignored: Counter[str] | None = None
+) -> list[dict[str, Any]]:
     """Validate a feedback request body: one record or a JSON list of them.
 
     Each record is what :func:`prefect_genopt.feedback.build_record` returns:
     ``k == "feedback"``, non-empty ``feedback_id``, ``run_id`` (a UUID) and
     ``kpi``, a finite ``value`` or null (then a ``comment``), and only known
-    fields of the right types. Comments are redacted again here.
+    fields of the right types. Comments are redacted again here. The fields of
+    :data:`DERIVED_FIELDS` are not taken from the body: ``arm``, ``param_set_id``,
+    ``pipeline`` and ``verified`` come back None (derived at ingest), ``feedback_id``
+    is derived from ``run_id`` and ``idempotency_key`` (the body's ``feedback_id`` when
+    it has no key, which then becomes the key).
+
+    Args:
+        body: The (decompressed) request body.
+        max_records: Most records accepted (default ``GENOPT_MAX_RECORDS_PER_REQUEST``).
+        ignored: Counts, per field, the records whose body sent a value that was ignored.
 
     Raises:
         FeedbackError: The body or one record is invalid (then none is accepted).
+        PayloadTooLargeError: More records than ``max_records``.
 
     Example:
-        >>> recs = feedback_records(b'{"k": "feedback", "feedback_id": "f1", '
+        >>> recs = feedback_records(b'{"k": "feedback", "feedback_id": "f1", "arm": "canary", '
         ...     b'"run_id": "8d6e5f2a-1b7c-4c1e-9a55-0c8f4f2b9e10", "kpi": "accuracy", "value": 1}')
-        >>> recs[0]["kpi"], recs[0]["value"]
-        ('accuracy', 1.0)
+        >>> recs[0]["kpi"], recs[0]["value"], recs[0]["arm"], recs[0]["idempotency_key"]
+        ('accuracy', 1.0, None, 'f1')
     """
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        try:  # Python's json writes NaN/Infinity: parse them to refuse them by name below
-            doc = json.loads(body)
-        except ValueError:
-            raise FeedbackError(f"body is not valid JSON: {exc}") from None
-    if isinstance(doc, list):
-        return [validate_record(obj, f"record [{i}]") for i, obj in enumerate(doc)]
-    return [validate_record(doc, "record")]
+    limit = get_settings().max_records_per_request if max_records is None else max_records
+    ignored = Counter() if ignored is None else ignored
+    doc = _parse_json(body)
+    docs, where = (doc, "record [{}]") if isinstance(doc, list) else ([doc], "record")
+    if len(docs) > limit:
+        raise PayloadTooLargeError(
+            f"request holds {len(docs)} feedback records; the limit is {limit} "
+            "(GENOPT_MAX_RECORDS_PER_REQUEST): send smaller batches"
+        )
+    return [
+        _untrusted(obj, validate_record(obj, where.format(i)), ignored)
+        for i, obj in enumerate(docs)
+    ]
 
 
 class _Server(ThreadingHTTPServer):
@@ -132,6 +286,20 @@ class _Server(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         host, port = self.server_address[:2]
         self.server_name, self.server_port = str(host), int(port)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # TLS: the handshake runs here, on the connection's own thread (with its timeout),
+        # not in the accepting thread, so a slow or silent client stalls no one else.
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(_Handler.timeout)
+                request.do_handshake()
+            except (OSError, ValueError) as exc:
+                logger.info("TLS handshake with %s failed: %s", client_address, exc)
+                self.receiver._count("rejected_requests")
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -156,7 +324,12 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("%s %s", self.address_string(), format % args)
 
     def handle_expect_100(self) -> bool:
-        # Refuse an oversized body before the client sends it.
+        # Refuse an unauthenticated or oversized body before the client sends it.
+        if not self._authorized():
+            self.server.receiver._count("rejected_requests")
+            self.server.receiver._count("unauthorized_requests")
+            self._reply_error(self._unauthorized(close=True))
+            return False
         length = self.headers.get("Content-Length")
         limit = self.server.receiver.max_body_bytes
         if length is not None and length.strip().isdigit() and int(length) > limit:
@@ -197,6 +370,10 @@ class _Handler(BaseHTTPRequestHandler):
                 HEALTH_PATH: ("GET", self._health),
             }
             route = routes.get(path.rstrip("/") or "/")
+            self._auth_ok = self._authorized()
+            if not self._auth_ok and (path.rstrip("/") or "/") != HEALTH_PATH:
+                rx._count("unauthorized_requests")
+                raise self._unauthorized(close=method != "GET")
             if route is None:
                 raise _HTTPError(404, f"no such path {path!r}", close=method != "GET")
             if route[0] != method:
@@ -207,12 +384,39 @@ class _Handler(BaseHTTPRequestHandler):
         except _HTTPError as exc:
             rx._count("rejected_requests")
             self._reply_error(exc)
+        except RecursionError:  # a body nested past a parser's limit is the client's fault
+            rx._count("rejected_requests")
+            self._reply_error(_HTTPError(400, "body is nested too deeply", close=True))
         except Exception as exc:  # noqa: BLE001 - a bug must not kill the server thread
             logger.exception("receiver error on %s %s", method, self.path)
             rx._count("rejected_requests")
             self._reply_error(_HTTPError(500, f"internal error: {exc}", close=True))
         finally:
             rx._end_request()
+
+    # -- authentication -------------------------------------------------------------------
+
+    _auth_ok = False
+
+    def _authorized(self) -> bool:
+        """Whether the request carries the token (always, when none is required)."""
+        token = self.server.receiver._token
+        if token is None:
+            return True
+        scheme, _, given = (self.headers.get("Authorization") or "").strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(given.strip().encode(), token.encode())
+
+    def _unauthorized(self, close: bool) -> _HTTPError:
+        sent = "Authorization" in self.headers
+        why = "the bearer token is wrong" if sent else "no bearer token"
+        return _HTTPError(
+            401,
+            f"{why}: send 'Authorization: Bearer <token>' (GENOPT_OTLP_TOKEN on workers)",
+            close=close,
+            headers={"WWW-Authenticate": 'Bearer realm="genopt"'},
+        )
 
     # -- bodies ---------------------------------------------------------------------------
 
@@ -304,6 +508,12 @@ class _Handler(BaseHTTPRequestHandler):
                 max_bytes=rx.max_body_bytes,
             )
         )
+        if len(records) > rx.max_records:
+            raise _HTTPError(
+                413,
+                f"request holds {len(records)} spans; the limit is {rx.max_records} "
+                "(GENOPT_MAX_RECORDS_PER_REQUEST): send smaller batches",
+            )
         self._append(records)
         rx._count("spans", len(records))
         payload, ctype = response_body(content_type)
@@ -321,22 +531,58 @@ class _Handler(BaseHTTPRequestHandler):
             )
         body = self._read_body()
         encoding = self.headers.get("Content-Encoding")
+        ignored: Counter[str] = Counter()
         records = self._decoded(
-            lambda: feedback_records(decompress(body, encoding, rx.max_body_bytes))
+            lambda: feedback_records(
+                decompress(body, encoding, rx.max_body_bytes),
+                max_records=rx.max_records,
+                ignored=ignored,
+            )
         )
-        self._append(records)
+        rows = []
+        if ignored:
+            rows.append(
+                row_record(
+                    "receiver_ignored_fields",
+                    {
+                        "request_id": uuid.uuid4().hex,
+                        "created_at": utcnow().isoformat(),
+                        "client": self.client_address[0],
+                        "records": len(records),
+                        "ignored": sum(ignored.values()),
+                        "fields": dict(ignored),
+                    },
+                )
+            )
+            logger.info(
+                "feedback from %s: ignored body values %s (derived at ingest instead)",
+                self.client_address[0],
+                dict(ignored),
+            )
+        self._append(records + rows)  # one write: the records and their report together
         rx._count("feedback", len(records))
+        rx._count("ignored_fields", sum(ignored.values()))
         self._reply(200, orjson.dumps({"accepted": len(records)}), JSON)
 
     def _health(self) -> None:
-        self._reply(200, orjson.dumps(self.server.receiver.health()), JSON)
+        rx = self.server.receiver
+        self._reply(200, orjson.dumps(rx.health() if self._auth_ok else {"status": "ok"}), JSON)
 
     # -- replies --------------------------------------------------------------------------
 
-    def _reply(self, status: int, payload: bytes, content_type: str, close: bool = False) -> None:
+    def _reply(
+        self,
+        status: int,
+        payload: bytes,
+        content_type: str,
+        close: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if close:
             self.send_header("Connection", "close")
             self.close_connection = True
@@ -349,7 +595,13 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             logger.info("%s %s -> %d: %s", self.command, self.path, exc.status, exc.message)
         try:
-            self._reply(exc.status, orjson.dumps({"error": exc.message}), JSON, close=exc.close)
+            self._reply(
+                exc.status,
+                orjson.dumps({"error": exc.message}),
+                JSON,
+                close=exc.close,
+                headers=exc.headers,
+            )
         except OSError:
             self.close_connection = True
 
@@ -366,6 +618,18 @@ class Receiver:
         ingest_interval: Seconds between ingests (default ``GENOPT_INGEST_INTERVAL``).
         on_ingest: Called with each :class:`IngestResult` of the background loop
             (``serve`` prints them).
+        token: The bearer token every request must carry (default: ``token_file``,
+            else ``GENOPT_SERVE_TOKEN``, else ``GENOPT_SERVE_TOKEN_FILE``; see
+            :func:`resolve_token`). None of them: no authentication.
+        token_file: A file whose first line is the token.
+        tls_cert: PEM certificate chain: serve HTTPS (default ``GENOPT_SERVE_TLS_CERT``).
+        tls_key: Its PEM private key (default ``GENOPT_SERVE_TLS_KEY``).
+        insecure_no_auth: Allow binding a non-loopback address without a token.
+
+    Raises:
+        ReceiverConfigError: A non-loopback ``host`` without a token (and without
+            ``insecure_no_auth``), a certificate without a key or the reverse, or a
+            token that cannot be read.
 
     Example:
         >>> import tempfile, pathlib
@@ -385,9 +649,33 @@ class Receiver:
         *,
         on_ingest: Callable[[IngestResult], None] | None = None,
         spool_dir: Path | None = None,
+        token: str | None = None,
+        token_file: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        insecure_no_auth: bool = False,
     ) -> None:
         settings = get_settings()
         self.host = settings.serve_host if host is None else host
+        self._token = resolve_token(token, token_file, settings)
+        if self._token is None and not is_loopback(self.host) and not insecure_no_auth:
+            shown = self.host or "all interfaces"
+            raise ReceiverConfigError(
+                f"refusing to bind {shown} without a token: anyone who can reach it could "
+                "write spans and feedback, and so decide a canary. Give --token-file PATH "
+                "(or GENOPT_SERVE_TOKEN), bind 127.0.0.1, or pass --insecure-no-auth if "
+                "the network in front of it authenticates"
+            )
+        tls_cert = tls_cert if tls_cert is not None else settings.serve_tls_cert
+        tls_key = tls_key if tls_key is not None else settings.serve_tls_key
+        if (tls_cert is None) != (tls_key is None):
+            raise ReceiverConfigError(
+                "TLS needs both a certificate and its key (--tls-cert and --tls-key, or "
+                "GENOPT_SERVE_TLS_CERT and GENOPT_SERVE_TLS_KEY)"
+            )
+        self._tls: ssl.SSLContext | None = None
+        if tls_cert is not None and tls_key is not None:
+            self._tls = _tls_context(Path(tls_cert), Path(tls_key))
         self._port = settings.serve_port if port is None else int(port)
         self.warehouse = (
             Path(warehouse).expanduser().resolve() if warehouse else settings.warehouse_path
@@ -403,6 +691,7 @@ class Receiver:
         if self.ingest_interval <= 0:
             raise ValueError(f"ingest_interval must be > 0, got {self.ingest_interval}")
         self.max_body_bytes = settings.max_body_bytes
+        self.max_records = settings.max_records_per_request
         self.on_ingest = on_ingest
         self.last_ingest: IngestResult | None = None
         self.last_ingest_error: str | None = None
@@ -414,7 +703,13 @@ class Receiver:
         self._closing = False
         self._stopped = False
         self._conns: set[socket.socket] = set()
-        self._counts = {"spans": 0, "feedback": 0, "rejected_requests": 0}
+        self._counts = {
+            "spans": 0,
+            "feedback": 0,
+            "rejected_requests": 0,
+            "unauthorized_requests": 0,
+            "ignored_fields": 0,
+        }
 
     # -- properties -----------------------------------------------------------------------
 
@@ -424,8 +719,18 @@ class Receiver:
         return self._server.server_address[1] if self._server else self._port
 
     @property
+    def authenticated(self) -> bool:
+        """Whether requests must carry the bearer token."""
+        return self._token is not None
+
+    @property
+    def tls(self) -> bool:
+        """Whether the receiver speaks HTTPS."""
+        return self._tls is not None
+
+    @property
     def url(self) -> str:
-        """The base URL clients use, e.g. ``http://127.0.0.1:4318``."""
+        """The base URL clients use, e.g. ``http://127.0.0.1:4318`` (``https`` with TLS)."""
         host = self.host
         if host in ("", "0.0.0.0"):
             host = "127.0.0.1"
@@ -433,11 +738,12 @@ class Receiver:
             host = "::1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: spans and feedback accepted, requests rejected."""
+        """Counters: spans and feedback accepted, requests rejected (of them, those without
+        a valid token), and feedback field values a body sent that were ignored."""
         with self._lock:
             return dict(self._counts)
 
@@ -448,6 +754,8 @@ class Receiver:
             "status": "ok",
             "warehouse": str(self.warehouse),
             "spool": str(self.spool_dir),
+            "auth": self.authenticated,
+            "tls": self.tls,
             **self.stats,
             "last_ingest": None if last is None else str(last),
             "last_ingest_error": self.last_ingest_error,
@@ -468,6 +776,10 @@ class Receiver:
             raise RuntimeError("receiver already started")
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self._server = _Server((self.host, self._port), self)
+        if self._tls is not None:  # the handshake runs on each connection's thread
+            self._server.socket = self._tls.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         serve_thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.2},
@@ -585,6 +897,19 @@ class Receiver:
                 self._conns.discard(conn)
 
 
+def _tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server-side TLS context (TLS 1.2 or later) with this certificate and key."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(str(Path(cert).expanduser()), str(Path(key).expanduser()))
+    except (OSError, ssl.SSLError) as exc:
+        raise ReceiverConfigError(
+            f"cannot load the TLS certificate {cert} with key {key}: {exc}"
+        ) from None
+    return ctx
+
+
 def serve(
     host: str | None = None,
     port: int | None = None,
@@ -592,6 +917,11 @@ def serve(
     ingest_interval: float | None = None,
     *,
     spool_dir: Path | None = None,
+    token: str | None = None,
+    token_file: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    insecure_no_auth: bool = False,
 ) -> IngestResult | None:
     """Run the receiver in the foreground until SIGINT or SIGTERM.
 
@@ -605,19 +935,33 @@ def serve(
         warehouse: The DuckDB file (default ``GENOPT_WAREHOUSE``).
         ingest_interval: Seconds between ingests (default ``GENOPT_INGEST_INTERVAL``).
         spool_dir: The spool (default: the warehouse's, as in :class:`Receiver`).
+        token, token_file, tls_cert, tls_key, insecure_no_auth: As in :class:`Receiver`.
 
     Returns:
         The final ingest's result (None if the warehouse stayed busy).
 
     Raises:
         OSError: The address cannot be bound.
+        ReceiverConfigError: See :class:`Receiver`.
     """
 
     def report(result: IngestResult) -> None:
         if result.records or result.rejected:
             print(f"{time.strftime('%H:%M:%S')} {result}", flush=True)
 
-    rx = Receiver(host, port, warehouse, ingest_interval, on_ingest=report, spool_dir=spool_dir)
+    rx = Receiver(
+        host,
+        port,
+        warehouse,
+        ingest_interval,
+        on_ingest=report,
+        spool_dir=spool_dir,
+        token=token,
+        token_file=token_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        insecure_no_auth=insecure_no_auth,
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -628,13 +972,19 @@ def serve(
         rx.start()
         bound = rx.url
         if rx.host in ("", "0.0.0.0", "::"):  # say what was bound, not the loopback alias
-            bound = f"http://{'[::]' if rx.host == '::' else '0.0.0.0'}:{rx.port}"
+            scheme = "https" if rx.tls else "http"
+            bound = f"{scheme}://{'[::]' if rx.host == '::' else '0.0.0.0'}:{rx.port}"
+        auth = "bearer token required" if rx.authenticated else "NO authentication"
         print(
             f"genopt receiver listening on {bound} (OTLP/HTTP {TRACES_PATH}, feedback "
-            f"{FEEDBACK_PATH}, {HEALTH_PATH}); spool {rx.spool_dir} -> warehouse "
+            f"{FEEDBACK_PATH}, {HEALTH_PATH}; {auth}); spool {rx.spool_dir} -> warehouse "
             f"{rx.warehouse}, ingest every {rx.ingest_interval:g}s; Ctrl-C to stop",
             flush=True,
         )
+        if not rx.authenticated and not is_loopback(rx.host):
+            logger.warning(
+                "the receiver on %s takes requests without a token (--insecure-no-auth)", bound
+            )
         while not stop.wait(0.5):
             pass
         print("stopping: sealing the spool and running a final ingest ...", flush=True)
@@ -645,7 +995,8 @@ def serve(
     stats = rx.stats
     print(
         f"stopped after {stats['spans']} spans, {stats['feedback']} feedback, "
-        f"{stats['rejected_requests']} rejected requests; final "
+        f"{stats['rejected_requests']} rejected requests ({stats['unauthorized_requests']} "
+        f"without a valid token), {stats['ignored_fields']} ignored feedback field values; final "
         f"{result if result is not None else 'ingest skipped: warehouse busy'}",
         flush=True,
     )

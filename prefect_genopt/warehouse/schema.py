@@ -21,7 +21,10 @@ from datetime import UTC, datetime
 
 import duckdb
 
+from prefect_genopt.errors import ConflictError
+
 __all__ = [
+    "SchemaTooNewError",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "migrate",
@@ -57,6 +60,7 @@ TABLES = (
     "step_credit",
     "optimizer_instructions",
     "candidate_scores",
+    "receiver_ignored_fields",
 )
 VIEWS = ("kpi_by_param_set_day", "llm_usage", "run_summary", "param_set_lineage")
 
@@ -544,6 +548,23 @@ ALTER TABLE proposals ADD COLUMN IF NOT EXISTS night_id VARCHAR;
 ALTER TABLE proposals ADD COLUMN IF NOT EXISTS offline_evidence JSON;
 """
 
+# v8: the receiver (issue 15). Feedback fields a request body sent that the receiver
+# ignored (arm, param set, pipeline and verified are derived at ingest from the stored
+# run and its item spans; the feedback id from the run and the idempotency key), one row
+# per request; and the pending feedback each ingest expired (GENOPT_PENDING_FEEDBACK_TTL_DAYS).
+_V8 = """
+CREATE TABLE IF NOT EXISTS receiver_ignored_fields (
+    request_id VARCHAR PRIMARY KEY,
+    created_at TIMESTAMP,
+    client VARCHAR,
+    records BIGINT,
+    ignored BIGINT,
+    fields JSON,
+    ingested_at TIMESTAMP
+);
+ALTER TABLE ingest_log ADD COLUMN IF NOT EXISTS pending_expired BIGINT DEFAULT 0;
+"""
+
 # v9: genopt's own failures in a run (issue 15): counts by cause ({"spool_full": 3, ...}),
 # carried by the run-end record; NULL when there were none (prefect_genopt.incidents).
 _V9 = """
@@ -573,6 +594,7 @@ ROW_TABLES: dict[str, tuple[str, ...]] = {
     "step_credit": ("credit_id",),
     "optimizer_instructions": ("instruction_id",),
     "candidate_scores": ("night_id", "candidate_id", "item_id", "pool"),
+    "receiver_ignored_fields": ("request_id",),
 }
 
 #: (version, SQL) in order; append, never edit a released one.
@@ -584,10 +606,32 @@ MIGRATIONS: list[tuple[int, str]] = [
     (5, _V5),
     (6, _V6),
     (7, _V7),
+    (8, _V8),
     (9, _V9),
     (10, _V10),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+class SchemaTooNewError(ConflictError, RuntimeError):
+    """The warehouse was written by a newer prefect-genopt (a higher schema version)."""
+
+    @classmethod
+    def check(cls, version: int, where: object = "warehouse") -> None:
+        """Raise if ``version`` is newer than :data:`SCHEMA_VERSION`.
+
+        Example:
+            >>> try:
+            ...     SchemaTooNewError.check(SCHEMA_VERSION + 1, "warehouse w.duckdb")
+            ... except SchemaTooNewError as exc:
+            ...     print(str(exc).split(",")[0])
+            warehouse w.duckdb has schema version ...
+        """
+        if version > SCHEMA_VERSION:
+            raise cls(
+                f"{where} has schema version {version}, newer than this prefect-genopt's "
+                f"({SCHEMA_VERSION}); upgrade prefect-genopt"
+            )
 
 
 def utcnow() -> datetime:
@@ -607,14 +651,19 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
-    """Apply pending migrations in one transaction; returns the resulting version."""
+    """Apply pending migrations in one transaction; returns the resulting version.
+
+    A migration is pending when its version is not recorded, even below the highest one
+    recorded (one that landed after a later number was applied); each is idempotent.
+    """
     version = current_version(con)
-    if version > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"warehouse schema version {version} is newer than this prefect-genopt "
-            f"({SCHEMA_VERSION}); upgrade prefect-genopt"
-        )
-    if version == SCHEMA_VERSION:
+    SchemaTooNewError.check(version)
+    applied = (
+        {int(v) for (v,) in con.execute("SELECT DISTINCT version FROM schema_version").fetchall()}
+        if version
+        else set()
+    )
+    if all(v in applied for v, _ in MIGRATIONS):
         return version
     con.execute("BEGIN TRANSACTION")
     try:
@@ -622,7 +671,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
             "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER, applied_at TIMESTAMP)"
         )
         for v, sql in MIGRATIONS:
-            if v > version:
+            if v not in applied:
                 con.execute(sql)
                 con.execute("INSERT INTO schema_version VALUES (?, ?)", [v, utcnow()])
         con.execute("COMMIT")
