@@ -974,7 +974,13 @@ def serve(
         if rx.host in ("", "0.0.0.0", "::"):  # say what was bound, not the loopback alias
             scheme = "https" if rx.tls else "http"
             bound = f"{scheme}://{'[::]' if rx.host == '::' else '0.0.0.0'}:{rx.port}"
-        auth = "bearer token required" if rx.authenticated else "NO authentication"
+        auth = (
+            "bearer token required"
+            if rx.authenticated
+            else "no token: this machine only"
+            if is_loopback(rx.host)
+            else "NO authentication (--insecure-no-auth)"
+        )
         print(
             f"genopt receiver listening on {bound} (OTLP/HTTP {TRACES_PATH}, feedback "
             f"{FEEDBACK_PATH}, {HEALTH_PATH}; {auth}); spool {rx.spool_dir} -> warehouse "
