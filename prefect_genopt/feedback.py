@@ -47,7 +47,7 @@ from prefect_genopt.records import (
     validate_record,
     validate_value,
 )
-from prefect_genopt.redaction import redact
+from prefect_genopt.redaction import redact, redact_item_key
 from prefect_genopt.settings import GenoptSettings, get_settings
 
 __all__ = [
@@ -164,10 +164,13 @@ def build_record(
         raise FeedbackError(f"step must be a task name of 1..{MAX_KEY_CHARS} chars")
     if not isinstance(source, str) or not source.strip():
         raise FeedbackError("source must be a non-empty string")
+    stored_item_key = None
     if item_key is not None:
         item_key = str(item_key)
         if len(item_key) > MAX_KEY_CHARS:
             raise FeedbackError(f"item_key is longer than {MAX_KEY_CHARS} chars")
+        # a secret in an item key is stored as a keyed hash (routing uses the key itself)
+        stored_item_key = redact_item_key(item_key)
     if idempotency_key is not None:
         idempotency_key = str(idempotency_key)
         if not idempotency_key or len(idempotency_key) > MAX_KEY_CHARS:
@@ -187,7 +190,9 @@ def build_record(
         in_current_run = rc is not None and rc.run_id == run_id
 
     if idempotency_key is None:
-        idempotency_key = f"{kpi}|{item_key or ''}|{source}" if in_current_run else uuid.uuid4().hex
+        idempotency_key = (
+            f"{kpi}|{stored_item_key or ''}|{source}" if in_current_run else uuid.uuid4().hex
+        )
     verified = True if in_current_run else (verify_run(run_id, settings) if verify else False)
     pipeline = ps_id = arm = None
     if in_current_run and rc is not None:
@@ -207,9 +212,9 @@ def build_record(
         "kpi": kpi,
         "value": value,
         "comment": comment,
-        "item_key": item_key,
+        "item_key": stored_item_key,
         "source": source.strip(),
-        "idempotency_key": idempotency_key,
+        "idempotency_key": redact(idempotency_key),
         "created_ns": time.time_ns(),
         "verified": verified,
         "pipeline": pipeline,

@@ -40,7 +40,16 @@ import orjson
 
 from prefect_genopt import semconv
 from prefect_genopt.errors import BadInputError
-from prefect_genopt.redaction import REDACTED, Patterns, is_secret_key, patterns, redact, truncate
+from prefect_genopt.redaction import (
+    REDACTED,
+    Patterns,
+    is_secret_key,
+    patterns,
+    redact,
+    redact_item_key,
+    scrub,
+    truncate,
+)
 from prefect_genopt.settings import get_settings
 
 __all__ = [
@@ -193,21 +202,19 @@ def _json_or_text(v: Any) -> Any:
     return v
 
 
-def _clean_value(key: str, value: Any, limit: int, pats: Patterns, depth: int = 0) -> Any:
-    """Redact and truncate strings anywhere in a value (lists and maps included)."""
-    if key in semconv.VERBATIM:
+def _clean_value(key: str, value: Any, limit: int, pats: Patterns) -> Any:
+    """Redact and truncate strings anywhere in a value (lists and maps included, at any
+    depth: :func:`prefect_genopt.redaction.scrub`); anything under a secret-named key
+    becomes ``[REDACTED]``."""
+    if key in semconv.VERBATIM or value is None or isinstance(value, bool):
         return value
+    if is_secret_key(key):
+        return REDACTED
     if isinstance(value, str):
-        if is_secret_key(key):
-            return REDACTED
         return truncate(redact(value, pats), limit)
-    if depth > 8:
-        return value
-    if isinstance(value, list | tuple):
-        return [_clean_value(key, v, limit, pats, depth + 1) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _clean_value(str(k), v, limit, pats, depth + 1) for k, v in value.items()}
-    return value
+    if isinstance(value, Mapping) and not isinstance(value, dict):
+        value = dict(value)
+    return scrub(value, lambda text: truncate(redact(text, pats), limit))
 
 
 def _clean_map(attrs: Mapping[str, Any], limit: int, pats: Patterns) -> dict[str, Any]:
@@ -264,6 +271,8 @@ def span_record(
     """
     pats = patterns()
     attrs = _clean_map(attributes, limit, pats)
+    if attributes.get(semconv.ITEM_KEY) is not None:  # a secret one: a keyed hash, not a constant
+        attrs[semconv.ITEM_KEY] = redact_item_key(str(attributes[semconv.ITEM_KEY]), pats)
     run_id = attrs.get(semconv.RUN_ID)
     if run_id is None and attrs.get(semconv.PREFECT_RUN_TYPE) == "flow":
         run_id = attrs.get(semconv.PREFECT_RUN_ID)
@@ -464,6 +473,8 @@ def validate_record(obj: Any, where: str = "record") -> dict[str, Any]:
         if len(comment) > limit:
             raise FeedbackError(f"{where}: comment is {len(comment)} chars; the limit is {limit}")
         rec["comment"] = redact(comment)
+    if rec.get("item_key") is not None:  # a secret one: a keyed hash, items stay apart
+        rec["item_key"] = redact_item_key(rec["item_key"])
     if rec.get("expected") is not None:
         limit = get_settings().max_comment_chars
         if len(rec["expected"]) > limit:

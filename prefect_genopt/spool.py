@@ -37,6 +37,7 @@ import orjson
 
 from prefect_genopt.errors import UnavailableError
 from prefect_genopt.records import HOST
+from prefect_genopt.redaction import _dumps_deep
 
 __all__ = [
     "SpoolWriter",
@@ -97,11 +98,21 @@ def _spool_error(directory: Path, exc: OSError, what: str = "write") -> SpoolErr
 _write = os.write
 
 
+_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
 def _encode(records: list[dict[str, Any]]) -> bytes:
-    return b"".join(
-        orjson.dumps(r, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY) + b"\n"
-        for r in records
-    )
+    try:
+        return b"".join(orjson.dumps(r, option=_OPTIONS) + b"\n" for r in records)
+    except orjson.JSONEncodeError:  # a value nested deeper than orjson goes: one by one
+        return b"".join(_encode_one(r) + b"\n" for r in records)
+
+
+def _encode_one(record: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(record, option=_OPTIONS)
+    except orjson.JSONEncodeError:
+        return _dumps_deep(record).encode()
 
 
 class SpoolWriter:

@@ -44,7 +44,7 @@ import orjson
 from prefect_genopt import semconv, spool
 from prefect_genopt.context import RunContext, StepState
 from prefect_genopt.records import row_record
-from prefect_genopt.redaction import _scrub, redact
+from prefect_genopt.redaction import _scrub, redact, redact_item_key
 from prefect_genopt.replay.checks import failed, run_checks
 from prefect_genopt.settings import get_settings
 from prefect_genopt.tunables import canonical_json
@@ -383,7 +383,7 @@ def record_step(
         ).hexdigest()[:32],
         "pipeline": rc.pipeline,
         "run_id": rc.run_id,
-        "item_key": item_key,
+        "item_key": redact_item_key(item_key),
         "step": step,
         "span_id": span_id,
         "trace_id": f"{ctx.trace_id:032x}" if ctx and ctx.is_valid else None,
