@@ -215,6 +215,20 @@ def test_a_flow_stays_green_with_a_full_or_read_only_spool(
     status = warehouse_status(genopt.Warehouse(ingest=False))
     assert status.runs_with_genopt_errors == 1
     assert status.genopt_errors["bad_feedback"] == 2 and status.genopt_errors[cause] >= 7
+    assert f"genopt errors in 1 run(s) (the flows went on): {cause}" in _status_text()
+
+
+def _status_text() -> str:
+    """What ``genopt status`` prints."""
+    import contextlib
+    import io
+
+    from prefect_genopt.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["status"]) == 0
+    return out.getvalue()
 
 
 @pytest.mark.usefixtures("prefect_api")

@@ -10,8 +10,10 @@ those tests skip) or an ``ENOSPC`` injected at the spool's write call.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.client
+import io
 import os
 import uuid
 from pathlib import Path
@@ -26,6 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import prefect_genopt as genopt
 from prefect_genopt import spool
+from prefect_genopt.cli import main
 from prefect_genopt.records import HOST
 from prefect_genopt.warehouse import Ingester
 from prefect_genopt.warehouse.ingest import WarehouseWriteError, set_fault_hook
@@ -101,6 +104,10 @@ def test_leftover_staging_files_are_shown_then_removed(warehouse_path: Path) -> 
         (spool_dir / f"{spool.STAGING_PREFIX}{tag}.jsonl").write_bytes(lines)
     status = warehouse_status(genopt.Warehouse(ingest=False))
     assert (status.staging_files, status.staging_bytes) == (2, 2 * len(lines))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["status"]) == 0
+    assert f"staging:   2 leftover staging file(s), {2 * len(lines)} bytes" in out.getvalue()
 
     result = Ingester().ingest()
     assert result.staging_removed == 2 and result.spans == 20  # loaded once, from the spool
