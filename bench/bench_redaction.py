@@ -12,6 +12,10 @@ trigger-scan-then-patterns logic), on:
 * ``secrets`` and ``lookalikes``: the test corpus (tests/redaction_corpus.py);
 * ``clean(dict)``: a task's inputs as a small nested dict (walk, JSON, redact, truncate).
 
+"now" is the patterns' own cost (``_redact_builtin``); ``redact`` also remembers the
+result for values of at most 256 characters, which repeat from span to span (names, ids,
+states): "cached" is a repeated value's cost.
+
 Usage: ``python -m bench.bench_redaction [--repeats N]``
 """
 
@@ -22,6 +26,8 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from prefect_genopt import redaction
 from tests.redaction_corpus import LOOKALIKES, SECRETS
@@ -48,6 +54,36 @@ def old_redact(text: str) -> str:
     if text and OLD_TRIGGER.search(text.lower()):
         text = redaction._apply(OLD.builtin, text)
     return text
+
+
+def old_scrub(value: Any, depth: int = 0) -> Any:
+    """The structure walk as it was (recursive, 8 levels)."""
+    if depth > 8:
+        return value
+    if isinstance(value, dict):
+        return {
+            k: (
+                redaction.REDACTED
+                if isinstance(k, str) and OLD_SECRET_KEY.search(k)
+                else old_scrub(v, depth + 1)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [old_scrub(v, depth + 1) for v in value]
+    return value
+
+
+OLD_SECRET_KEY = re.compile(
+    r"(?i)(api[_-]?key|secret|password|passwd|authorization|access[_-]?token|auth[_-]?token"
+    r"|private[_-]?key|client[_-]?secret|^token$)"
+)
+
+
+def old_clean(value: Any, limit: int = 4096) -> str:
+    """clean() as it was."""
+    raw = orjson.dumps(old_scrub(value), option=orjson.OPT_NON_STR_KEYS).decode()
+    return redaction.truncate(old_redact(raw), limit)
 
 
 PLAIN = (
@@ -86,16 +122,22 @@ def main() -> None:
         "secrets": [t for t, _ in SECRETS] * 5,
         "lookalikes": LOOKALIKES * 5,
     }
-    print(f"{'values':<14}{'before µs':>12}{'now µs':>10}{'ratio':>8}")
+    print(f"{'values':<14}{'before µs':>12}{'now µs':>10}{'ratio':>8}{'cached µs':>12}")
     for name, values in cases.items():
         before = per_call_us(lambda v=values: [old_redact(x) for x in v], len(values), args.repeats)
         now = per_call_us(
+            lambda v=values: [redaction._redact_builtin(x, pats) for x in v],
+            len(values),
+            args.repeats,
+        )
+        cached = per_call_us(
             lambda v=values: [redaction.redact(x, pats) for x in v], len(values), args.repeats
         )
-        print(f"{name:<14}{before:>12.2f}{now:>10.2f}{now / before:>8.2f}")
+        print(f"{name:<14}{before:>12.2f}{now:>10.2f}{now / before:>8.2f}{cached:>12.2f}")
     n = 200
+    before = per_call_us(lambda: [old_clean(INPUTS) for _ in range(n)], n, args.repeats)
     now = per_call_us(lambda: [redaction.clean(INPUTS) for _ in range(n)], n, args.repeats)
-    print(f"{'clean(dict)':<14}{'':>12}{now:>10.2f}")
+    print(f"{'clean(dict)':<14}{before:>12.2f}{now:>10.2f}{now / before:>8.2f}")
     leaked = sum(s in old_redact(t) for t, s in SECRETS)
     print(
         f"corpus: {len(SECRETS)} secrets, {leaked} leak with the patterns before, "

@@ -201,7 +201,25 @@ def _apply(pats: tuple[re.Pattern[str], ...], text: str) -> str:
     return text
 
 
-_ALL_GATES = tuple(frozenset(_TRIGGER_WORDS) for _ in BUILTIN_SECRET_PATTERNS)
+def _redact_builtin(text: str, pats: Patterns) -> str:
+    """Apply each built-in pattern whose gate words the text holds."""
+    low = text.lower()
+    hits = {w for w in _TRIGGER_WORDS if w in low}
+    if hits:
+        for pat, gate in zip(pats.builtin, pats.gates, strict=True):
+            if not hits.isdisjoint(gate):
+                text = pat.sub(_keep_label if pat.groups else REDACTED, text)
+    return text
+
+
+#: Short values repeat from span to span (names, ids, arms, states): their redaction is
+#: remembered (only the built-in patterns, which never change).
+_SHORT = 256
+
+
+@lru_cache(maxsize=8192)
+def _redact_short(text: str) -> str:
+    return _redact_builtin(text, _compiled(()))
 
 
 def redact(text: str, pats: Patterns | None = None) -> str:
@@ -215,12 +233,10 @@ def redact(text: str, pats: Patterns | None = None) -> str:
         return text
     if pats is None:
         pats = patterns()
-    low = text.lower()
-    hits = {w for w in _TRIGGER_WORDS if w in low}
-    if hits:
-        for pat, gate in zip(pats.builtin, pats.gates or _ALL_GATES, strict=True):
-            if not hits.isdisjoint(gate):
-                text = pat.sub(_keep_label if pat.groups else REDACTED, text)
+    if len(text) <= _SHORT and pats.gates:
+        text = _redact_short(text)
+    else:
+        text = _redact_builtin(text, pats if pats.gates else _compiled(()))
     if pats.extra:
         text = _apply(pats.extra, text)
     return text
