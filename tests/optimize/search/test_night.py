@@ -11,8 +11,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from prefect import flow
 
 import prefect_genopt as genopt
+from flows.examples.tickets import tickets
 from flows.examples.triage import triage
 from prefect_genopt import testing
 from prefect_genopt.cli import main
@@ -61,12 +63,12 @@ def settings(mode: str, **kw: object) -> OptimizerSettings:
     return OptimizerSettings(**{**base, **kw})
 
 
-def _pools_filled(s: OptimizerSettings) -> bool:
+def _pools_filled(s: OptimizerSettings, pipeline: str = "triage") -> bool:
     wh = genopt.Warehouse()
-    runs = pool_runs(wh, "triage", "correct", limit=s.pool_runs)
+    runs = pool_runs(wh, pipeline, "correct", limit=s.pool_runs)
     p = assign_pools(
         runs,
-        pipeline="triage",
+        pipeline=pipeline,
         evidence=s.evidence_items,
         selection=s.selection_items,
         confirmation=s.confirmation_items,
@@ -267,3 +269,80 @@ def test_the_old_single_shot_path_still_works_with_search_off(
         OptimizerSettings(pipeline="knob", model="scripted-opt/follow", response_format="none")
     )
     assert isinstance(night, NightResult) and night.status == "no_proposal"
+
+
+# -- a step with a prompt and demos: the best draft combined with the best demo set ------
+
+
+class LabParams(genopt.Tunables):
+    """A labeller with rules and worked examples."""
+
+    prompt: str = genopt.prompt(
+        "Classify the ticket as billing, bug or other. billing: invoice; bug: crash.",
+        description="the labeller's rules",
+    )
+    examples: list[dict] = genopt.demos(
+        description="worked examples for the labeller", max_items=4, step="label_lab"
+    )
+
+
+@genopt.task(record=True, item_key="key")
+def label_lab(key: str, text: str) -> str:
+    """Label a ticket by the rules and the worked examples (each a rule of its own text)."""
+    p = genopt.current_params(item_key=key)
+    shown = "".join(f"; {d['output']}: {d['input']['text']}" for d in p.examples)
+    return testing.keyword_label(p.prompt + shown, text)
+
+
+@flow(name="demolab")
+@genopt.pipeline(name="demolab", params=LabParams)
+def demolab(n: int = 8, seed: int = 0) -> float:
+    """Label ``n`` tickets; per-ticket feedback ``correct`` with the expected label."""
+    right = 0
+    for t in tickets(n, seed):
+        label = label_lab(t.id, t.text)
+        right += label == t.label
+        genopt.feedback("correct", float(label == t.label), item_key=t.id, expected=t.label)
+    return right / n
+
+
+def test_the_best_draft_is_combined_with_the_best_demo_set(
+    prefect_api: str, warehouse_path: Path
+) -> None:
+    lab = settings(
+        "good", pipeline="demolab", starting_artifact={}, n_demo_sets=3, evidence_items=24
+    )
+    seed = 0
+    while seed < 60 and (seed < 12 or not _pools_filled(lab, "demolab")):
+        demolab(n=8, seed=seed)
+        seed += 1
+    assert genopt.harvest("demolab", kpi="correct").verified > 0
+    said: list[str] = []
+    result = run_night(lab, progress=said.append)
+    assert result.step == "label_lab" and result.editable == ["examples", "prompt"]
+    generators = {c.generator for c in result.candidates}
+    assert {"drafts", "demos", "combination"} <= generators, said
+    comb = next(c for c in result.candidates if c.generator == "combination")
+    assert set(comb.changed) == {"examples", "prompt"}
+    wh = genopt.Warehouse()
+    (n,) = wh.sql(
+        "SELECT count(*) AS n FROM candidate_scores WHERE generator = 'combination' "
+        "AND pool = 'selection'"
+    )
+    assert n["n"] == len(result.selection.scores[comb.candidate_id]) >= 16  # type: ignore[union-attr]
+    # demos come from the evidence pool's verified experiences only
+    (prop,) = wh.sql("SELECT evidence_run_ids, offline_evidence FROM proposals")
+    ev = orjson.loads(prop["offline_evidence"])
+    assert "combination" in {c["generator"] for c in ev["candidates"]}
+    evidence_runs = set(orjson.loads(prop["evidence_run_ids"]))
+    demo_ids = {
+        d["experience_id"]
+        for c in result.candidates
+        if c.generator == "demos"
+        for d in c.values["examples"]
+    }
+    runs = wh.sql(
+        "SELECT DISTINCT run_id FROM experiences WHERE list_contains(?, experience_id)",
+        [sorted(demo_ids)],
+    )
+    assert demo_ids and {r["run_id"] for r in runs} <= evidence_runs
