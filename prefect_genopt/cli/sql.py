@@ -90,9 +90,9 @@ def read_only_query(
     from prefect_genopt.warehouse.schema import SchemaTooNewError, current_version
 
     wh = ctx.warehouse(ingest=ingest)
-    # The reader's catch-up ingest, on the warehouse's own (read-write) connection, closed
-    # when it returns: never open at the same time as the restricted one below.
-    wh._before_query()
+    # The reader's catch-up ingest, on the warehouse's own connections, all closed when it
+    # returns: never open at the same time as the restricted one below.
+    wh.catch_up()
     with connect(wh.path, restricted=True) as con:
         # a newer genopt's tables may mean what this one does not know
         SchemaTooNewError.check(current_version(con), f"warehouse {wh.path}")
