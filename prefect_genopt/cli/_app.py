@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prefect_genopt.cli._errors import exit_status
+from prefect_genopt.cli._errors import exit_status, known_error
 
 if TYPE_CHECKING:
     from prefect_genopt.settings import GenoptSettings
@@ -141,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args, Context.from_args(args)))
-    except Exception as exc:
+    except Exception as raised:
+        exc = known_error(raised)  # e.g. the Prefect API down: "Prefect API unreachable at URL"
         status = exit_status(exc)
         if status is None:
             raise

@@ -21,7 +21,7 @@ import sys
 
 from prefect_genopt import errors
 
-__all__ = ["EXIT_CODES", "EXIT_GATE_STOPPED", "EXIT_GATE_SKIPPED", "exit_status"]
+__all__ = ["EXIT_CODES", "EXIT_GATE_STOPPED", "EXIT_GATE_SKIPPED", "exit_status", "known_error"]
 
 #: `genopt rollout start`: the replay gate found the candidate worse; nothing was rolled out
 EXIT_GATE_STOPPED = 3
@@ -52,6 +52,46 @@ def _resolve(kind: type[BaseException] | str) -> type[BaseException] | None:
     module, _, name = kind.partition(":")
     loaded = sys.modules.get(module)
     return getattr(loaded, name, None) if loaded is not None else None
+
+
+def _prefect_down(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it wraps) says the Prefect API could not be reached:
+    Prefect's own "Failed to reach API at ..." or a failed request to its address."""
+    from prefect_genopt.rollout import store
+
+    url = store.api_url().rstrip("/")
+    seen: set[int] = set()
+    err: BaseException | None = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, RuntimeError) and "Failed to reach API at" in str(err):
+            return True
+        try:
+            target = str(err.request.url)  # type: ignore[attr-defined]  # httpx errors
+        except (AttributeError, RuntimeError):
+            target = ""
+        if target.startswith(url) and store.is_unreachable(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def known_error(exc: BaseException) -> BaseException:
+    """``exc``, or the error of the tree it stands for: an error that says the Prefect API
+    is down becomes a ``PrefectUnavailable`` ("Prefect API unreachable at URL", exit 2).
+
+    Example:
+        >>> err = KeyError("a bug")
+        >>> known_error(err) is err
+        True
+    """
+    if isinstance(exc, errors.GenoptError) or "prefect" not in sys.modules:
+        return exc
+    if not _prefect_down(exc):
+        return exc
+    from prefect_genopt.rollout import store
+
+    return store.unreachable_error(exc)
 
 
 def exit_status(exc: BaseException) -> tuple[int, str] | None:

@@ -376,3 +376,26 @@ def test_genopt_rollout_analyze_with_the_api_down_exits_2_without_a_traceback(
     assert out.returncode == 2, out.stderr
     assert f"Prefect API unreachable at {url}" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_any_command_says_the_api_is_unreachable_not_only_rollout() -> None:
+    """main() maps an error that says the Prefect API is down (Prefect's own "Failed to reach
+    API", a failed request to its address) to PrefectUnavailable: exit 2, one line."""
+    import httpx
+    import prefect.settings as ps
+
+    from prefect_genopt.cli._errors import exit_status, known_error
+
+    url = dead_url()
+    with ps.temporary_settings({ps.PREFECT_API_URL: url}):
+        engine = RuntimeError(f"Flow run could not be created. Failed to reach API at {url}/.")
+        mapped = known_error(engine)
+        assert isinstance(mapped, store.PrefectUnavailable) and exit_status(mapped) == (2, "error")
+        assert str(mapped).startswith(f"Prefect API unreachable at {url}: RuntimeError")
+        refused = httpx.ConnectError("refused", request=httpx.Request("GET", f"{url}/variables"))
+        assert isinstance(known_error(refused), store.PrefectUnavailable)
+        # a request elsewhere (an LLM provider, the receiver) is not the Prefect API
+        other = httpx.ConnectError("refused", request=httpx.Request("GET", "http://llm:8000/v1"))
+        assert known_error(other) is other
+        bug = KeyError("a bug")
+        assert known_error(bug) is bug
