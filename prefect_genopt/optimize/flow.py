@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
 
 from prefect_genopt import locks
+from prefect_genopt.errors import UnavailableError
 from prefect_genopt.optimize.config import OptimizerSettings
 from prefect_genopt.optimize.runner import optimize
 from prefect_genopt.proposals.proposals import markdown
@@ -163,7 +164,8 @@ def _auto_rollout(
             reason="the optimizer's rollout policy is 'auto'",
             warehouse=warehouse,
         )
-    except (RolloutError, locks.LockTimeout) as exc:
+    except (RolloutError, locks.LockTimeout, UnavailableError) as exc:
+        # the proposal stays on record: a person (or tomorrow's run) can start it
         logger.warning("no canary started for %s: %s", proposal.proposal_id, exc)
         return {"started": False, "reason": str(exc)}
     logger.info(
