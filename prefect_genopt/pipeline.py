@@ -40,6 +40,7 @@ from prefect_genopt.context import (
     run_var,
     step_var,
 )
+from prefect_genopt.errors import ConflictError
 from prefect_genopt.records import HOST
 from prefect_genopt.redaction import clean, to_text
 from prefect_genopt.replay.steps import (
@@ -89,7 +90,7 @@ class StepInfo:
     side_effect: bool = False
 
 
-class SideEffectSkipped(RuntimeError):
+class SideEffectSkipped(ConflictError, RuntimeError):
     """A ``side_effect=True`` task on the ``replay`` arm with no recorded output to return:
     it is not run, and the replayed run stops here (its items not scored yet are skipped)."""
 
