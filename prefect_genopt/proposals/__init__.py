@@ -8,7 +8,7 @@ by its canary, and the CLI lists them. None of those imports another for this.
 Example:
     >>> from prefect_genopt.proposals import FINAL_STATUSES
     >>> sorted(FINAL_STATUSES)
-    ['no_change', 'promoted', 'rejected', 'rolled_back']
+    ['no_change', 'not_better', 'promoted', 'rejected', 'rolled_back']
 """
 
 from prefect_genopt.proposals.proposals import (
