@@ -297,10 +297,12 @@ def label_lab(key: str, text: str) -> str:
 @flow(name="demolab")
 @genopt.pipeline(name="demolab", params=LabParams)
 def demolab(n: int = 8, seed: int = 0) -> float:
-    """Label ``n`` tickets; per-ticket feedback ``correct`` with the expected label."""
+    """Label ``n`` tickets; per-ticket feedback ``correct`` with the expected label. Each
+    batch's texts are its own (verified demos keep one experience per input, the newest,
+    which would otherwise often come from outside the evidence pool)."""
     right = 0
     for t in tickets(n, seed):
-        label = label_lab(t.id, t.text)
+        label = label_lab(t.id, f"{t.text} (batch {seed})")
         right += label == t.label
         genopt.feedback("correct", float(label == t.label), item_key=t.id, expected=t.label)
     return right / n
