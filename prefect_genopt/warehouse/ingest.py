@@ -22,7 +22,6 @@ quarter of the warehouse disk's free space. Staging copies that older versions l
 A warehouse that cannot be written (its disk is full) raises
 :class:`WarehouseWriteError` with that cause; the spool keeps every record.
 
-
 Example:
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
