@@ -221,7 +221,9 @@ LEFT JOIN ri ON ri.i = r.i AND ri.j = t.slot
 """
 
 _RUNS_INSERT_SQL = """
-INSERT INTO runs
+INSERT INTO runs (run_id, pipeline, flow_name, param_set_id, arm, schema_version, trace_id,
+                  start_time, end_time, duration_s, status, status_message, host, pid, inputs,
+                  output, routing_error, ingested_at)
 SELECT r.run_id, x.pipeline, x.flow_name, x.param_set_id, 'stable', x.schema_version,
        r.trace_id, r.t0, r.t0 + to_microseconds(CAST(x.duration_s * 1e6 AS BIGINT)),
        x.duration_s, 'completed', NULL, x.host, x.pid,
