@@ -9,14 +9,14 @@ trigger-scan-then-patterns logic), on:
 * ``plain``: ordinary text with no trigger word (one scan, no pattern runs);
 * ``triggered``: ordinary text with a trigger word (``key``, ``token``...) but no secret,
   the common case for task inputs that mention keys (every pattern runs);
-* ``secrets`` and ``lookalikes``: the test corpus (tests/redaction_corpus.py);
+* ``secrets`` and ``lookalikes``: the test corpus (prefect_genopt/testing/redaction_corpus.py);
 * ``clean(dict)``: a task's inputs as a small nested dict (walk, JSON, redact, truncate).
 
 "now" is the patterns' own cost (``_redact_builtin``); ``redact`` also remembers the
 result for values of at most 256 characters, which repeat from span to span (names, ids,
 states): "cached" is a repeated value's cost.
 
-Usage: ``python -m bench.bench_redaction [--repeats N]``
+Usage: ``python -m bench.bench_redaction [--repeats N] [--quick]``
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from prefect_genopt import redaction
-from tests.redaction_corpus import LOOKALIKES, SECRETS
+from prefect_genopt.testing.redaction_corpus import LOOKALIKES, SECRETS
 
 #: The built-in patterns and trigger before issue 15 (prefect_genopt/redaction.py then).
 OLD_PATTERNS: tuple[str, ...] = (
@@ -113,8 +113,11 @@ def per_call_us(fn: Callable[[], object], values: int, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=7, help="rounds per case (best is kept)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run (2 rounds)")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 2
     pats = redaction.patterns()
     cases: dict[str, list[str]] = {
         "plain": [PLAIN] * 200,

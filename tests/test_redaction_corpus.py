@@ -27,7 +27,7 @@ from prefect_genopt.feedback import build_record
 from prefect_genopt.records import span_record, validate_record
 from prefect_genopt.redaction import REDACTED, redact, redact_item_key, scrub, to_text
 from prefect_genopt.replay.steps import full_json
-from tests.redaction_corpus import LOOKALIKES, SECRETS, structures
+from prefect_genopt.testing.redaction_corpus import LOOKALIKES, SECRETS, structures
 
 _RUN = "8d6e5f2a-1b7c-4c1e-9a55-0c8f4f2b9e10"
 SECRET_IDS = [f"secret-{i}" for i in range(len(SECRETS))]

@@ -45,7 +45,7 @@ print("litellm" in sys.modules)
 
 
 def test_import_does_not_import_litellm() -> None:
-    path = str(ROOT / "prefect_genopt" / "testing.py")
+    path = str(ROOT / "prefect_genopt" / "testing" / "__init__.py")
     out = subprocess.run(
         [sys.executable, "-c", LOAD_ALONE, path], capture_output=True, text=True, check=True
     )

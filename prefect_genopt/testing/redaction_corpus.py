@@ -3,7 +3,8 @@
 Each secret is ``(text, secret)``: ``text`` as it could reach a span, a run's inputs, a
 comment or a log line, and ``secret`` the part that must not survive anywhere. The
 lookalikes are ordinary text that looks like a secret to a careless pattern; they must be
-stored unchanged. Used by tests/test_redaction_corpus.py and bench/bench_redaction.py.
+stored unchanged. Used by tests/test_redaction_corpus.py and bench/bench_redaction.py; run
+your own redaction settings against it the same way.
 """
 
 from __future__ import annotations
