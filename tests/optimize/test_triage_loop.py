@@ -26,7 +26,11 @@ def test_the_example_pipeline_improves_on_held_out_tickets(
             model="scripted-opt/rules",
             response_format="none",
             starting_artifact={"editable": ["prompt"]},
-            minibatch_size=6,
+            # from 6 failed tickets the rules lift accuracy ~5 points, and which 6 are shown
+            # (ties among failures) varies with the run ids: a rule such as 'billing: june'
+            # once left the held-out score equal; from 8, ~25 points (tests/rollout's
+            # triage canary test measured both)
+            minibatch_size=8,
             search=False,
         )
     )
