@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -260,11 +261,18 @@ def harvest(
 
 
 def verified_demos(
-    pipeline: str, step: str, *, limit: int = 50, warehouse: Warehouse | str | Path | None = None
+    pipeline: str,
+    step: str,
+    *,
+    limit: int = 50,
+    warehouse: Warehouse | str | Path | None = None,
+    run_ids: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Verified experiences of ``step`` as candidate few-shot demos, newest first:
-    ``{"id": experience_id, "input": ..., "output": ...}`` (a single-argument step's
-    input is that argument's value, else the dict of arguments)."""
+    """Verified experiences of ``step`` as candidate few-shot demos, newest first, one per
+    input: ``{"id": experience_id, "input": ..., "output": ...}`` (a single-argument step's
+    input is that argument's value, else the dict of arguments). ``run_ids``: only
+    experiences harvested from these runs (chosen before one per input is kept, so an input
+    that recurs in other runs still has its demo here)."""
     wh = as_warehouse(warehouse)
     rows = wh.sql(
         """
@@ -272,10 +280,18 @@ def verified_demos(
         FROM experience_steps s JOIN experiences e USING (experience_id)
         WHERE e.pipeline = ? AND e.status = 'verified' AND s.step = ?
           AND (e.expires_at IS NULL OR e.expires_at > ?)
+          AND (? IS NULL OR list_contains(?, e.run_id))
         QUALIFY row_number() OVER (PARTITION BY s.input_fingerprint ORDER BY e.created_at DESC) = 1
         ORDER BY e.created_at DESC, s.experience_id LIMIT ?
         """,
-        [pipeline, step, utcnow(), limit],
+        [
+            pipeline,
+            step,
+            utcnow(),
+            None if run_ids is None else True,
+            [] if run_ids is None else list(run_ids),
+            limit,
+        ],
     )
     out = []
     for r in rows:

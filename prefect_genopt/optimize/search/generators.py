@@ -475,15 +475,9 @@ def evidence_demo_pools(
         spec = props.get(name) or {}
         if spec.get(KIND_KEY) != "demos" or not spec.get("genopt_step"):
             continue
-        demos = verified_demos(pipeline, spec["genopt_step"], limit=limit, warehouse=wh)
-        if run_ids is not None and demos:
-            rows = wh.sql(
-                "SELECT experience_id FROM experiences WHERE list_contains(?, experience_id) "
-                "AND list_contains(?, run_id)",
-                [[d["id"] for d in demos], list(run_ids)],
-            )
-            inside = {r["experience_id"] for r in rows}
-            demos = [d for d in demos if d["id"] in inside]
+        demos = verified_demos(
+            pipeline, spec["genopt_step"], limit=limit, warehouse=wh, run_ids=run_ids
+        )
         pools[name] = {d["id"]: d for d in demos}
     return pools
 
