@@ -143,7 +143,9 @@ def successive_halving(
         direction: ``higher`` or ``lower``: which scores are better.
         progress: Called with one line per candidate scored (rung, candidate, items done
             of the search's total, mean so far, an ETA).
-        should_stop: Asked before each call of ``score``; a reason stops the search.
+        should_stop: Asked before each call of ``score``, and after a call that left items
+            unscored (a budget spent part-way: that candidate is then not ranked); a reason
+            stops the search.
         failure: The score of an item the score function did not return, or returned as
             NaN (default: 0.0 when higher is better, else 1.0).
 
@@ -183,6 +185,13 @@ def successive_halving(
                     result.stop_reason = reason
                     break
                 got.update(score(c, todo))
+                if should_stop is not None and any(i not in got for i in todo):
+                    # the score function stopped part-way (a budget ran out during this
+                    # candidate): it is not ranked on items it was never scored on
+                    reason = should_stop()
+                    if reason:
+                        result.stop_reason = reason
+                        break
             done += len(rung_items)  # scored now, or reused from an earlier rung
             finished.append(c)
             mean, _ = _stats(got, rung_items, fail, direction)

@@ -114,6 +114,25 @@ def test_stops_mid_way_and_the_best_so_far_wins() -> None:
     assert r.winner is None and not scorer.calls and r.stop_reason
 
 
+def test_a_candidate_the_budget_stopped_part_way_is_not_ranked() -> None:
+    cands, truth = _population()
+    spent: list[str] = []
+
+    def scorer(c: Candidate, items: Sequence[str]) -> Scores:
+        if c.candidate_id == "c2":  # the budget runs out after 4 of its 16 items
+            spent.append("out")
+            return {i: truth["c2"][i] for i in items[:4]}
+        return {i: truth[c.candidate_id][i] for i in items}
+
+    r = successive_halving(
+        cands, ITEMS, scorer, should_stop=lambda: "task-call budget spent" if spent else None
+    )
+    assert r.stop_reason == "task-call budget spent"
+    ranked = {row.candidate_id for row in r.table}
+    assert ranked == {"c0", "c1"}, "only the candidates scored on every rung item are ranked"
+    assert r.winner is not None and r.winner.candidate_id in ("c0", "c1")
+
+
 def test_ties_go_to_fewer_failures_then_the_order_given() -> None:
     spread = Candidate("spread", {}, "drafts", "p")  # mean 0.5, one failure
     steady = Candidate("steady", {}, "drafts", "p")  # mean 0.5, no failure
