@@ -60,7 +60,7 @@ class BenchSettings(BaseSettings):
     """Where the benchmarks read data and write files (environment prefix ``GENOPT_BENCH_``).
 
     Example:
-        >>> s = BenchSettings(work="/somewhere/else")
+        >>> s = BenchSettings(work="somewhere/else")
         >>> s.work.name, s.results == BENCH_DIR / "results"
         ('else', True)
     """

@@ -176,11 +176,11 @@ def _package_root(path: Path, module: str) -> Path | None:
     or None when they do not match.
 
     Example:
-        >>> str(_package_root(Path("/p/tests/x.py"), "tests.x"))
-        '/p'
-        >>> str(_package_root(Path("/p/pkg/__init__.py"), "pkg"))
-        '/p'
-        >>> _package_root(Path("/p/flows/x.py"), "__prefect_loader_1") is None
+        >>> str(_package_root(Path("p/tests/x.py"), "tests.x"))
+        'p'
+        >>> str(_package_root(Path("p/pkg/__init__.py"), "pkg"))
+        'p'
+        >>> _package_root(Path("p/flows/x.py"), "__prefect_loader_1") is None
         True
     """
     parts = module.split(".")

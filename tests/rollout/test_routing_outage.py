@@ -191,10 +191,12 @@ def test_the_state_file_round_trip_is_atomic_and_never_fails_routing(
     assert caplog.text.count("cannot keep the routing state") == 1
 
 
-def test_the_state_dir_defaults_under_prefect_home(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_state_dir_defaults_under_prefect_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("GENOPT_STATE_DIR", raising=False)
-    monkeypatch.setenv("PREFECT_HOME", "/srv/prefect-home")
-    assert store.state_dir() == Path("/srv/prefect-home/genopt/state")
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    assert store.state_dir() == tmp_path / "prefect-home" / "genopt" / "state"
 
 
 # -- a fresh process with the API down ------------------------------------------------------

@@ -100,7 +100,7 @@ def score_cache_path(warehouse_path: str | Path) -> Path:
     """The score cache beside a warehouse file: ``<warehouse>.scores.sqlite``.
 
     Example:
-        >>> score_cache_path("/data/warehouse.duckdb").name
+        >>> score_cache_path("data/warehouse.duckdb").name
         'warehouse.duckdb.scores.sqlite'
     """
     p = Path(warehouse_path)
