@@ -13,8 +13,10 @@ enter a minibatch, so Python's work grows with the minibatch, not the warehouse.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,7 +24,8 @@ import orjson
 from prefect_genopt.errors import NotFoundError
 from prefect_genopt.optimize.config import OptimizerSettings
 from prefect_genopt.rollout.stable import stable_param_set
-from prefect_genopt.warehouse import Warehouse
+from prefect_genopt.tracing import setup_tracing
+from prefect_genopt.warehouse import Warehouse, WarehouseBusyError, as_warehouse
 from prefect_genopt.warehouse.param_sets import param_set_values
 from prefect_genopt.warehouse.schema import utcnow
 
@@ -129,6 +132,20 @@ class Evidence:
     @property
     def run_ids(self) -> list[str]:
         return sorted({u.run_id for u in self.units})
+
+
+def fresh_warehouse(
+    warehouse: str | Path | Warehouse | None, say: Callable[[str], None]
+) -> Warehouse:
+    """The warehouse an optimizer run reads, with tracing set up (its LLM calls are spans)
+    and what the spool holds loaded; a busy warehouse is read as it is, and ``say`` says so."""
+    setup_tracing()
+    wh = as_warehouse(warehouse)
+    try:
+        wh.ingest()
+    except WarehouseBusyError as exc:
+        say(f"warehouse busy, using what is loaded: {exc}")
+    return wh
 
 
 def _pipeline_info(wh: Warehouse, name: str) -> PipelineInfo:

@@ -355,6 +355,18 @@ class LLMClient:
             num_retries=settings.llm_retries,
         )
 
+    @classmethod
+    def for_settings(cls, settings: Any) -> LLMClient:
+        """The optimizer's client for an :class:`~prefect_genopt.optimize.config.OptimizerSettings`:
+        its model, response format, output tokens, temperature and timeout."""
+        return cls.configured(
+            settings.model,
+            settings.response_format,
+            max_tokens=settings.max_output_tokens,
+            temperature=settings.temperature,
+            timeout_s=settings.timeout_s,
+        )
+
     def _request(self, messages: list[dict[str, str]], schema: dict[str, Any] | None) -> dict:
         kwargs: dict[str, Any] = {
             "model": self.model,

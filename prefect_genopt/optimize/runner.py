@@ -28,7 +28,7 @@ from typing import Any
 
 from prefect_genopt import spool
 from prefect_genopt.optimize.config import OptimizerSettings
-from prefect_genopt.optimize.evidence import Evidence, Unit, collect
+from prefect_genopt.optimize.evidence import Evidence, Unit, collect, fresh_warehouse
 from prefect_genopt.optimize.instruction import current_instruction, tune_instruction
 from prefect_genopt.optimize.llm import (
     Budget,
@@ -52,9 +52,9 @@ from prefect_genopt.optimize.validate import (
 from prefect_genopt.proposals.proposals import new_proposal_id, record_proposal
 from prefect_genopt.redaction import clean
 from prefect_genopt.replay.experiences import verified_demos
-from prefect_genopt.tracing import setup_tracing, tracer
+from prefect_genopt.tracing import tracer
 from prefect_genopt.tunables import param_set_id
-from prefect_genopt.warehouse import Warehouse, WarehouseBusyError, as_warehouse
+from prefect_genopt.warehouse import Warehouse, WarehouseBusyError
 
 __all__ = ["optimize", "OptimizeResult", "UpdateOutcome"]
 
@@ -429,12 +429,7 @@ def optimize(
         )
     t0 = time.perf_counter()
     say = progress or logger.info
-    wh = as_warehouse(warehouse)
-    setup_tracing()
-    try:
-        wh.ingest()
-    except WarehouseBusyError as exc:
-        say(f"warehouse busy, using what is loaded: {exc}")
+    wh = fresh_warehouse(warehouse, say)
     instruction_id = None
     if optimizer is None:
         if settings.tune_instruction_every:
@@ -451,13 +446,7 @@ def optimize(
         instruction_id, text = current_instruction(wh, settings.pipeline)
         optimizer = OptoPrime(instruction=text)
     if client is None:
-        client = LLMClient.configured(
-            settings.model,
-            settings.response_format,
-            max_tokens=settings.max_output_tokens,
-            temperature=settings.temperature,
-            timeout_s=settings.timeout_s,
-        )
+        client = LLMClient.for_settings(settings)
     evidence = collect(wh, settings)
     start = settings.starting_artifact
     evidence.demo_pools = demo_pools(

@@ -11,6 +11,7 @@ import pytest
 from prefect_genopt.cli import main
 from prefect_genopt.cli._app import build_parser
 from prefect_genopt.cli.optimize import settings_from_args
+from prefect_genopt.optimize.config import OptimizerSettings
 from tests.cli.conftest import Result
 
 #: option -> (a good value, the OptimizerSettings field and value it sets, a default in help)
@@ -50,9 +51,12 @@ def test_each_search_option_says_its_meaning_and_default(
     text = _help(capsys)
     section = text.split("the search:", 1)[1].split("examples:", 1)[0]  # the option group
     assert "--no-search today's single-shot path" in section and "default: the search" in section
-    for option, (_, _, default) in OPTIONS.items():
+    for option, (_, (field, _), default) in OPTIONS.items():
         start = section.index(option)
         assert default in section[start : start + 200], option
+        # the help's default is the settings' default (the help is written without importing
+        # them, so a changed default must show here)
+        assert default == f"default {OptimizerSettings.model_fields[field].default:g}", option
 
 
 def test_the_options_set_the_settings_of_the_same_meaning() -> None:

@@ -63,6 +63,7 @@ from prefect_genopt.optimize.evidence import (
     _choose_kpi,
     _pipeline_info,
     collect,
+    fresh_warehouse,
 )
 from prefect_genopt.optimize.instruction import current_instruction
 from prefect_genopt.optimize.llm import LLMClient
@@ -105,9 +106,9 @@ from prefect_genopt.proposals.proposals import new_proposal_id, record_proposal
 from prefect_genopt.records import row_record
 from prefect_genopt.replay.gate import load_entrypoint, recorded_entrypoint
 from prefect_genopt.rollout.stable import stable_param_set
-from prefect_genopt.tracing import setup_tracing, tracer
+from prefect_genopt.tracing import tracer
 from prefect_genopt.tunables import KIND_KEY, param_set_id
-from prefect_genopt.warehouse import Warehouse, WarehouseBusyError, as_warehouse
+from prefect_genopt.warehouse import Warehouse, WarehouseBusyError
 from prefect_genopt.warehouse.param_sets import param_set_values
 from prefect_genopt.warehouse.schema import utcnow
 
@@ -234,12 +235,7 @@ def run_night(
     """
     t0 = time.perf_counter()
     say = progress or logger.info
-    wh = as_warehouse(warehouse)
-    setup_tracing()
-    try:
-        wh.ingest()
-    except WarehouseBusyError as exc:
-        say(f"warehouse busy, using what is loaded: {exc}")
+    wh = fresh_warehouse(warehouse, say)
     night = _Night(
         settings=settings,
         wh=wh,
@@ -286,13 +282,7 @@ def _run(
 ) -> None:
     s, result, say = night.settings, night.result, night.say
     if client is None:
-        client = LLMClient.configured(
-            s.model,
-            s.response_format,
-            max_tokens=s.max_output_tokens,
-            temperature=s.temperature,
-            timeout_s=s.timeout_s,
-        )
+        client = LLMClient.for_settings(s)
     result.model = client.model
     _parent_and_kpi(night)
     say(
