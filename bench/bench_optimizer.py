@@ -458,7 +458,7 @@ class Probe:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[Probe]:
-        from prefect_genopt.optimize import runner
+        from prefect_genopt.optimize import evidence, runner
         from prefect_genopt.optimize.llm import LLMClient
         from prefect_genopt.optimize.optoprime import OptoPrime
         from prefect_genopt.warehouse.warehouse import Warehouse
@@ -470,8 +470,8 @@ class Probe:
             patches.append((owner, attr, owner.__dict__[attr]))
             setattr(owner, attr, new)
 
+        patch(evidence, "setup_tracing", self._phase_wrapper(evidence.setup_tracing, "setup tracing"))
         for attr, label in (
-            ("setup_tracing", "setup tracing"),
             ("collect", "evidence collect"),
             ("memory", "memory (past proposals)"),
             ("record_proposal", "proposal write (spool)"),
