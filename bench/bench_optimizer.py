@@ -470,7 +470,9 @@ class Probe:
             patches.append((owner, attr, owner.__dict__[attr]))
             setattr(owner, attr, new)
 
-        patch(evidence, "setup_tracing", self._phase_wrapper(evidence.setup_tracing, "setup tracing"))
+        patch(
+            evidence, "setup_tracing", self._phase_wrapper(evidence.setup_tracing, "setup tracing")
+        )
         for attr, label in (
             ("collect", "evidence collect"),
             ("memory", "memory (past proposals)"),
