@@ -677,7 +677,8 @@ def replies(results: dict[str, Any]) -> str:
             con = duckdb.connect(str(path), read_only=True)
             try:
                 rows = con.execute(
-                    "SELECT json_extract_string(attributes, '$.\"gen_ai.completion\"'), "
+                    "SELECT coalesce(output, "  # attributes: rows stored before issue 16
+                    "json_extract_string(attributes, '$.\"gen_ai.completion\"')), "
                     "json_extract_string(attributes, '$.\"gen_ai.response.finish_reasons\"') "
                     "FROM spans WHERE run_type = 'llm' AND pipeline IS NULL ORDER BY start_time"
                 ).fetchall()

@@ -6,7 +6,9 @@ when full, after the calling task may have finished. genopt instead wraps
 opened and closed *in the calling thread*, as a child of the current task span:
 model, provider, input/output tokens (new and old GenAI convention names),
 cost in USD (``None`` when litellm does not know the price), latency, the
-messages and the answer (redacted and truncated at storage).
+messages and the answer (``gen_ai.prompt`` and ``gen_ai.completion``, which the
+span's record moves into its ``inputs`` and ``output`` columns, redacted and
+truncated like every value: :func:`prefect_genopt.records.span_record`).
 
 :func:`install` wraps them when tracing is set up
 (:func:`prefect_genopt.setup_tracing`, which ``@genopt.pipeline`` and

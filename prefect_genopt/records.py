@@ -202,6 +202,18 @@ def _json_or_text(v: Any) -> Any:
     return v
 
 
+def _text_value(v: Any) -> str | None:
+    """A value for a text column: strings as they are, anything else as JSON text.
+
+    Example:
+        >>> _text_value([{"role": "user", "content": "hi"}])
+        '[{"role":"user","content":"hi"}]'
+    """
+    if v is None or isinstance(v, str):
+        return v
+    return orjson.dumps(v, default=str).decode()
+
+
 def _clean_value(key: str, value: Any, limit: int, pats: Patterns) -> Any:
     """Redact and truncate strings anywhere in a value (lists and maps included, at any
     depth: :func:`prefect_genopt.redaction.scrub`); anything under a secret-named key
@@ -276,6 +288,15 @@ def span_record(
     run_id = attrs.get(semconv.RUN_ID)
     if run_id is None and attrs.get(semconv.PREFECT_RUN_TYPE) == "flow":
         run_id = attrs.get(semconv.PREFECT_RUN_ID)
+    run_type = _run_type(name, attrs)
+    # the bulky genopt values live in their own columns, not twice; an LLM span's
+    # messages and completion are its inputs and output
+    inputs, output = attrs.pop(semconv.INPUTS, None), attrs.pop(semconv.OUTPUT, None)
+    if run_type == "llm":
+        if inputs is None:
+            inputs = _text_value(attrs.pop(semconv.GENAI_PROMPT, None))
+        if output is None:
+            output = _text_value(attrs.pop(semconv.GENAI_COMPLETION, None))
     return {
         "k": "span",
         "trace_id": trace_id,
@@ -290,15 +311,14 @@ def span_record(
             truncate(redact(status_message, pats), limit) if status_message else None
         ),
         "run_id": run_id,
-        "run_type": _run_type(name, attrs),
+        "run_type": run_type,
         "task_name": attrs.get(semconv.TASK_NAME),
         "pipeline": attrs.get(semconv.PIPELINE),
         "param_set_id": attrs.get(semconv.PARAM_SET_ID),
         "arm": attrs.get(semconv.ARM),
         "item_key": attrs.get(semconv.ITEM_KEY),
-        # the bulky genopt values live in their own columns, not twice
-        "inputs": attrs.pop(semconv.INPUTS, None),
-        "output": attrs.pop(semconv.OUTPUT, None),
+        "inputs": inputs,
+        "output": output,
         "params_read": _json_or_text(attrs.pop(semconv.PARAMS_READ, None)),
         "error": attrs.pop(semconv.ERROR, None),
         "llm_model": _first(attrs, semconv.GENAI_MODEL),

@@ -33,7 +33,26 @@ def test_calls_outside_a_run_are_recorded_without_a_run(warehouse_path: Path) ->
     assert row["run_id"] is None and row["llm_model"] == "gpt-4o-mini"
     assert row["input_tokens"] > 0 and row["output_tokens"] > 0 and row["cost_usd"] > 0
     assert row["status"] == "OK" and row["duration_ms"] > 0
-    assert json.loads(json.loads(row["attributes"])["gen_ai.completion"]) == ["yo"]
+    # the messages and the completion are the span's inputs and output, not attributes
+    assert json.loads(row["output"]) == ["yo"]
+    assert json.loads(row["inputs"]) == [{"role": "user", "content": "hi"}]
+    attributes = json.loads(row["attributes"])
+    assert "gen_ai.completion" not in attributes and "gen_ai.prompt" not in attributes
+
+
+def test_llm_inputs_and_output_are_redacted_and_truncated(
+    warehouse_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENOPT_MAX_VALUE_CHARS", "300")
+    secret = "sk-proj-abcdefghijklmnopqrstuvwx"
+    litellm.completion(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": f"key {secret} " + "x" * 2000}],
+        mock_response="y" * 2000,
+    )
+    row = genopt.Warehouse().sql("SELECT inputs, output FROM spans WHERE run_type = 'llm'")[0]
+    assert secret not in row["inputs"] and "REDACTED" in row["inputs"]
+    assert len(row["inputs"]) < 400 and len(row["output"]) < 400
 
 
 def test_failed_calls_are_error_spans(warehouse_path: Path) -> None:

@@ -201,10 +201,17 @@ def _steps_for(wh: Warehouse, run_ids: list[str]) -> dict[str, list[dict[str, An
     rows = wh.sql(
         """
         SELECT run_id, span_id, parent_span_id, run_type, name, task_name, item_key,
-               inputs, output, error, params_read, llm_model,
+               CASE WHEN run_type = 'llm' THEN NULL ELSE inputs END AS inputs,
+               CASE WHEN run_type = 'llm' THEN NULL ELSE output END AS output,
+               error, params_read, llm_model,
                json_extract_string(attributes, '$."genopt.doc"') AS doc,
-               json_extract_string(attributes, '$."gen_ai.prompt"') AS prompt,
-               json_extract_string(attributes, '$."gen_ai.completion"') AS completion
+               -- an LLM span's messages and completion: its inputs and output columns,
+               -- in attributes for rows ingested before they moved there
+               CASE WHEN run_type = 'llm' THEN coalesce(
+                   inputs, json_extract_string(attributes, '$."gen_ai.prompt"')) END AS prompt,
+               CASE WHEN run_type = 'llm' THEN coalesce(
+                   output, json_extract_string(attributes, '$."gen_ai.completion"'))
+               END AS completion
         FROM spans
         WHERE run_id IN (SELECT unnest(?::VARCHAR[]))
           AND run_type IN ('flow', 'task', 'llm')
