@@ -225,6 +225,12 @@ class GenoptSettings(BaseSettings):
         description="Retries of transient provider errors (rate limits, 5xx, dropped "
         "connections) per optimizer LLM call, done by litellm.",
     )
+    llm_heartbeat: float = Field(
+        default=15.0,
+        ge=0,
+        description="While an optimizer LLM call is still running, say so every this many "
+        "seconds ('still waiting for MODEL (30 s)'; 0: never).",
+    )
     local_threads: int = Field(
         default=1,
         ge=1,
@@ -282,6 +288,13 @@ class GenoptSettings(BaseSettings):
         description="Seconds other processes' spool data may wait before a reader ingests it "
         "(and only when the warehouse lock is free; a reader always ingests what its own "
         "process wrote). `genopt serve` ingests on its own schedule (GENOPT_INGEST_INTERVAL).",
+    )
+
+    report_url: str | None = Field(
+        default=None,
+        description="Where you publish `genopt report` pages (http(s) URL; `{pipeline}` is "
+        "replaced by the pipeline's name). The optimizer and canary flows link to it from "
+        "the Prefect UI; unset, they leave no link (a local file cannot be opened from the UI).",
     )
 
     @cached_property

@@ -24,8 +24,10 @@ import concurrent.futures
 import contextvars
 import importlib
 import json
+import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +48,10 @@ __all__ = [
     "parse_reply",
     "resolve_model",
     "resolve_response_format",
+    "wait_with_heartbeat",
 ]
+
+logger = logging.getLogger("prefect_genopt.optimize")
 
 litellm.suppress_debug_info = True  # no "Provider List" banners on lookups of unknown models
 
@@ -293,6 +298,60 @@ def parse_reply(text: str) -> tuple[str, dict[str, Any]]:
     raise ReplyError(last_error)
 
 
+def _heartbeat_sink() -> Callable[[str], None]:
+    """Where heartbeat lines go: the current Prefect run's logger (the flow's log, which
+    ``genopt optimize`` shows), else this module's logger."""
+    try:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        if FlowRunContext.get() or TaskRunContext.get():
+            from prefect import get_run_logger
+
+            return get_run_logger().info
+    except Exception:  # noqa: BLE001 - a heartbeat never breaks the call
+        pass
+    return logger.info
+
+
+def wait_with_heartbeat(
+    future: concurrent.futures.Future[Any],
+    timeout: float,
+    model: str,
+    every: float,
+    say: Callable[[str], None] | None = None,
+) -> Any:
+    """The future's result within ``timeout`` seconds, saying "still waiting for MODEL
+    (N s)" every ``every`` seconds while it runs (``every`` 0: silent). The lines come
+    from the waiting thread, so they stop when the call returns.
+
+    Raises:
+        concurrent.futures.TimeoutError: The call took longer than ``timeout``.
+
+    Example:
+        >>> import concurrent.futures, time
+        >>> lines = []
+        >>> with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        ...     f = pool.submit(time.sleep, 0.35)
+        ...     wait_with_heartbeat(f, 5, "m", 0.1, lines.append)
+        >>> lines[0][:21], lines[0][-3:]
+        ('still waiting for m (', ' s)')
+    """
+    if every <= 0:
+        return future.result(timeout=timeout)
+    sink = say or _heartbeat_sink()
+    started = time.monotonic()
+    while True:
+        left = timeout - (time.monotonic() - started)
+        if left <= 0:
+            raise concurrent.futures.TimeoutError
+        done, _ = concurrent.futures.wait([future], timeout=min(every, left))
+        if done:
+            return future.result()
+        waited = time.monotonic() - started
+        if waited < timeout:
+            sink(f"still waiting for {model} ({waited:.{0 if every >= 1 else 1}f} s)")
+
+
 def _cost(response: Any) -> float | None:
     hidden = getattr(response, "_hidden_params", None) or {}
     cost = hidden.get("response_cost")
@@ -329,6 +388,9 @@ class LLMClient:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.api_base = api_base
+        #: where "still waiting for MODEL (N s)" lines go during a long call (default: the
+        #: Prefect run's logger inside a flow or task run, else this module's logger)
+        self.heartbeat: Callable[[str], None] | None = None
 
     @classmethod
     def configured(
@@ -404,7 +466,9 @@ class LLMClient:
         started = time.perf_counter()
         future = pool.submit(ctx.run, litellm.completion, **kwargs)
         try:
-            response = future.result(timeout=self.timeout_s)
+            response = wait_with_heartbeat(
+                future, self.timeout_s, self.model, get_settings().llm_heartbeat, self.heartbeat
+            )
         except concurrent.futures.TimeoutError as exc:
             raise LLMTimeout(
                 f"{self.model} did not answer within {self.timeout_s:g}s "
