@@ -76,6 +76,9 @@ class Pools:
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: plain sentences for the night's log ("selection has 40 of 48 items")
     notes: list[str] = field(default_factory=list)
+    #: runs a short pool borrowed from a full pool's surplus: run id -> its own bucket's
+    #: pool (:func:`~.pools.assign_pools`); every other member is in its own bucket
+    borrowed: dict[str, str] = field(default_factory=dict)
 
     def n_items(self, pool: str) -> int:
         """Labelled items in ``pool``."""

@@ -1,18 +1,33 @@
 """Three disjoint pools of whole recorded runs: evidence, selection, confirmation.
 
 A replay re-runs a whole recorded run (``flow(**inputs)``), so a pool is a set of runs,
-sized in labelled items (:attr:`RunInfo.n_items`). :func:`assign_pools` decides each
-run's pool by a hash of ``(pipeline, run_id)`` alone: the hash's fraction in ``[0, 1)``
-falls in one of three buckets whose widths are proportional to the three target sizes.
-A run therefore never changes pool from one night to the next, whatever new runs arrive,
-and never serves two pools. Within its bucket a pool takes runs in hash order (the
-smallest hash fraction first) while it holds fewer items than wanted; a run is never
-split, so the last run taken may carry the pool past its target by less than its own
-size. Hash order rather than newest first keeps a pool's members the same from night to
-night (scores cached by item are reused); the age of the data is bounded by
-:func:`pool_runs`, which reads only the newest ``limit`` runs. Runs of a bucket beyond
-its pool's size stay unused: they never fill another pool, which would make a run's pool
-depend on the other runs.
+sized in labelled items (:attr:`RunInfo.n_items`). :func:`assign_pools` places runs in
+two passes:
+
+1. **Primary: a run's bucket is fixed by its hash.** A hash of ``(pipeline, run_id)``
+   alone gives a fraction in ``[0, 1)`` that falls in one of three buckets whose widths
+   are proportional to the three target sizes. Within its bucket a pool takes runs in
+   hash order (the smallest hash fraction first) while it holds fewer items than wanted;
+   a run is never split, so the last run taken may carry the pool past its target by
+   less than its own size. A primary member's pool depends on its own hash and the runs
+   of its own bucket only, never on the other buckets: it stays in its pool from night
+   to night (scores cached by item are reused).
+2. **Borrowing: a short pool takes runs a full pool left unused.** Bucket counts are
+   binomial, so with few runs one bucket can be short while another holds more runs than
+   its pool needs (measured: 16 runs of 16 items gave the selection pool 16 of 48 items).
+   The runs beyond a full pool's target are lent, in hash order, each to the short pool
+   that is furthest below its target (by the fraction it holds; ties in pool order),
+   until every pool is full or none is left. When the runs suffice, every pool reaches
+   its target (to within one run).
+
+The trade-off of borrowing: a borrowed run may move on a later night. When its own
+bucket's pool needs it again (a primary run fell out of the window), it returns there;
+when the lending pool's surplus changes, another run may be lent instead. Its scores stay
+valid (the score cache is keyed by item, not by pool), and within one night a run still
+never serves two pools. :attr:`Pools.borrowed` names the borrowed runs and their own
+bucket. Hash order rather than newest first keeps a pool's members the same from night to
+night; the age of the data is bounded by :func:`pool_runs`, which reads only the newest
+``limit`` runs.
 
 :func:`pool_runs` lists the candidates: recorded production runs of the pipeline with
 per-item feedback on the KPI and replayable inputs, under the stable param set or older
@@ -25,7 +40,11 @@ Example:
     (set(), set())
     >>> [p.sizes[k][0] for k in ("evidence", "selection", "confirmation")]
     [30, 48, 150]
-    >>> p.n_items("selection") >= 48
+    >>> all(got >= wanted for wanted, got in p.sizes.values())  # 400 items suffice for 228
+    True
+    >>> few = [RunInfo(f"r{i}", "ps_a", 16) for i in range(16)]  # 256 items for 228
+    >>> q = assign_pools(few, pipeline="triage", evidence=30, selection=48, confirmation=150)
+    >>> all(got > wanted - 16 for wanted, got in q.sizes.values())  # each within one run
     True
 """
 
@@ -127,27 +146,45 @@ def assign_pools(
         if i is not None:
             placed[POOLS[i]].append((fraction, run))
     pools = Pools()
-    unused = 0
+    spare: list[tuple[float, RunInfo, str]] = []
+    got: dict[str, int] = dict.fromkeys(POOLS, 0)
     for name in POOLS:
         members: list[str] = getattr(pools, name)
-        got = 0
-        for _, run in sorted(placed[name], key=lambda fr: (fr[0], fr[1].run_id)):
-            if got >= wanted[name]:
-                unused += 1
+        for fraction, run in sorted(placed[name], key=lambda fr: (fr[0], fr[1].run_id)):
+            if got[name] >= wanted[name]:
+                spare.append((fraction, run, name))
                 continue
             members.append(run.run_id)
             pools.items[run.run_id] = run.n_items
-            got += run.n_items
-        pools.sizes[name] = (wanted[name], got)
-        if got < wanted[name]:
+            got[name] += run.n_items
+    spare.sort(key=lambda fr: (fr[0], fr[1].run_id))
+    lent = 0
+    for _, run, home in spare:
+        short = [n for n in POOLS if got[n] < wanted[n]]
+        if not short:
+            break
+        to = min(short, key=lambda n: (got[n] / wanted[n], POOLS.index(n)))
+        getattr(pools, to).append(run.run_id)
+        pools.items[run.run_id] = run.n_items
+        pools.borrowed[run.run_id] = home
+        got[to] += run.n_items
+        lent += 1
+    for name in POOLS:
+        pools.sizes[name] = (wanted[name], got[name])
+        n_borrowed = sum(1 for r in getattr(pools, name) if r in pools.borrowed)
+        if n_borrowed:
             pools.notes.append(
-                f"{name} has {got} of {wanted[name]} labelled items "
-                f"({len(members)} run(s)): using what there is"
+                f"{name} borrowed {n_borrowed} run(s) that other full pools left unused"
             )
+        if got[name] < wanted[name]:
+            pools.notes.append(
+                f"{name} has {got[name]} of {wanted[name]} labelled items "
+                f"({len(getattr(pools, name))} run(s)): using what there is"
+            )
+    unused = len(spare) - lent
     if unused:
         pools.notes.append(f"{unused} run(s) left unused: their pool was full")
     return pools
-
 
 def needed_items(pools: Pools, min_confirmation: int) -> int:
     """Labelled items still to record before anything can be confirmed (0: enough).

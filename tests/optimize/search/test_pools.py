@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import prefect_genopt as genopt
 from prefect_genopt.optimize.search.core import Pools, RunInfo
 from prefect_genopt.optimize.search.pools import (
@@ -46,19 +48,62 @@ def test_a_runs_pool_is_decided_by_its_hash_alone() -> None:
     # the next night: 80 new runs arrive, 10 old ones fell out of the window
     night2 = night1[10:] + _runs("new", 80)
     p2 = assign_pools(night2, pipeline="triage", **SIZES)
-    before, after = _pool_of(p1), _pool_of(p2)
+    before, after = _primary(p1), _primary(p2)
     moved = {
         r: (before[r], after[r]) for r in before.keys() & after.keys() if before[r] != after[r]
     }
     assert not moved
     # the same runs in another order give the same pools
     p3 = assign_pools(list(reversed(night2)), pipeline="triage", **SIZES)
-    assert _pool_of(p3) == after
-    # the bucket follows the hash fraction's cut points (30 : 48 : 150)
-    cut1, cut2 = 30 / 228, 78 / 228
+    assert _pool_of(p3) == _pool_of(p2)
+    # a primary member's pool follows the hash fraction's cut points (30 : 48 : 150)
     for run, pool in after.items():
-        f = hash_fraction("triage", run)
-        assert pool == ("evidence" if f < cut1 else "selection" if f < cut2 else "confirmation")
+        assert pool == _bucket(run)
+    for run, home in p2.borrowed.items():
+        assert home == _bucket(run) != _pool_of(p2)[run]
+
+
+def _bucket(run: str, pipeline: str = "triage") -> str:
+    cut1, cut2 = 30 / 228, 78 / 228
+    f = hash_fraction(pipeline, run)
+    return "evidence" if f < cut1 else "selection" if f < cut2 else "confirmation"
+
+
+def _primary(pools: Pools) -> dict[str, str]:
+    return {r: name for r, name in _pool_of(pools).items() if r not in pools.borrowed}
+
+
+@pytest.mark.parametrize("prefix", ["a", "b"])
+def test_with_few_runs_a_short_pool_borrows_what_full_pools_leave_unused(prefix: str) -> None:
+    # 16 runs of 16 items for 30 + 48 + 150 = 228: the buckets alone leave pools short
+    # ("a": selection 16 of 48 and evidence 16 of 30, as measured; "b": confirmation 128)
+    runs = _runs(prefix, 16, items=16)
+    primary_only = {name: 0 for name in POOLS}
+    for r in runs:
+        primary_only[_bucket(r.run_id)] += 16
+    assert any(primary_only[n] < SIZES[n] for n in POOLS)  # the case borrowing is for
+    p = assign_pools(runs, pipeline="triage", **SIZES)
+    members = [r for name in POOLS for r in getattr(p, name)]
+    assert len(members) == len(set(members))  # a run never serves two pools in one night
+    for name in POOLS:
+        wanted, got = p.sizes[name]
+        assert got == p.n_items(name) and got > wanted - 16, (name, p.sizes)  # within one run
+    assert p.borrowed and any("borrowed" in n for n in p.notes)
+    # a borrowed run is lent in hash order from runs beyond a full pool's target
+    for run, home in p.borrowed.items():
+        wanted, _ = p.sizes[home]
+        own = [r for r in getattr(p, home) if r not in p.borrowed]
+        assert sum(p.items[r] for r in own) >= wanted
+        assert all(hash_fraction("triage", r) < hash_fraction("triage", run) for r in own)
+    # a new run arrives: every primary member stays in its pool (one may be pushed out of
+    # its bucket's pool by a new run with a smaller hash, and then lent or unused)
+    for extra in range(5):
+        p2 = assign_pools([*runs, RunInfo(f"new-{extra}", "ps", 16)], pipeline="triage", **SIZES)
+        after = _pool_of(p2)
+        for run, pool in _primary(p).items():
+            assert after.get(run) == pool or run in p2.borrowed or run not in after
+        pushed = [r for r in _primary(p) if _primary(p2).get(r) != _primary(p)[r]]
+        assert len(pushed) <= 1
 
 
 def test_short_pools_say_so_and_use_what_there_is() -> None:
