@@ -186,6 +186,7 @@ def assign_pools(
         pools.notes.append(f"{unused} run(s) left unused: their pool was full")
     return pools
 
+
 def needed_items(pools: Pools, min_confirmation: int) -> int:
     """Labelled items still to record before anything can be confirmed (0: enough).
 
