@@ -22,6 +22,7 @@ The tree (kind, then its classes with their builtin base and module)::
         - ProposalError (ValueError)                   proposals.proposals
         - SuggestionError (ValueError)                 optimize.validate
         - ReplyError (ValueError)                      optimize.llm (a model's unusable answer)
+        - TunablesDefinitionError (ValueError)         tunables (a default its field refuses)
       x NotFoundError        something named does not exist (yet)
         - WarehouseMissingError (FileNotFoundError)    warehouse.access
         - UnknownRunError (ValueError; a FeedbackError) feedback
@@ -42,6 +43,7 @@ The tree (kind, then its classes with their builtin base and module)::
         - SpoolError (OSError)                         spool (its disk)
         - WarehouseWriteError (OSError)                warehouse.ingest (its disk)
         - WarehouseCorruptError (a duckdb.IOException) warehouse.access (a damaged file)
+        - PandasMissingError (ImportError)             warehouse.warehouse (Warehouse.df())
       x BudgetError          a limit the user set stops the work
         - BudgetExhausted (RuntimeError)               optimize.llm
       x GateStoppedError     the replay gate judged a candidate worse than stable

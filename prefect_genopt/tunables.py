@@ -18,6 +18,15 @@ Example:
     False
     >>> TriageParams.field_kinds()
     {'prompt': 'prompt', 'threshold': 'numeric', 'model': 'choice'}
+
+A default the field itself refuses (outside its bounds, not one of its options, too long)
+fails when the class is defined, naming the field, rather than in every run:
+
+    >>> class Bad(Tunables):  # doctest: +ELLIPSIS
+    ...     threshold: float = numeric(1.5, ge=0, le=1, description="min confidence")
+    Traceback (most recent call last):
+    ...
+    prefect_genopt.tunables.TunablesDefinitionError: Bad.threshold: default 1.5 is refused ... 1
 """
 
 from __future__ import annotations
@@ -29,9 +38,12 @@ from functools import cache
 from typing import Any, ClassVar, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from prefect_genopt.errors import BadInputError
 
 __all__ = [
+    "TunablesDefinitionError",
     "Tunables",
     "prompt",
     "prompt_field",
@@ -73,6 +85,37 @@ def _field_names(cls: type) -> frozenset[str]:
     return frozenset(cls.model_fields)
 
 
+class TunablesDefinitionError(BadInputError, ValueError):
+    """A Tunables class declares a field its own default does not satisfy (outside its
+    bounds, not one of its options...); raised when the class is defined, naming the field."""
+
+
+def _check_defaults(cls: type[Tunables]) -> None:
+    """Raise :class:`TunablesDefinitionError` for the first field of ``cls`` whose default
+    the field refuses (fields without a default are left to the caller)."""
+    for name, info in cls.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if "enum" in extra and not info.is_required():
+            default = info.get_default(call_default_factory=True)
+            if default not in extra["enum"]:
+                raise TunablesDefinitionError(
+                    f"{cls.__name__}.{name}: default {default!r} is not one of its options "
+                    f"{extra['enum']!r}"
+                )
+    try:
+        cls()
+    except ValidationError as exc:
+        for err in exc.errors():
+            if err["type"] == "missing" or not err["loc"]:
+                continue
+            name = str(err["loc"][0])
+            info = cls.model_fields.get(name)
+            default = info.get_default(call_default_factory=True) if info else err["input"]
+            raise TunablesDefinitionError(
+                f"{cls.__name__}.{name}: default {default!r} is refused by the field: {err['msg']}"
+            ) from None
+
+
 class Tunables(BaseModel):
     """Base class of a pipeline's tunable parameters (an immutable param set).
 
@@ -84,6 +127,12 @@ class Tunables(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
     _genopt_kinds: ClassVar[dict[str, str]]
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """Check each field's default against the field, once the class is built."""
+        super().__pydantic_init_subclass__(**kwargs)
+        _check_defaults(cls)
 
     def __getattribute__(self, name: str) -> Any:
         value = object.__getattribute__(self, name)
@@ -193,16 +242,36 @@ def numeric(
     )
 
 
-def choice(default: Any, *, options: list[Any], description: str) -> Any:
+def choice(
+    default: Any,
+    *,
+    options: list[Any] | None = None,
+    description: str,
+    choices: list[Any] | None = None,
+) -> Any:
     """A parameter that takes one of a fixed list of values.
+
+    A default that is not one of the options fails when the Tunables class is defined
+    (:class:`TunablesDefinitionError`, naming the field).
 
     Args:
         default: The starting value; must be one of ``options``.
         options: The allowed values.
         description: What the choice controls; shown to the optimizer.
+        choices: Another name for ``options`` (give one of the two).
+
+    Example:
+        >>> class P(Tunables):
+        ...     size: str = choice("s", choices=["s", "l"], description="model size")
+        >>> P.model_json_schema()["properties"]["size"]["enum"]
+        ['s', 'l']
     """
-    if default not in options:
-        raise ValueError(f"choice default {default!r} is not one of {options!r}")
+    if options is not None and choices is not None and list(options) != list(choices):
+        raise TunablesDefinitionError("give options= or choices= (the same thing), not both")
+    allowed = options if options is not None else choices
+    if allowed is None:
+        raise TunablesDefinitionError("choice() needs its options: choice(default, options=[...])")
+    options = list(allowed)
     return Field(
         default,
         description=description,

@@ -30,6 +30,7 @@ TREE: dict[str, tuple[str, type[e.GenoptError], type[BaseException]]] = {
     "ProposalError": ("prefect_genopt.proposals.proposals", e.BadInputError, ValueError),
     "SuggestionError": ("prefect_genopt.optimize.validate", e.BadInputError, ValueError),
     "ReplyError": ("prefect_genopt.optimize.llm", e.BadInputError, ValueError),
+    "TunablesDefinitionError": ("prefect_genopt.tunables", e.BadInputError, ValueError),
     "WarehouseMissingError": (
         "prefect_genopt.warehouse.access",
         e.NotFoundError,
@@ -50,6 +51,7 @@ TREE: dict[str, tuple[str, type[e.GenoptError], type[BaseException]]] = {
     "LocalModelError": ("prefect_genopt.local_model", e.UnavailableError, RuntimeError),
     "SpoolError": ("prefect_genopt.spool", e.UnavailableError, OSError),
     "WarehouseWriteError": ("prefect_genopt.warehouse.ingest", e.UnavailableError, OSError),
+    "PandasMissingError": ("prefect_genopt.warehouse.warehouse", e.UnavailableError, ImportError),
     "BudgetExhausted": ("prefect_genopt.optimize.llm", e.BudgetError, RuntimeError),
 }
 

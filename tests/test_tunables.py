@@ -66,9 +66,63 @@ def test_param_sets_are_immutable() -> None:
 
 
 def test_bad_declarations_fail_early() -> None:
-    with pytest.raises(ValueError, match="not one of"):
-        genopt.choice("x", options=["a"], description="d")
+    with pytest.raises(ValueError, match=r"Bad\.size: default 'x' is not one of its options"):
+
+        class Bad(genopt.Tunables):
+            size: str = genopt.choice("x", options=["a"], description="d")
+
     with pytest.raises(ValueError, match="finite"):
         genopt.numeric(float("inf"), description="d")
     with pytest.raises(TypeError, match="Tunables subclass"):
         genopt.pipeline(name="x", params=dict)  # type: ignore[arg-type]
+
+
+def test_a_default_outside_its_own_bounds_fails_at_class_definition_naming_the_field() -> None:
+    from prefect_genopt.errors import BadInputError
+
+    with pytest.raises(BadInputError, match=r"Knobs\.level: default 1\.5 is refused") as raised:
+
+        class Knobs(genopt.Tunables):
+            ok: float = genopt.numeric(0.5, ge=0, le=1, description="fine")
+            level: float = genopt.numeric(1.5, ge=0, le=1, description="min confidence")
+
+    assert "less than or equal to 1" in str(raised.value)
+    with pytest.raises(ValueError, match=r"Short\.prompt: default '' is refused"):
+
+        class Short(genopt.Tunables):
+            prompt: str = genopt.prompt("", description="empty")
+
+    with pytest.raises(ValueError, match=r"Many\.shots: default .* is refused"):
+
+        class Many(genopt.Tunables):
+            shots: list = genopt.demos(
+                [{"input": i} for i in range(3)], max_items=2, description="d"
+            )
+
+    class Fine(genopt.Tunables):  # defaults on the bounds are fine
+        level: float = genopt.numeric(1.0, ge=0, le=1, description="d")
+        size: str = genopt.choice("a", options=["a", "b"], description="d")
+
+    assert Fine().values() == {"level": 1.0, "size": "a"}
+
+
+def test_choice_takes_choices_as_an_alias_of_options() -> None:
+    class A(genopt.Tunables):
+        size: str = genopt.choice("s", choices=["s", "l"], description="model size")
+
+    class B(genopt.Tunables):
+        size: str = genopt.choice("s", options=["s", "l"], description="model size")
+
+    assert A.schema_json()["properties"] == B.schema_json()["properties"]
+    assert A(size="l").size == "l"
+    with pytest.raises(pydantic.ValidationError, match="not one of"):
+        A(size="xl")
+    with pytest.raises(ValueError, match="not one of its options"):
+
+        class C(genopt.Tunables):
+            size: str = genopt.choice("xl", choices=["s", "l"], description="d")
+
+    with pytest.raises(ValueError, match="options= or choices="):
+        genopt.choice("s", options=["s"], choices=["s", "l"], description="d")
+    with pytest.raises(ValueError, match="needs its options"):
+        genopt.choice("s", description="d")
