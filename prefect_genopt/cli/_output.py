@@ -12,6 +12,10 @@ Example:
         "a": 1
       }
     ]
+
+CSV lines end in ``\n`` (not the csv module's ``\r\n``), so ``$(genopt sql ... --csv |
+tail -1)`` is the value alone. JSON-typed columns are nested in ``--json`` output when the
+rows were fetched parsed (:meth:`prefect_genopt.Warehouse.sql` with ``json=True``).
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ def print_rows(
         print_json(as_dicts(columns, rows))
     elif fmt == "csv":
         buf = io.StringIO()
-        writer = csv.writer(buf)
+        writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows(rows)
         sys.stdout.write(buf.getvalue())

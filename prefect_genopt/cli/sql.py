@@ -16,6 +16,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from prefect_genopt.cli import CLIError
+from prefect_genopt.cli._checks import require_warehouse
 from prefect_genopt.cli._output import print_rows
 
 if TYPE_CHECKING:
@@ -54,17 +55,30 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.set_defaults(func=run)
 
 
+#: What ``genopt sql`` says of a query with no statement in it.
+EMPTY_QUERY = (
+    'no SQL statement given; for example: genopt sql "select * from run_summary limit 5" '
+    "(tables: genopt --help)"
+)
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    """Run the query; print a table, JSON or CSV (``OK`` for a statement without rows)."""
+    """Run the query; print a table, JSON or CSV (``OK`` for a statement without rows).
+
+    JSON-typed columns are nested objects in ``--json`` and their JSON text otherwise.
+    """
     query = args.query if args.query != "-" else sys.stdin.read()
+    if not query.strip():
+        raise CLIError(EMPTY_QUERY)
     if args.write:
         wh = ctx.warehouse(read_only=False, ingest=not args.no_ingest)
         try:
-            columns, rows = wh.execute(query)
+            columns, rows = wh.execute(query, json=args.json)
         finally:
             wh.close()
     else:
-        columns, rows = read_only_query(ctx, query, ingest=not args.no_ingest)
+        require_warehouse(ctx)
+        columns, rows = read_only_query(ctx, query, ingest=not args.no_ingest, json=args.json)
     if not columns and not (args.json or args.csv):
         print("OK")
         return 0
@@ -75,19 +89,22 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def read_only_query(
-    ctx: Context, query: str, *, ingest: bool = True
+    ctx: Context, query: str, *, ingest: bool = True, json: bool = False
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run ``query`` on a restricted read-only connection; ``(columns, rows)``.
+    """Run ``query`` on a restricted read-only connection; ``(columns, rows)``, with
+    JSON-typed columns parsed when ``json`` is true.
 
     Raises:
         CLIError: The statement writes, touches another file or changes a setting
-            (the message says which, and that ``--write`` allows it).
+            (the message says which, and that ``--write`` allows it), or there is no
+            statement (only blanks, comments or semicolons).
         SchemaTooNewError: A newer prefect-genopt wrote the warehouse.
     """
     import duckdb
 
     from prefect_genopt.warehouse.access import connect
     from prefect_genopt.warehouse.schema import SchemaTooNewError, current_version
+    from prefect_genopt.warehouse.warehouse import parse_json_columns
 
     wh = ctx.warehouse(ingest=ingest)
     # The reader's catch-up ingest, on the warehouse's own connections, all closed when it
@@ -98,9 +115,14 @@ def read_only_query(
         SchemaTooNewError.check(current_version(con), f"warehouse {wh.path}")
         try:
             cur = con.execute(query)
+            if cur is None:  # DuckDB's answer to a query of comments or semicolons only
+                raise CLIError(EMPTY_QUERY)
             if cur.description is None:
                 return [], []
-            return [d[0] for d in cur.description], cur.fetchall()
+            rows = cur.fetchall()
+            if json:
+                rows = parse_json_columns(cur.description, rows)
+            return [d[0] for d in cur.description], rows
         except duckdb.Error as exc:
             msg = str(exc)
             for phrase, what in _REFUSALS:

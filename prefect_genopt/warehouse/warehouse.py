@@ -5,6 +5,10 @@ Example:
     >>> wh = Warehouse(pathlib.Path(tempfile.mkdtemp()) / "w.duckdb")
     >>> wh.sql("SELECT count(*) AS n FROM runs")
     [{'n': 0}]
+    >>> wh.sql("SELECT json_object('a', [1, 2]) AS j")  # a JSON column: its text by default
+    [{'j': '{"a":[1,2]}'}]
+    >>> wh.sql("SELECT json_object('a', [1, 2]) AS j", json=True)  # or parsed
+    [{'j': {'a': [1, 2]}}]
 """
 
 from __future__ import annotations
@@ -17,15 +21,29 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 
 from prefect_genopt import spool
+from prefect_genopt.errors import UnavailableError
 from prefect_genopt.records import HOST
 from prefect_genopt.settings import get_settings
 from prefect_genopt.warehouse.access import WarehouseBusyError, connect, open_connection
 from prefect_genopt.warehouse.ingest import Ingester, IngestResult
 from prefect_genopt.warehouse.schema import migrate, utcnow
 
-__all__ = ["Warehouse", "as_warehouse"]
+__all__ = ["Warehouse", "as_warehouse", "parse_json_columns", "PandasMissingError"]
+
+#: What :meth:`Warehouse.df` says when pandas is not installed.
+PANDAS_MISSING = (
+    "Warehouse.df() needs pandas, which is not installed: pip install pandas "
+    "(Warehouse.sql() returns the rows as dicts without it)"
+)
+
+
+class PandasMissingError(UnavailableError, ImportError):
+    """:meth:`Warehouse.df` was called where pandas is not installed (the message says how
+    to install it)."""
+
 
 logger = logging.getLogger("prefect_genopt.warehouse")
 Params = Sequence[Any] | dict[str, Any] | None
@@ -219,34 +237,57 @@ class Warehouse:
             return
         self._ingest_or_warn()
 
-    def execute(self, query: str, params: Params = None) -> tuple[list[str], list[tuple]]:
-        """Run SQL and return ``(column names, rows as tuples)``."""
+    def execute(
+        self, query: str, params: Params = None, *, json: bool = False
+    ) -> tuple[list[str], list[tuple]]:
+        """Run SQL and return ``(column names, rows as tuples)``.
+
+        Args:
+            query: Any DuckDB SQL, with ``?`` or ``$name`` placeholders.
+            params: Values for the placeholders.
+            json: Return JSON-typed columns parsed (dicts, lists, numbers...) instead of
+                their JSON text (the default).
+        """
         if self._read_con is not None:
-            return _fetch(self._read_con.execute(query, params))
+            return _fetch(self._read_con.execute(query, params), json)
         if self.read_only:
             with self._reader() as con:
-                return _fetch(con.execute(query, params))
+                return _fetch(con.execute(query, params), json)
         self._before_query()
         if self._con is None:
             self._con = open_connection(self.path, read_only=False)
             migrate(self._con)
-        return _fetch(self._con.execute(query, params))
+        return _fetch(self._con.execute(query, params), json)
 
-    def sql(self, query: str, params: Params = None) -> list[dict[str, Any]]:
+    def sql(self, query: str, params: Params = None, *, json: bool = False) -> list[dict[str, Any]]:
         """Run SQL and return the rows as dicts.
 
         Args:
             query: Any DuckDB SQL, with ``?`` or ``$name`` placeholders.
             params: Values for the placeholders.
+            json: Return JSON-typed columns (``spans.attributes``, ``param_sets.values``,
+                ``proposals.diff``...) as Python objects. By default they are their JSON
+                text, as callers that parse them expect.
         """
-        columns, rows = self.execute(query, params)
+        columns, rows = self.execute(query, params, json=json)
         return [dict(zip(columns, r, strict=True)) for r in rows]
 
-    def df(self, query: str, params: Params = None) -> Any:
-        """Run SQL and return a pandas DataFrame (needs pandas)."""
-        import pandas as pd
+    def df(self, query: str, params: Params = None, *, json: bool = False) -> Any:
+        """Run SQL and return a pandas DataFrame.
 
-        columns, rows = self.execute(query, params)
+        pandas is not a dependency of prefect-genopt: install it (``pip install pandas``)
+        to use this; :meth:`sql` needs nothing more.
+
+        Raises:
+            PandasMissingError: pandas is not installed (an ``ImportError`` whose message
+                says how to install it).
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise PandasMissingError(PANDAS_MISSING) from None
+
+        columns, rows = self.execute(query, params, json=json)
         return pd.DataFrame.from_records(rows, columns=columns)
 
     def close(self) -> None:
@@ -282,7 +323,36 @@ def _unloaded(f: spool.SpoolFile, offset: int) -> bool:
         return False
 
 
-def _fetch(cur: duckdb.DuckDBPyConnection) -> tuple[list[str], list[tuple]]:
-    if cur.description is None:
+def parse_json_columns(
+    description: Sequence[Sequence[Any]], rows: list[tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
+    """``rows`` with their JSON-typed columns (``JSON``, and ``JSON[]`` item by item) parsed;
+    ``description`` is the cursor's (each entry's second item is the column's DuckDB type).
+
+    Example:
+        >>> parse_json_columns([("j", "JSON"), ("s", "VARCHAR")], [('{"a": 1}', "x"), (None, None)])
+        [({'a': 1}, 'x'), (None, None)]
+    """
+    kinds = [str(d[1]) for d in description]
+    if not any(k in ("JSON", "JSON[]") for k in kinds):
+        return rows
+
+    def parse(kind: str, value: Any) -> Any:
+        if value is None:
+            return None
+        if kind == "JSON":
+            return orjson.loads(value)
+        if kind == "JSON[]":
+            return [None if v is None else orjson.loads(v) for v in value]
+        return value
+
+    return [tuple(parse(k, v) for k, v in zip(kinds, row, strict=True)) for row in rows]
+
+
+def _fetch(cur: duckdb.DuckDBPyConnection | None, json: bool = False) -> tuple[list[str], list[tuple]]:
+    if cur is None or cur.description is None:  # None: a query of comments or semicolons only
         return [], []
-    return [d[0] for d in cur.description], cur.fetchall()
+    rows = cur.fetchall()
+    if json:
+        rows = parse_json_columns(cur.description, rows)
+    return [d[0] for d in cur.description], rows
