@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     "prefect_genopt.locks": 1,
     "prefect_genopt._litellm": 1,
     "prefect_genopt._lazy": 1,
+    "prefect_genopt.events": 1,
     "prefect_genopt.local_model": 1,
     "prefect_genopt.warehouse.access": 1,
     "prefect_genopt.warehouse.schema": 1,

@@ -8,6 +8,9 @@ suggestion, or a person said no) and ``no_change`` never become candidates;
 later ``canary``, ``promoted``, ``rolled_back``. ``not_better`` records a night of the
 search (``OptimizerSettings(search=True)``) whose best candidate the paired test did not
 confirm: the row carries its numbers (``offline_evidence``) and nothing becomes live.
+Recording a proposal, and rejecting one, emits a Prefect event
+(``genopt.proposal.created|rejected|not_better|no_change``, see
+:mod:`prefect_genopt.proposals.events`).
 
 Like every writer but the ingester, this module appends to the spool; the rows
 are in SQL after the next ingest (done at once by the functions here).
@@ -24,6 +27,7 @@ import orjson
 
 from prefect_genopt import spool
 from prefect_genopt.errors import BadInputError
+from prefect_genopt.proposals.events import emit_proposal_event
 from prefect_genopt.records import current_user, row_record
 from prefect_genopt.redaction import clean
 from prefect_genopt.warehouse import Warehouse
@@ -131,6 +135,7 @@ def record_proposal(
         _event(body["proposal_id"], body["status"], "optimizer", body.get("status_reason"))
     )
     spool.append(records, wh.spool_dir)
+    emit_proposal_event(body, body["status"], actor="optimizer")
 
 
 def get_proposal(wh: Warehouse, proposal_id: str) -> dict[str, Any]:
@@ -172,8 +177,10 @@ def set_status(
         raise ProposalError(
             f"proposal {row['proposal_id']} is {current!r}: it cannot become {status!r}"
         )
-    event = _event(row["proposal_id"], status, actor or current_user(), reason)
+    who = actor or current_user()
+    event = _event(row["proposal_id"], status, who, reason)
     spool.append([event], wh.spool_dir)
+    emit_proposal_event(row, status, reason=reason, actor=who)
     wh.ingest_if_free()
     return get_proposal(wh, row["proposal_id"])
 

@@ -32,7 +32,6 @@ import bisect
 import contextlib
 import logging
 import math
-import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from prefect_genopt import spool
+from prefect_genopt import events, spool
 from prefect_genopt.errors import BadInputError, GateSkippedError, GateStoppedError
 from prefect_genopt.locks import pipeline_lock
 from prefect_genopt.proposals import ProposalError, get_proposal, rating_row, set_status
@@ -82,9 +81,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("prefect_genopt.rollout")
-
-#: set once this process has emitted a genopt.rollout.* event (see :func:`flush_events`)
-_emitted = threading.Event()
 
 #: decision kind -> the Prefect event it emits
 EVENT_NAMES = {
@@ -182,59 +178,39 @@ def get_state(pipeline: str) -> sm.RoutingState:
 
 
 def _emit(kind: str, state: sm.RoutingState, reason: str, extra: Mapping[str, Any]) -> None:
-    try:
-        from prefect.events import emit_event
-
-        related = []
-        rollout_id = state.rollout_id or state.last_rollout_id
-        if rollout_id:
-            related.append(
-                {
-                    "prefect.resource.id": f"genopt.rollout.{rollout_id}",
-                    "prefect.resource.role": "rollout",
-                }
-            )
-        _emitted.set()
-        emit_event(
-            event=EVENT_NAMES.get(
-                kind, CHECKED_EVENT if kind == "checked" else f"genopt.rollout.{kind}"
-            ),
-            resource={
-                "prefect.resource.id": f"genopt.pipeline.{state.pipeline}",
-                "prefect.resource.name": state.pipeline,
-            },
-            related=related,
-            payload={
-                "reason": reason,
-                "status": state.status,
-                "weight": state.weight,
-                "step": state.step + 1,
-                "stable": state.stable,
-                "canary": state.canary,
-                "pinned": state.pinned,
-                "revision": state.revision,
-                **extra,
-            },
+    related = []
+    rollout_id = state.rollout_id or state.last_rollout_id
+    if rollout_id:
+        related.append(
+            {
+                "prefect.resource.id": f"genopt.rollout.{rollout_id}",
+                "prefect.resource.role": "rollout",
+            }
         )
-    except Exception as exc:  # noqa: BLE001 - events are best effort; the record is the warehouse
-        logger.warning("could not emit the %s event: %s", kind, exc)
+    events.emit(
+        EVENT_NAMES.get(kind, CHECKED_EVENT if kind == "checked" else f"genopt.rollout.{kind}"),
+        events.pipeline_resource(state.pipeline),
+        related,
+        {
+            "reason": reason,
+            "status": state.status,
+            "weight": state.weight,
+            "step": state.step + 1,
+            "stable": state.stable,
+            "canary": state.canary,
+            "pinned": state.pinned,
+            "revision": state.revision,
+            **extra,
+        },
+    )
 
 
 def flush_events(timeout: float = 5.0) -> None:
     """Wait, at most ``timeout`` seconds, until Prefect has sent the events this process
-    emitted. A short-lived process (a ``genopt`` command) would otherwise exit with them
-    still queued, and Prefect's exit-time drain warns "Still processing items"."""
-    if not _emitted.is_set():
-        return
-    from prefect.events.worker import EventsWorker
-
-    try:
-        worker = EventsWorker.instance()
-    except Exception:  # noqa: BLE001 - best effort: the record is in the warehouse anyway
-        return
-    waiter = threading.Thread(target=worker.wait_until_empty, daemon=True)
-    waiter.start()
-    waiter.join(timeout)
+    emitted (:func:`prefect_genopt.events.flush`). A short-lived process (a ``genopt``
+    command) would otherwise exit with them still queued, and Prefect's exit-time drain
+    warns "Still processing items"."""
+    events.flush(timeout)
 
 
 def _event_row(
