@@ -150,8 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"genopt {args.command}: {label}: {exc}", file=sys.stderr)
         return code
     finally:
-        # rollout verbs (and `optimize` with rollout: auto) emit genopt.rollout.* events;
-        # the controller is only loaded by the commands that can
-        controller = sys.modules.get("prefect_genopt.rollout.controller")
-        if controller is not None:
-            controller.flush_events()
+        # rollout verbs, `optimize` and `proposals reject` emit genopt.rollout.* and
+        # genopt.proposal.* events; the events module is only loaded by the commands that can
+        events = sys.modules.get("prefect_genopt.events")
+        if events is not None:
+            events.flush()
