@@ -118,8 +118,23 @@ class Dropped:
 @dataclass
 class Budget:
     """The night's budgets: task-model calls (replays; cached calls count), optimizer
-    calls and USD. ``None`` is unlimited. The search checks :meth:`exhausted` between
-    steps and stops cleanly with the reason."""
+    calls and USD. ``None`` is unlimited.
+
+    One rule: **each budget stops what it pays for.** The task-call budget stops the
+    replays (:meth:`task_spent`), the optimizer-call budget stops the optimizer's calls
+    (:meth:`optimizer_spent`), and the USD budget, which covers both (litellm's cost of the
+    optimizer's calls and of the task-model calls the replays make, where the model is
+    priced), stops both. A night whose optimizer calls are spent still scores the
+    candidates it has; one whose task calls are spent still records what it measured.
+    :meth:`exhausted` is any of the three (the first spent).
+
+    Example:
+        >>> b = Budget(task_calls=10, optimizer_calls=1, usd=0.5)
+        >>> b.charge_optimizer(1); b.optimizer_spent(), b.task_spent()
+        ('optimizer-call budget of 1 spent', None)
+        >>> b.charge_task(3, usd=0.5); b.task_spent()
+        'USD budget of 0.5 spent'
+    """
 
     task_calls: int | None = None
     optimizer_calls: int | None = None
@@ -138,19 +153,37 @@ class Budget:
         self.used_optimizer_calls += calls
         self.used_usd += usd
 
-    def exhausted(self) -> str | None:
-        """Why the night must stop now, or None."""
-        if self.task_calls is not None and self.used_task_calls >= self.task_calls:
-            return f"task-call budget of {self.task_calls} spent"
-        if self.optimizer_calls is not None and self.used_optimizer_calls >= self.optimizer_calls:
-            return f"optimizer-call budget of {self.optimizer_calls} spent"
+    def _usd_spent(self) -> str | None:
         if self.usd is not None and self.used_usd >= self.usd:
             return f"USD budget of {self.usd:g} spent"
         return None
 
+    def task_spent(self) -> str | None:
+        """Why no more replays may run (the task-call or the USD budget is spent), or None."""
+        if self.task_calls is not None and self.used_task_calls >= self.task_calls:
+            return f"task-call budget of {self.task_calls} spent"
+        return self._usd_spent()
+
+    def optimizer_spent(self) -> str | None:
+        """Why no more optimizer calls may be made (the optimizer-call or the USD budget is
+        spent), or None."""
+        if self.optimizer_calls is not None and self.used_optimizer_calls >= self.optimizer_calls:
+            return f"optimizer-call budget of {self.optimizer_calls} spent"
+        return self._usd_spent()
+
+    def exhausted(self) -> str | None:
+        """The first budget spent, whichever part of the night it stops, or None."""
+        if self.task_calls is not None and self.used_task_calls >= self.task_calls:
+            return f"task-call budget of {self.task_calls} spent"
+        return self.optimizer_spent()
+
     def task_calls_left(self) -> int | None:
         """Task-model calls still allowed (None: unlimited)."""
         return None if self.task_calls is None else max(0, self.task_calls - self.used_task_calls)
+
+    def usd_left(self) -> float | None:
+        """USD still allowed (None: unlimited)."""
+        return None if self.usd is None else max(0.0, self.usd - self.used_usd)
 
 
 @dataclass(frozen=True)

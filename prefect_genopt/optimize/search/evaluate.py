@@ -28,10 +28,12 @@ items, so a later request for another of its items costs nothing. Rules:
   temperature (the provider's default may sample): read from the replayed run's LLM spans
   (``gen_ai.request.temperature``).
 * **The budget.** Every LLM span of a replayed run is a task-model call charged to the
-  night's :class:`~.core.Budget` (with its USD where priced); a cached score charges the
-  calls it cost when it was measured. Before each replay the evaluator checks that the
-  budget can pay for the run (its items times the calls per item measured so far) and
-  otherwise stops cleanly: :attr:`ReplayEvaluator.stop_reason` says why, and
+  night's :class:`~.core.Budget` with its USD (litellm's cost of the call, where the task
+  model is priced: a paid task model spends the USD budget as the optimizer does); a
+  cached score charges the calls it cost when it was measured, but no USD (no call is
+  made). Before each replay the evaluator checks that the budget can pay for the run (its
+  items times the calls, and the USD, per item measured so far) and otherwise stops
+  cleanly: :attr:`ReplayEvaluator.stop_reason` says why, and
   :meth:`~ReplayEvaluator.score` returns what it has.
 * **Order.** :meth:`~ReplayEvaluator.score` evaluates one candidate on all of its items
   before it returns (runs in the order of the items asked), so a local model reuses the
@@ -180,19 +182,16 @@ class ScoreCache:
 
 
 def task_budget_spent(budget: Budget) -> str | None:
-    """Why replays must stop (the task-call or the USD budget is spent), or None. The
-    optimizer-call budget stops only the optimizer's calls.
+    """Why replays must stop (the task-call or the USD budget is spent), or None:
+    :meth:`~.core.Budget.task_spent`. The optimizer-call budget stops only the optimizer's
+    calls (the rule is :class:`~.core.Budget`'s).
 
     Example:
         >>> task_budget_spent(Budget(task_calls=5, optimizer_calls=1, used_optimizer_calls=1))
         >>> task_budget_spent(Budget(task_calls=5, used_task_calls=5))
         'task-call budget of 5 spent'
     """
-    if budget.task_calls is not None and budget.used_task_calls >= budget.task_calls:
-        return f"task-call budget of {budget.task_calls} spent"
-    if budget.usd is not None and budget.used_usd >= budget.usd:
-        return f"USD budget of {budget.usd:g} spent"
-    return None
+    return budget.task_spent()
 
 
 def _steps_of(flow: Any) -> list[StepInfo]:
@@ -333,6 +332,8 @@ class ReplayEvaluator:
         #: why evaluation stopped (the budget), or None
         self.stop_reason: str | None = None
         self.calls_replayed = 0
+        #: litellm's cost of the replays' task-model calls (0 where the model is unpriced)
+        self.usd_replayed = 0.0
         self.calls_cached = 0
         self.items_replayed = 0
         self.seconds = 0.0
@@ -432,6 +433,13 @@ class ReplayEvaluator:
                 f"task-call budget of {self.budget.task_calls}: {left} call(s) left, a replay "
                 f"of run {run_id[:8]} needs about {estimate}"
             )
+        usd_left = self.budget.usd_left()
+        usd = n_items * self.usd_replayed / self.items_replayed if self.items_replayed else 0.0
+        if why is None and usd_left is not None and usd > usd_left:
+            why = (
+                f"USD budget of {self.budget.usd:g}: ${usd_left:.4g} left, a replay of run "
+                f"{run_id[:8]} costs about ${usd:.4g} (the task model's price, measured)"
+            )
         if why is not None:
             self.stop_reason = why
             return False
@@ -458,6 +466,7 @@ class ReplayEvaluator:
             side_skips = int(self.wh.sql(_SKIPPED_SQL, [rep, SIDE_EFFECT_SKIPPED])[0]["n"] or 0)
         self.budget.charge_task(usage.total_calls, usage.total_usd)
         self.calls_replayed += usage.total_calls
+        self.usd_replayed += usage.total_usd
         self.items_replayed += len(keys)
         to_cache: dict[str, tuple[float, int, float]] = {}
         run_hot = None in usage.hot

@@ -591,7 +591,7 @@ class InstructionDrafts:
             return out
         client = _free_text(ctx.client)
         for i in range(self.n):
-            stop = ctx.budget.exhausted()
+            stop = ctx.budget.optimizer_spent()
             if stop:
                 out.stop_reason = stop
                 break
@@ -787,7 +787,7 @@ class OptoPrimeUpdate:
         if ctx.evidence is None or ctx.settings is None or ctx.client is None:
             out.notes.append("optoprime: needs the evidence, the settings and a client")
             return out
-        stop = ctx.budget.exhausted()
+        stop = ctx.budget.optimizer_spent()
         if stop:
             out.stop_reason = stop
             return out
@@ -800,7 +800,7 @@ class OptoPrimeUpdate:
         problem = self.optimizer.problem(
             evidence, list(batch), ctx.memory, ctx.settings, list(ctx.editable), ctx.credits
         )
-        usd_left = None if ctx.budget.usd is None else ctx.budget.usd - ctx.budget.used_usd
+        usd_left = ctx.budget.usd_left()
         tokens = TokenBudget(max_tokens=None, max_usd=usd_left)
         try:
             upd = _attempt(ctx.client, self.optimizer, problem, tokens, ctx.settings, ctx.progress)

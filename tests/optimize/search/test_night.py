@@ -228,11 +228,11 @@ def test_too_few_items_propose_nothing_and_say_how_many_more(
     assert OPT.calls == []  # not one optimizer call
 
 
-def test_budgets_stop_the_night_cleanly(triage_runs: Path) -> None:
+def test_the_task_call_budget_stops_the_replays_cleanly(triage_runs: Path) -> None:
     OPT.reset()
-    result = run_night(settings("good", task_call_budget=12, optimizer_call_budget=1))
-    # one optimizer call: one draft, no OptoPrime update
-    assert result.optimizer_calls == 1 and len(OPT.calls) == 1
+    result = run_night(settings("good", task_call_budget=12))
+    # the optimizer's calls are not the task-call budget's: both drafts and the update ran
+    assert result.optimizer_calls == 3 and len(OPT.calls) == 3
     # the replays stopped before the 12 calls ran out: the night ends, recorded
     assert 0 < result.task_calls <= 12
     assert "task-call budget of 12" in result.stop_reason
@@ -241,10 +241,59 @@ def test_budgets_stop_the_night_cleanly(triage_runs: Path) -> None:
     (prop,) = wh.sql("SELECT status, status_reason, offline_evidence FROM proposals")
     ev = orjson.loads(prop["offline_evidence"])
     assert ev["budgets"]["task_calls"] == result.task_calls <= ev["budgets"]["task_call_budget"]
-    assert ev["budgets"]["optimizer_calls"] == 1 == ev["budgets"]["optimizer_call_budget"]
     assert "task-call budget" in prop["status_reason"]
     # what was measured before the stop is kept
     assert wh.sql("SELECT count(*) AS n FROM candidate_scores")[0]["n"] > 0
+
+
+def test_the_optimizer_call_budget_stops_only_the_optimizer(triage_runs: Path) -> None:
+    OPT.reset()
+    lines: list[str] = []
+    result = run_night(settings("good", optimizer_call_budget=1), progress=lines.append)
+    # one optimizer call: one draft, no second draft, no OptoPrime update
+    assert result.optimizer_calls == 1 and len(OPT.calls) == 1
+    assert any("optimizer-call budget of 1 spent" in n for n in result.notes)
+    # the night goes on with the draft it has: scored, confirmed, proposed
+    assert result.status == "proposed", result.summary()
+    ev = result.offline_evidence or {}
+    assert ev["budgets"]["optimizer_calls"] == 1 == ev["budgets"]["optimizer_call_budget"]
+    assert "optimizer-call budget of 1 spent" in "\n".join(lines)
+
+
+def test_a_usd_budget_covers_a_paid_task_model(triage_runs: Path) -> None:
+    import litellm
+
+    from flows.examples import keyword_model
+
+    OPT.reset()
+    # the task model is priced (the optimizer's scripted model is not): only the replays'
+    # task-model calls spend the USD budget
+    litellm.register_model(
+        {
+            keyword_model.MODEL: {
+                "input_cost_per_token": 1e-4,
+                "output_cost_per_token": 1e-4,
+                "litellm_provider": keyword_model.PROVIDER,
+                "mode": "chat",
+            }
+        }
+    )
+    try:
+        result = run_night(settings("good", budget_usd=0.05, task_call_budget=None))
+    finally:
+        litellm.model_cost.pop(keyword_model.MODEL, None)
+    assert result.optimizer_calls == 3  # unpriced: the optimizer spent none of it
+    assert "USD budget of 0.05" in result.stop_reason, result.stop_reason
+    assert result.cost_usd is not None and 0 < result.cost_usd <= 0.05
+    assert result.task_calls > 0 and result.status == "not_better"
+    ev = result.offline_evidence or {}
+    assert ev["budgets"]["usd"] == result.cost_usd and ev["budgets"]["usd_budget"] == 0.05
+    wh = genopt.Warehouse()
+    spent = wh.sql(
+        "SELECT sum(cost_usd) AS usd FROM spans s JOIN runs r USING (run_id) "
+        "WHERE r.arm = 'replay' AND s.run_type = 'llm'"
+    )[0]["usd"]
+    assert spent == pytest.approx(result.cost_usd)  # every replayed call's cost was charged
 
 
 def test_the_old_single_shot_path_still_works_with_search_off(
