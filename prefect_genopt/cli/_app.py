@@ -44,6 +44,7 @@ COMMANDS = (
     "export",
     "experiences",
     "instruction",
+    "report",
 )
 
 EPILOG = """\
