@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from prefect_genopt.replay.checks import check
     from prefect_genopt.replay.experiences import harvest
     from prefect_genopt.rollout import RolloutPlan
+    from prefect_genopt.rollout.store import ParamSetBlock as ParamSetBlock
     from prefect_genopt.settings import GenoptSettings, get_settings
     from prefect_genopt.tracing import setup_tracing
     from prefect_genopt.tunables import Tunables, choice, demos, numeric, prompt
@@ -82,6 +83,9 @@ _LAZY: dict[str, str] = {
     "harvest": "replay.experiences",
     **dict.fromkeys(("OptimizerSettings", "Optimizer", "OptoPrime"), "optimize"),
     "RolloutPlan": "rollout",
+    # not in __all__: listed (dir, inspect.getmembers) so that `prefect block register -m
+    # prefect_genopt` finds and registers the genopt-param-set block type
+    "ParamSetBlock": "rollout.store",
     **dict.fromkeys(
         ("Warehouse", "IngestResult", "WarehouseBusyError", "WarehouseMissingError"), "warehouse"
     ),
