@@ -63,6 +63,7 @@ import fcntl
 import hashlib
 import json
 import os
+import random
 import re
 import tempfile
 import threading
@@ -90,6 +91,7 @@ __all__ = [
     "ArmResult",
     "data_dir",
     "load_task",
+    "synthetic_task",
     "split",
     "parse_answer",
     "answer_text",
@@ -166,6 +168,26 @@ def normalise_target(task: str, target: str) -> str:
         ('yes', '(b)')
     """
     return target.strip().lower()
+
+
+def synthetic_task(task: str, n: int) -> list[Example]:
+    """``n`` made-up items in the task's answer form, for ``--quick`` without the data.
+
+    Example:
+        >>> [e.target for e in synthetic_task("snarks", 40)][:3]
+        ['(b)', '(b)', '(a)']
+    """
+    rng = random.Random(task)
+    out = []
+    for i in range(n):
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        if task in _OPTION_TASKS:
+            q = f"Which number is larger?\nOptions:\n(A) {a}\n(B) {b}"
+            target = "(a)" if a > b else "(b)"
+        else:
+            q, target = f"Is {a} greater than {b}?", "yes" if a > b else "no"
+        out.append(Example(f"{task}-{i:03d}", q, target))
+    return out
 
 
 def load_task(task: str, data: Path | None = None) -> list[Example]:
@@ -302,6 +324,11 @@ def quick_optimizer_answer(messages: Sequence[dict[str, Any]]) -> str:
     fields = _dspy_output_fields(messages)
     if fields:
         return _dspy_reply(fields, lambda f: instruction)
+    prompt = "\n".join(str(m.get("content") or "") for m in messages)
+    if "#Variables" in prompt:  # genopt's OptoPrime update answers JSON
+        return json.dumps(
+            {"reasoning": "state the answer format", "suggestion": {"instruction": instruction}}
+        )
     return f"```\n{instruction}\n```"
 
 
