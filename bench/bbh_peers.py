@@ -62,6 +62,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -536,6 +537,8 @@ def run_miprov2(ctx: ArmContext) -> ArmResult:
     """DSPy MIPROv2 ``auto="light"`` on the pool, cut to the caps (see the module)."""
     import dspy
 
+    # dspy warns at every task call that max_tokens (the harness's 16) cut the reply
+    logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)
     clock = _Stopwatch()
     models = ctx.models
     task = ctx.task
