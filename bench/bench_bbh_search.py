@@ -398,6 +398,74 @@ def run_triple(
     }
 
 
+def run_all(
+    path: Path,
+    tasks: Sequence[str],
+    seeds: Sequence[int],
+    arms: Sequence[str],
+    quick: bool,
+    argv: Sequence[str] = (),
+) -> list[str]:
+    """Run every (task, seed, arm) not yet saved in ``path`` (task first, then seed, then
+    arm, so the first pair finishes early), saving each as it finishes; the keys run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fns, skipped = arm_functions(arms)
+    for name, why in skipped.items():
+        log(f"arm {name} skipped: {why}")
+    done = load_results(path)["triples"]
+    todo = [
+        (t, s, a)
+        for t in tasks
+        for s in seeds
+        for a in arms
+        if a in fns and triple_key(t, s, a) not in done
+    ]
+    skipped_done = [
+        k for t in tasks for s in seeds for a in arms if (k := triple_key(t, s, a)) in done
+    ]
+    if skipped_done:
+        log(f"already saved, skipped: {skipped_done}")
+    info = common.library_state()
+    run = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "argv": list(argv),
+        "git": info,
+        "pid": os.getpid(),
+        "todo": [triple_key(*x) for x in todo],
+        "skipped_done": skipped_done,
+        "skipped_arms": skipped,
+        "local_threads": os.environ.get("GENOPT_LOCAL_THREADS"),
+        "quick": quick,
+        "machine": common.machine_info(),
+    }
+    update_results(path, lambda d: (d.__setitem__("protocol", protocol()), d["runs"].append(run)))
+    if not todo:
+        return []
+    log(f"{common.describe_library(info)}; todo {run['todo']}")
+    models = h.Models(path.parent / "cache", quick=quick)
+    ran = []
+    with _prefect(any(a == "search" for _, _, a in todo)):
+        for task, seed, arm in todo:
+            key = triple_key(task, seed, arm)
+            log(f"{task} seed {seed} arm {arm}: start")
+            try:
+                rec = run_triple(models, fns[arm], arm, task, seed, quick)
+            except Exception as exc:  # noqa: BLE001 - logged; the other triples go on
+                log(f"{key} FAILED: {type(exc).__name__}: {exc}")
+                traceback.print_exc()
+                if quick:
+                    raise
+                continue
+            rec["git"] = info
+            update_results(path, lambda d, k=key, r=rec: d["triples"].__setitem__(k, r))
+            ran.append(key)
+            log(
+                f"{key}: test {rec['test_accuracy']:.3f} ({rec['task_calls']} task, "
+                f"{rec['optimizer_calls']} optimizer calls, {rec['cpu_s'] / 60:.1f} CPU min); saved"
+            )
+    return ran
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -428,67 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(common.settings().work / f"{RESULTS_NAME}-quick", ignore_errors=True)
     common.prefect_env()
     os.environ.setdefault("GENOPT_LOCAL_THREADS", "1")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fns, skipped = arm_functions(arms)
-    for name, why in skipped.items():
-        log(f"arm {name} skipped: {why}")
-    done = load_results(path)["triples"]
-    todo = [
-        (t, s, a)
-        for t in tasks
-        for s in seeds
-        for a in arms
-        if a in fns and triple_key(t, s, a) not in done
-    ]
-    skipped_done = [
-        k for t in tasks for s in seeds for a in arms if (k := triple_key(t, s, a)) in done
-    ]
-    if skipped_done:
-        log(f"already saved, skipped: {skipped_done}")
-    info = common.library_state()
-    update_results(
-        path,
-        lambda d: (
-            d.__setitem__("protocol", protocol()),
-            d["runs"].append(
-                {
-                    "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "argv": sys.argv[1:] if argv is None else list(argv),
-                    "git": info,
-                    "pid": os.getpid(),
-                    "todo": [triple_key(*x) for x in todo],
-                    "skipped_arms": skipped,
-                    "local_threads": os.environ.get("GENOPT_LOCAL_THREADS"),
-                    "quick": args.quick,
-                    "machine": common.machine_info(),
-                }
-            ),
-        ),
-    )
-    if not todo:
-        print(report(load_results(path)))
-        return 0
-    log(f"{common.describe_library(info)}; todo {[triple_key(*x) for x in todo]}")
-    models = h.Models(out_dir / "cache", quick=args.quick)
-    with _prefect(any(a == "search" for _, _, a in todo)):
-        for task, seed, arm in todo:
-            log(f"{task} seed {seed} arm {arm}: start")
-            try:
-                rec = run_triple(models, fns[arm], arm, task, seed, args.quick)
-            except Exception as exc:  # noqa: BLE001 - logged; the other triples go on
-                log(f"{task} seed {seed} arm {arm} FAILED: {type(exc).__name__}: {exc}")
-                traceback.print_exc()
-                if args.quick:
-                    raise
-                continue
-            rec["git"] = info
-            key = triple_key(task, seed, arm)
-            update_results(path, lambda d, k=key, r=rec: d["triples"].__setitem__(k, r))
-            log(
-                f"{task} seed {seed} arm {arm}: test {rec['test_accuracy']:.3f} "
-                f"({rec['task_calls']} task, {rec['optimizer_calls']} optimizer calls, "
-                f"{rec['cpu_s'] / 60:.1f} CPU min); saved"
-            )
+    run_all(path, tasks, seeds, arms, args.quick, sys.argv[1:] if argv is None else list(argv))
     text = report(load_results(path))
     print(text)
     if args.quick:
