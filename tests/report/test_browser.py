@@ -25,15 +25,20 @@ pytestmark = pytest.mark.e2e
 CHROMIUM = find_chromium()
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    """One headless Chromium for the module's tests."""
-    if CHROMIUM is None:
+def chromium_or_skip(binary: str | None) -> str:
+    """The Chromium binary; without one, skip with the reason, or fail under ``CI=true``."""
+    if binary is None:
         reason = "Chromium is not installed (apt-get install chromium chromium-driver)"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true: {reason}; .ci/run installs it")
         pytest.skip(reason)
-    b = Browser(CHROMIUM, tmp_path_factory.mktemp("chromium-profile"))
+    return binary
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    """One headless Chromium for the module's tests."""
+    b = Browser(chromium_or_skip(CHROMIUM), tmp_path_factory.mktemp("chromium-profile"))
     yield b
     b.close()
 
@@ -119,3 +124,13 @@ def test_the_request_check_sees_a_request(browser: Browser, tmp_path: Path) -> N
     page.write_text('<!DOCTYPE html><img src="http://127.0.0.1:9/pixel.png">', encoding="utf-8")
     browser.open(page.resolve().as_uri())
     assert "http://127.0.0.1:9/pixel.png" in browser.requests()
+
+
+def test_missing_chromium_skips_but_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="Chromium is not installed"):
+        chromium_or_skip(None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        chromium_or_skip(None)
+    assert chromium_or_skip("chromium") == "chromium"
