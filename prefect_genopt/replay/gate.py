@@ -15,6 +15,21 @@ pipeline was recorded running from, whatever the current directory). When nothin
 be replayed the gate is ``skipped`` (recorded, with the reason), and the rollout does
 not start (``GateSkipped``, exit 4) unless it is started without the gate.
 
+**The night's confirmation scores stand in for replays.** A proposal the nightly search
+made (:mod:`prefect_genopt.optimize.search`) carries its night: the candidate's per-item
+scores on the confirmation pool are in ``candidate_scores``. When a run the gate picked
+is a confirmation run whose items were all scored there, for the same candidate param
+set and KPI, by the same code (the fingerprint of step versions and task models,
+:mod:`~prefect_genopt.replay.fingerprint`, recorded with the night's offline evidence,
+equals the code's now), those scores are used and the run is not replayed again
+(:attr:`GateResult.reused_run_ids`, and the reason says how many). Only the confirmation
+pool's scores are reused: the selection pool chose the candidate, so its scores flatter
+it. An item the night scored as a failure (a crash) counts as one here too.
+
+Replayed flow runs carry the Prefect tags :data:`REPLAY_TAGS` (``genopt``,
+``genopt-replay``) and the gate's :data:`GATE_TAGS` add ``genopt-gate``, so the Prefect
+UI can filter them out of (or into) a view.
+
 Example:
     >>> judge([1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0], "higher", 0.05, "relative").outcome
     'stopped'
@@ -39,12 +54,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import prefect
 
 from prefect_genopt import spool
 from prefect_genopt.context import pinned_params
 from prefect_genopt.proposals import rate, set_status
 from prefect_genopt.records import row_record
 from prefect_genopt.redaction import REDACTED, clean
+from prefect_genopt.replay.fingerprint import code_fingerprint
 from prefect_genopt.warehouse import Warehouse, as_warehouse
 from prefect_genopt.warehouse.schema import utcnow
 
@@ -60,13 +77,20 @@ __all__ = [
     "replay_run",
     "item_values",
     "llm_usage",
+    "night_scores",
     "ARM",
+    "REPLAY_TAGS",
+    "GATE_TAGS",
 ]
 
 logger = logging.getLogger("prefect_genopt.replay")
 
 #: the arm replayed runs are recorded on
 ARM = "replay"
+#: the Prefect tags of every replayed flow run (the gate's and the search's)
+REPLAY_TAGS = ("genopt", "genopt-replay")
+#: the Prefect tags of the replay gate's flow runs
+GATE_TAGS = (*REPLAY_TAGS, "genopt-gate")
 _TRUNCATED = "…[truncated "
 
 
@@ -88,6 +112,10 @@ class GateResult:
     llm_tokens: int = 0
     seconds: float = 0.0
     gate_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: source runs scored from the proposal's night (its confirmation), not replayed
+    reused_run_ids: list[str] = field(default_factory=list)
+    #: items of those runs
+    reused_items: int = 0
 
     @property
     def stopped(self) -> bool:
@@ -321,11 +349,17 @@ def recorded_entrypoint(wh: Warehouse, pipeline: str) -> str | None:
     return entry[0]["entrypoint"] if entry and entry[0]["entrypoint"] else None
 
 
-def replay_run(flow: Any, inputs: dict[str, Any], values: dict[str, Any]) -> str:
+def replay_run(
+    flow: Any,
+    inputs: dict[str, Any],
+    values: dict[str, Any],
+    tags: Sequence[str] = REPLAY_TAGS,
+) -> str:
     """Re-run one recorded run's ``inputs`` with ``values`` pinned on the ``replay`` arm;
     the replayed run's id. A failed run returns its state (not raised): its id still counts,
-    and the items it did not score have no feedback."""
-    with pinned_params(values, arm=ARM):
+    and the items it did not score have no feedback. The flow run carries the Prefect
+    ``tags`` (default :data:`REPLAY_TAGS`)."""
+    with pinned_params(values, arm=ARM), prefect.tags(*tags):
         state = flow(**inputs, return_state=True)
     return str(state.state_details.flow_run_id)
 
@@ -356,6 +390,44 @@ def item_values(
 _item_values = item_values  # the gate's own name
 
 
+def night_scores(
+    wh: Warehouse,
+    proposal_id: str | None,
+    candidate_param_set_id: str,
+    kpi: str,
+    code: str | None,
+) -> tuple[str | None, dict[str, dict[str, float]]]:
+    """The candidate's per-item confirmation scores from the night that made
+    ``proposal_id``, when they may stand in for replays: ``(night id, {run id: {item key:
+    score}})``. Empty unless the proposal has a night, its offline evidence recorded the
+    fingerprint of the code it replayed, that fingerprint equals ``code`` (the code loaded
+    now) and the scores are of ``candidate_param_set_id`` on ``kpi``."""
+    if proposal_id is None or code is None:
+        return None, {}
+    rows = wh.sql(
+        "SELECT night_id, offline_evidence FROM proposals WHERE proposal_id = ? LIMIT 1",
+        [proposal_id],
+    )
+    if not rows or not rows[0]["night_id"] or not rows[0]["offline_evidence"]:
+        return None, {}
+    night = str(rows[0]["night_id"])
+    try:
+        evidence = orjson.loads(rows[0]["offline_evidence"])
+    except orjson.JSONDecodeError:
+        return night, {}
+    if not isinstance(evidence, dict) or evidence.get("fingerprint") != code:
+        return night, {}
+    out: dict[str, dict[str, float]] = {}
+    for r in wh.sql(
+        "SELECT run_id, item_key, score FROM candidate_scores WHERE night_id = ? "
+        "AND candidate_id = ? AND kpi = ? AND pool = 'confirmation' AND score IS NOT NULL",
+        [night, candidate_param_set_id, kpi],
+    ):
+        if math.isfinite(float(r["score"])):
+            out.setdefault(r["run_id"], {})[r["item_key"]] = float(r["score"])
+    return night, out
+
+
 def replay_gate(
     pipeline: str,
     candidate_values: dict[str, Any],
@@ -370,9 +442,11 @@ def replay_gate(
     runs: int = 1,
     proposal_id: str | None = None,
     warehouse: Warehouse | str | None = None,
+    reuse_night_scores: bool = True,
 ) -> GateResult:
     """Replay ``runs`` recorded stable runs with the candidate and judge it; recorded in
-    ``replay_gates`` whatever the outcome.
+    ``replay_gates`` whatever the outcome. Runs the proposal's night scored on its
+    confirmation pool are not replayed again (see the module docstring).
 
     Args:
         pipeline: The pipeline.
@@ -387,6 +461,8 @@ def replay_gate(
         runs: Recorded runs to replay (each costs one pipeline run of LLM calls).
         proposal_id: The proposal gated, if any.
         warehouse: The warehouse (default: GENOPT_WAREHOUSE).
+        reuse_night_scores: Use the proposal's night's confirmation scores where they
+            cover a run (False: replay every run).
     """
     t0 = time.monotonic()
     wh = as_warehouse(warehouse)
@@ -408,6 +484,11 @@ def replay_gate(
             flow = None
             result = GateResult("skipped", f"cannot import the pipeline's entrypoint: {exc}")
         if flow is not None:
+            night, reusable = (
+                night_scores(wh, proposal_id, candidate_param_set_id, kpi, code_fingerprint(flow))
+                if reuse_night_scores
+                else (None, {})
+            )
             result = _replay(
                 wh,
                 stable_param_set_id,
@@ -418,7 +499,14 @@ def replay_gate(
                 direction,
                 tolerance,
                 tolerance_mode,
+                reusable,
             )
+            if result.reused_run_ids:
+                result.reason += (
+                    f"; {len(result.reused_run_ids)} of {len(sources)} run(s) "
+                    f"({result.reused_items} items) scored from night {night}'s confirmation, "
+                    "not replayed"
+                )
     result.seconds = time.monotonic() - t0
     _record(
         wh,
@@ -449,6 +537,7 @@ def gate_proposal(
     exclude_run_ids: Iterable[str] = (),
     runs: int = 1,
     warehouse: Warehouse | str | None = None,
+    reuse_night_scores: bool = True,
 ) -> GateResult:
     """:func:`replay_gate`, then its bookkeeping: a passed or stopped gate rates the
     proposal (retrospective memory), and a stopped one rejects it, with the numbers."""
@@ -466,6 +555,7 @@ def gate_proposal(
         runs=runs,
         proposal_id=proposal_id,
         warehouse=wh,
+        reuse_night_scores=reuse_night_scores,
     )
     if proposal_id is not None and g.outcome in ("passed", "stopped"):
         rate(
@@ -498,20 +588,35 @@ def _replay(
     direction: str,
     tolerance: float,
     tolerance_mode: str,
+    reusable: dict[str, dict[str, float]] | None = None,
 ) -> GateResult:
-    replay_ids = [replay_run(flow, inputs, values) for _, inputs in sources]
+    reusable = reusable or {}
+    replayed: dict[str, str] = {}
+    reused: list[str] = []
+    for src, inputs in sources:
+        have = reusable.get(src)
+        if have and set(_item_values(wh, src, kpi, stable_id)) <= set(have):
+            reused.append(src)  # the night scored every item: not replayed again
+        else:
+            replayed[src] = replay_run(flow, inputs, values, tags=GATE_TAGS)
     wh = Warehouse(wh.path)  # a fresh reader loads the replayed runs
     stable_v: list[float] = []
     cand_v: list[float] = []
-    for (src, _), rep in zip(sources, replay_ids, strict=True):
-        before, after = _item_values(wh, src, kpi, stable_id), _item_values(wh, rep, kpi)
+    n_reused = 0
+    for src, _ in sources:
+        before = _item_values(wh, src, kpi, stable_id)
+        after = _item_values(wh, replayed[src], kpi) if src in replayed else reusable[src]
         for key in sorted(set(before) & set(after)):
             stable_v.append(before[key])
             cand_v.append(after[key])
+            n_reused += src not in replayed
     result = judge(stable_v, cand_v, direction, tolerance, tolerance_mode)
+    replay_ids = list(replayed.values())
     usage = llm_usage(wh, replay_ids)
     result.source_run_ids = [s for s, _ in sources]
     result.replay_run_ids = replay_ids
+    result.reused_run_ids = reused
+    result.reused_items = n_reused
     result.llm_calls = int(usage["calls"] or 0)
     result.llm_tokens = int(usage["tokens"] or 0)
     return result

@@ -72,9 +72,9 @@ from prefect_genopt.optimize.search.core import (
     item_id,
     split_item_id,
 )
-from prefect_genopt.optimize.search.pools import fingerprint as steps_fingerprint
-from prefect_genopt.pipeline import SIDE_EFFECT_SKIPPED, StepInfo
-from prefect_genopt.replay.gate import item_values, replay_run, replayable_inputs
+from prefect_genopt.pipeline import SIDE_EFFECT_SKIPPED
+from prefect_genopt.replay.fingerprint import code_fingerprint
+from prefect_genopt.replay.gate import REPLAY_TAGS, item_values, replay_run, replayable_inputs
 from prefect_genopt.semconv import REPLAY
 from prefect_genopt.warehouse import Warehouse, WarehouseBusyError
 
@@ -86,12 +86,15 @@ __all__ = [
     "task_budget_spent",
     "SOURCES",
     "CACHE_SUFFIX",
+    "SEARCH_TAGS",
 ]
 
 logger = logging.getLogger("prefect_genopt.optimize.search")
 
 #: where a score came from (the ``source`` column of ``candidate_scores``)
 SOURCES = ("replay", "recorded", "cache")
+#: the Prefect tags of the search's replayed flow runs
+SEARCH_TAGS = (*REPLAY_TAGS, "genopt-search")
 #: the score cache's file name, appended to the warehouse file's
 CACHE_SUFFIX = ".scores.sqlite"
 #: seconds a writer waits on the cache's lock before giving up on one write
@@ -192,39 +195,6 @@ def task_budget_spent(budget: Budget) -> str | None:
         'task-call budget of 5 spent'
     """
     return budget.task_spent()
-
-
-def _steps_of(flow: Any) -> list[StepInfo]:
-    """The ``@genopt.task`` steps defined in the module of ``flow``'s function."""
-    fn = getattr(flow, "fn", flow)
-    module = sys.modules.get(getattr(inspect.unwrap(fn), "__module__", "") or "")
-    found: dict[str, StepInfo] = {}
-    for obj in vars(module).values() if module is not None else ():
-        info = getattr(getattr(obj, "fn", obj), "__genopt_step__", None)
-        if isinstance(info, StepInfo):
-            found[info.name] = info
-    return list(found.values())
-
-
-def code_fingerprint(flow: Any) -> str | None:
-    """The step versions and task models of the code loaded now, in the format of
-    :attr:`~.core.RunInfo.fingerprint` (:func:`~.pools.fingerprint`): the recording
-    ``@genopt.task`` steps of the flow's module with their versions, and the models they
-    declare (``model=``). None when it holds neither (a run's scores then never stand in
-    for a replay).
-
-    Example:
-        >>> code_fingerprint(lambda: None) is None  # a module without genopt tasks
-        True
-    """
-    steps = [s for s in _steps_of(flow) if s.policy.active]
-    models = []
-    for s in steps:
-        try:
-            models.append(s.policy.declared_model())
-        except Exception:  # noqa: BLE001 - a model function that fails here: unknown model
-            models.append(None)
-    return steps_fingerprint([(s.name, s.version) for s in steps], models)
 
 
 def _source_fingerprint(flow: Any) -> str:
@@ -452,7 +422,7 @@ class ReplayEvaluator:
         rep: str | None = None
         if inputs is not None:
             try:
-                rep = replay_run(self.flow, inputs, candidate.values)
+                rep = replay_run(self.flow, inputs, candidate.values, tags=SEARCH_TAGS)
             except Exception as exc:  # noqa: BLE001 - the user's code may raise anything
                 logger.warning("replay of run %s raised %s: %s", run_id, type(exc).__name__, exc)
         got: dict[str, float] = {}

@@ -817,6 +817,9 @@ def _offline_evidence(night: _Night, winner: Candidate | None, test: SignTest | 
             for name, (wanted, got) in pools.sizes.items()
         },
         "skipped_items": sum(len(v) for v in ev.skipped.values()),
+        # the step versions and task models the scores were measured with: the replay
+        # gate reuses the confirmation's scores only for the same code
+        "fingerprint": ev.fingerprint,
         "stop_reason": result.stop_reason or None,
         "replays": sum(len(v) for v in ev.replays.values()),
         "seconds_replaying": round(ev.seconds, 3),

@@ -52,10 +52,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from prefect_genopt.optimize.search.core import Pools, RunInfo
+from prefect_genopt.replay.fingerprint import fingerprint, run_fingerprints
 from prefect_genopt.replay.gate import replayable_inputs
 
 if TYPE_CHECKING:
@@ -216,58 +217,6 @@ def needed_items(pools: Pools, min_confirmation: int) -> int:
     if wanted_total <= 0 or wanted_conf <= 0:
         return missing
     return math.ceil(missing * wanted_total / wanted_conf)
-
-
-def fingerprint(
-    steps: Iterable[tuple[str, str | None]], models: Iterable[str | None]
-) -> str | None:
-    """What a run's per-item scores depend on besides its params: the versions of its
-    recorded steps and the task models it called, as ``fp_`` + 16 hex chars (None when
-    neither is known: a run's scores are then never reused for another run).
-
-    Example:
-        >>> a = fingerprint([("classify", "v1"), ("render", "v2")], ["m"])
-        >>> a == fingerprint([("render", "v2"), ("classify", "v1")], ["m", "m"])
-        True
-        >>> a == fingerprint([("classify", "v9"), ("render", "v2")], ["m"]), fingerprint([], [])
-        (False, None)
-    """
-    steps_part = sorted({f"{s}@{v or ''}" for s, v in steps})
-    models_part = sorted({m for m in models if m})
-    if not steps_part and not models_part:
-        return None
-    text = "steps=" + ",".join(steps_part) + ";models=" + ",".join(models_part)
-    return "fp_" + hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def run_fingerprints(wh: Warehouse, run_ids: Sequence[str]) -> dict[str, str | None]:
-    """:func:`fingerprint` of each run: its recorded steps' versions (``step_values``) and
-    the models of its LLM calls (``spans``) and of its recorded steps. A run with neither
-    maps to None."""
-    if not run_ids:
-        return {}
-    rows = wh.sql(
-        """
-        SELECT run_id, 'step' AS kind, step AS a, step_version AS b FROM step_values
-        WHERE run_id IN (SELECT unnest(?::VARCHAR[]))
-        UNION
-        SELECT run_id, 'model', model, NULL FROM step_values
-        WHERE run_id IN (SELECT unnest(?::VARCHAR[])) AND model IS NOT NULL
-        UNION
-        SELECT run_id, 'model', llm_model, NULL FROM spans
-        WHERE run_id IN (SELECT unnest(?::VARCHAR[])) AND run_type = 'llm'
-          AND llm_model IS NOT NULL
-        """,
-        [list(run_ids)] * 3,
-    )
-    steps: dict[str, list[tuple[str, str | None]]] = {r: [] for r in run_ids}
-    models: dict[str, list[str]] = {r: [] for r in run_ids}
-    for r in rows:
-        if r["kind"] == "step":
-            steps[r["run_id"]].append((r["a"], r["b"]))
-        else:  # a step's model column joins several models with commas
-            models[r["run_id"]].extend(m for m in str(r["a"]).split(",") if m)
-    return {r: fingerprint(steps[r], models[r]) for r in run_ids}
 
 
 _POOL_RUNS = """

@@ -77,7 +77,8 @@ def test_a_candidate_is_scored_by_replaying_its_runs_once_each(triage_runs: Ware
     assert ev.source_counts(stable)["recorded"] == 24 and _replays(wh) == 0
     assert budget.used_task_calls == 0
     # a better prompt: each run is replayed once, for all of its items, whatever was asked
-    good = _candidate({"prompt": GOOD, "temperature": 0.0})
+    # full values (the parent's, with the good prompt): the id a pinned replay records
+    good = _candidate({**orjson.loads(parent_values), "prompt": GOOD, "temperature": 0.0})
     first = ev.score(good, items[:3])  # three items of one run
     assert len(first) == 3 and _replays(wh) == 1 and budget.used_task_calls == 8
     scores = ev.score(good, items)

@@ -188,6 +188,87 @@ def test_a_clearly_better_draft_is_proposed_with_its_evidence_in_sql(
     assert row["offline_evidence"]["confirmation"]["wins"] == conf["wins"]
 
 
+def _flow_run_tags(run_id: str) -> set[str]:
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return set(client.read_flow_run(UUID(run_id)).tags)
+
+
+def test_the_replay_gate_reuses_the_night_s_confirmation_scores(triage_runs: Path) -> None:
+    from prefect_genopt.replay.gate import gate_proposal
+
+    result = run_night(settings("good"))
+    assert result.status == "proposed", result.summary()
+    wh = genopt.Warehouse()
+    (prop,) = wh.sql("SELECT * FROM proposals")
+    assert orjson.loads(prop["offline_evidence"])["fingerprint"]
+    # the search's replays are tagged in Prefect
+    night_replay = wh.sql("SELECT run_id FROM runs WHERE arm = 'replay' LIMIT 1")[0]["run_id"]
+    assert {"genopt", "genopt-replay", "genopt-search"} <= _flow_run_tags(night_replay)
+    values = orjson.loads(
+        wh.sql(
+            'SELECT "values" FROM param_sets WHERE param_set_id = ?',
+            [prop["candidate_param_set_id"]],
+        )[0]["values"]
+    )
+    confirmation_runs = {
+        r["run_id"]
+        for r in wh.sql(
+            "SELECT DISTINCT run_id FROM candidate_scores WHERE pool = 'confirmation' "
+            "AND candidate_id = ?",
+            [prop["candidate_param_set_id"]],
+        )
+    }
+
+    def gate(reuse: bool) -> object:
+        return gate_proposal(
+            "triage",
+            values,
+            kpi="correct",
+            stable_param_set_id=prop["parent_param_set_id"],
+            candidate_param_set_id=prop["candidate_param_set_id"],
+            proposal_id=prop["proposal_id"],
+            actor="test",
+            exclude_run_ids=orjson.loads(prop["evidence_run_ids"]),
+            runs=500,  # every recorded run outside the evidence
+            warehouse=wh,
+            reuse_night_scores=reuse,
+        )
+
+    from flows.examples import keyword_model
+
+    model = keyword_model.KeywordModel()  # the task model, counting its calls
+    testing.register_handler(keyword_model.PROVIDER, model)
+    try:
+        reused = gate(True)
+        reused_calls = len(model.calls)
+        full = gate(False)  # every run replayed: the same verdict on the same items
+        full_calls = len(model.calls) - reused_calls
+    finally:
+        keyword_model.register()
+    assert reused.outcome == "passed"
+    assert set(reused.reused_run_ids) == confirmation_runs & set(reused.source_run_ids)
+    assert reused.reused_run_ids and reused.reused_items > 0
+    assert f"{len(reused.reused_run_ids)} of {len(reused.source_run_ids)} run(s)" in reused.reason
+    # the reused runs were not replayed: one replay per other source run, and no model call
+    # for their items
+    assert len(reused.replay_run_ids) == len(reused.source_run_ids) - len(reused.reused_run_ids)
+    assert reused_calls == reused.llm_calls
+    # the gate's replays are tagged in Prefect
+    assert {"genopt", "genopt-replay", "genopt-gate"} <= _flow_run_tags(reused.replay_run_ids[0])
+
+    assert not full.reused_run_ids and len(full.replay_run_ids) == len(full.source_run_ids)
+    assert full_calls - reused_calls == reused.reused_items > 0
+    assert (full.outcome, full.n_items) == (reused.outcome, reused.n_items)
+    assert full.candidate_mean == pytest.approx(reused.candidate_mean)
+    assert full.stable_mean == pytest.approx(reused.stable_mean)
+    (row,) = wh.sql("SELECT reason FROM replay_gates WHERE gate_id = ?", [reused.gate_id])
+    assert "not replayed" in row["reason"]
+
+
 def test_equal_drafts_make_a_not_better_row_and_nothing_becomes_live(triage_runs: Path) -> None:
     result = run_night(settings("equal"))
     assert result.status == "not_better", result.summary()
