@@ -31,11 +31,14 @@ if TYPE_CHECKING:
 
 __all__ = ["require_warehouse", "require_pipeline", "known_pipelines", "unknown_pipeline_message"]
 
-#: The pipelines the warehouse has seen: declared (a run was ingested) or with runs.
+#: The pipelines the warehouse has seen: declared (a run was ingested), with runs, or with
+#: proposals.
 KNOWN_PIPELINES_SQL = """
 SELECT pipeline FROM pipelines
 UNION
 SELECT pipeline FROM runs WHERE pipeline IS NOT NULL
+UNION
+SELECT pipeline FROM proposals
 ORDER BY 1
 """
 

@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 from typing import TYPE_CHECKING
 
+from prefect_genopt.cli._checks import require_pipeline
 from prefect_genopt.cli._output import print_json
 from prefect_genopt.cli._utilities import Arg, Verb, add_group, number
 
@@ -73,6 +74,7 @@ def run_harvest(args: argparse.Namespace, ctx: Context) -> int:
     from prefect_genopt.cli import CLIError
     from prefect_genopt.replay.experiences import harvest
 
+    require_pipeline(ctx, args.pipeline)
     if not args.kpi:
         raise CLIError("harvest needs --kpi (the KPI whose feedback says an item was good)")
     expires = dt.timedelta(days=args.expires_days) if args.expires_days else None
@@ -92,6 +94,7 @@ def run_list(args: argparse.Namespace, ctx: Context) -> int:
     """List the pipeline's experiences, one line each (or JSON)."""
     from prefect_genopt.replay.experiences import list_experiences
 
+    require_pipeline(ctx, args.pipeline)
     rows = list_experiences(args.pipeline, limit=args.limit, warehouse=ctx.warehouse())
     if args.json:
         print_json(rows)

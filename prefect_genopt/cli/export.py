@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prefect_genopt.cli._checks import require_pipeline
 from prefect_genopt.cli._utilities import Arg, Verb, add_group
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ def run_reflections(args: argparse.Namespace, ctx: Context) -> int:
 
     from prefect_genopt.proposals.ratings import reflections
 
+    require_pipeline(ctx, args.pipeline)
     records = list(reflections(ctx.warehouse(), args.pipeline))
     lines = b"".join(orjson.dumps(r) + b"\n" for r in records)
     if args.out:

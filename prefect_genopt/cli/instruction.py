@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from prefect_genopt.cli._checks import require_pipeline
 from prefect_genopt.cli._utilities import Arg, Verb, add_group
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def run_show(args: argparse.Namespace, ctx: Context) -> int:
     """Print the instruction in use and its id."""
     from prefect_genopt.optimize.instruction import current_instruction
 
+    require_pipeline(ctx, args.pipeline)
     iid, text = current_instruction(ctx.warehouse(), args.pipeline)
     print(f"# {iid or 'default instruction (never tuned)'}\n{text}")
     return 0
@@ -60,6 +62,7 @@ def run_tune(args: argparse.Namespace, ctx: Context) -> int:
     """Tune when due; exit 1 if the model's answer was unusable."""
     from prefect_genopt.optimize.instruction import tune_instruction
 
+    require_pipeline(ctx, args.pipeline)
     result = tune_instruction(
         args.pipeline,
         every=args.every,

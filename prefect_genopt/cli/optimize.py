@@ -261,7 +261,10 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         OptimizerSettings(pipeline=args.pipeline, **settings)  # fail fast, before Prefect starts
     except ValidationError as exc:
         raise CLIError(f"invalid optimizer settings:\n{exc}") from None
+    from prefect_genopt.cli._checks import require_pipeline
     from prefect_genopt.optimize.flow import optimize_flow
+
+    require_pipeline(ctx, args.pipeline)  # a typo: one line, exit 2 (not the flow's traceback)
 
     with ctx.running_pipelines(), progress_to_stderr(quiet=args.json):
         out = optimize_flow(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from prefect_genopt.cli._checks import require_pipeline, require_warehouse
 from prefect_genopt.cli._output import cell, format_table, print_json
 from prefect_genopt.cli._utilities import Arg, Verb, add_group
 
@@ -88,6 +89,7 @@ def run_list(args: argparse.Namespace, ctx: Context) -> int:
     """List proposals as a table, JSON or the Markdown report."""
     from prefect_genopt.proposals.proposals import list_proposals, markdown
 
+    require_pipeline(ctx, args.pipeline)
     rows = list_proposals(
         ctx.warehouse(), pipeline=args.pipeline, status=args.status, limit=args.limit
     )
@@ -106,6 +108,7 @@ def run_show(args: argparse.Namespace, ctx: Context) -> int:
     """Print one proposal's Markdown report (or its row as JSON)."""
     from prefect_genopt.proposals.proposals import get_proposal, markdown
 
+    require_warehouse(ctx)
     rows = [get_proposal(ctx.warehouse(), args.proposal_id)]
     if args.json:
         print_json([_nested(r) for r in rows])
@@ -118,6 +121,7 @@ def run_reject(args: argparse.Namespace, ctx: Context) -> int:
     """Reject a proposal; print its new status."""
     from prefect_genopt.proposals.proposals import reject_proposal
 
+    require_warehouse(ctx)
     row = reject_proposal(ctx.warehouse(), args.proposal_id, args.reason or "", actor=args.actor)
     print(f"{row['proposal_id']}: {row['status']} ({row['status_reason']})")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from prefect_genopt.cli._checks import require_pipeline
 from prefect_genopt.cli._errors import EXIT_GATE_SKIPPED, EXIT_GATE_STOPPED
 from prefect_genopt.cli._output import print_json
 from prefect_genopt.cli._utilities import Arg, Verb, add_group, json_arg
@@ -219,6 +220,7 @@ def run_start(args: argparse.Namespace, ctx: Context) -> int:
     from prefect_genopt.cli import CLIError
     from prefect_genopt.rollout import controller
 
+    require_pipeline(ctx, args.pipeline)
     if (args.proposal is None) == (args.params is None):
         raise CLIError("give exactly one of --proposal ID or --params FILE|JSON")
     values = json_arg(args.params, "--params") if args.params else None
@@ -243,6 +245,7 @@ def run_status(args: argparse.Namespace, ctx: Context) -> int:
     """Print the rollout's status."""
     from prefect_genopt.rollout.report import rollout_status, text
 
+    require_pipeline(ctx, args.pipeline)
     status = rollout_status(args.pipeline, ctx.warehouse())
     if args.json:
         print_json(status)
@@ -255,6 +258,7 @@ def run_analyze(args: argparse.Namespace, ctx: Context) -> int:
     """Run one check now and act on it."""
     from prefect_genopt.rollout import controller
 
+    require_pipeline(ctx, args.pipeline)
     result = controller.analyze(
         args.pipeline, actor=args.actor or "genopt rollout analyze", warehouse=ctx.warehouse()
     )
@@ -279,6 +283,7 @@ def run_by_hand(args: argparse.Namespace, ctx: Context) -> int:
     from prefect_genopt.rollout import controller
 
     act = getattr(controller, args.verb)
+    require_pipeline(ctx, args.pipeline)
     act(args.pipeline, args.reason or "", actor=args.actor, warehouse=ctx.warehouse())
     return run_status(args, ctx)
 
@@ -288,6 +293,7 @@ def run_pin(args: argparse.Namespace, ctx: Context) -> int:
     from prefect_genopt.cli import CLIError
     from prefect_genopt.rollout import controller
 
+    require_pipeline(ctx, args.pipeline)
     if not args.param_set_id:
         raise CLIError("usage: genopt rollout pin PIPELINE PARAM_SET_ID --reason TEXT")
     controller.pin(

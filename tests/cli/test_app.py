@@ -208,19 +208,23 @@ def test_main_leaves_the_environment_alone_and_uses_the_warehouse_given(
     given = tmp_path / "given.duckdb"
     env = dict(os.environ)
     w = ["--warehouse", str(given)]
-    for argv in (
-        [*w, "ingest"],
-        [*w, "status"],
-        [*w, "sql", "select count(*) as n from runs"],
-        [*w, "proposals", "--json"],
-        [*w, "experiences", "list", "triage"],
-        [*w, "export", "reflections"],
-        [*w, "instruction", "show", "triage"],
+    outs: list[str] = []
+    unknown = "unknown pipeline 'triage'"  # said of the given warehouse, which has none
+    for argv, code in (
+        ([*w, "ingest"], 0),
+        ([*w, "status"], 0),
+        ([*w, "sql", "select count(*) as n from runs"], 0),
+        ([*w, "proposals", "--json"], 0),
+        ([*w, "experiences", "list", "triage"], 2),
+        ([*w, "export", "reflections"], 0),
+        ([*w, "instruction", "show", "triage"], 2),
     ):
-        assert main(argv) == 0, capsys.readouterr().err
+        assert main(argv) == code, capsys.readouterr().err
         assert dict(os.environ) == env, argv
-    out = capsys.readouterr().out
-    assert f"warehouse: {given}" in out and "default instruction" in out
+        captured = capsys.readouterr()
+        outs.append(captured.out)
+        assert (unknown in captured.err) == (code == 2), captured.err
+    assert f"warehouse: {given}" in "".join(outs)
     assert given.exists()
     assert not default.exists() and not Path(f"{default}.spool").exists()
 

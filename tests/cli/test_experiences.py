@@ -15,9 +15,12 @@ def test_experiences_harvest_and_list(
 ) -> None:
     from tests.replay.pipelines import replayer
 
+    assert main(["ingest"]) == 0
+    assert main(["experiences", "list", "replayer"]) == 2  # a pipeline the warehouse never saw
+    assert "unknown pipeline 'replayer'" in capsys.readouterr().err
+    replayer([["C1", "my invoice", "billing"], ["C2", "what is this", "bug"]])
     assert main(["experiences", "list", "replayer"]) == 0
     assert "no experiences for 'replayer' yet" in capsys.readouterr().out
-    replayer([["C1", "my invoice", "billing"], ["C2", "what is this", "bug"]])
     assert main(["experiences", "harvest", "replayer"]) == 2
     assert "needs --kpi" in capsys.readouterr().err
     assert main(["experiences", "harvest", "replayer", "--kpi", "correct"]) == 0

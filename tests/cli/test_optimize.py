@@ -62,6 +62,7 @@ def test_optimize_then_list_show_and_reject(knob_runs: Path, capsys: pytest.Capt
 
 
 def test_proposals_errors(warehouse_path: Path, genopt: Callable[..., Result]) -> None:
+    assert genopt("ingest").returncode == 0  # the warehouse exists (a missing one: test_typos)
     out = genopt("proposals", "show", "pr_nope")
     assert out.returncode == 2 and "genopt proposals: error: no proposal 'pr_nope'" in out.stderr
     out = genopt("proposals", "show")  # the id is missing: argparse says so
@@ -73,5 +74,8 @@ def test_proposals_errors(warehouse_path: Path, genopt: Callable[..., Result]) -
 def test_optimize_without_evidence_is_a_clear_error(
     prefect_api: str, warehouse_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    assert main(["ingest"]) == 0
     assert main(["optimize", "nothing-here", "--model", "scripted-opt/follow"]) == 2
-    assert "pipeline 'nothing-here' has no runs" in capsys.readouterr().err
+    assert (
+        "unknown pipeline 'nothing-here'; the warehouse has no pipeline" in capsys.readouterr().err
+    )

@@ -98,5 +98,7 @@ def test_export_reflections_as_jsonl(
     assert first["reflection"] == "reflection 1"
     assert first["evidence"]["run_ids"] == ["run-1"] and first["evidence"]["kpi"] == "correct"
     assert first["rating"]["relative_effect"] == 0.2 and first["suggestion"] == {"prompt": "b1"}
-    assert main(["export", "reflections", "--pipeline", "nothing"]) == 0
-    assert capsys.readouterr().out == ""
+    capsys.readouterr()
+    assert main(["export", "reflections", "--pipeline", "nothing"]) == 2  # a typo, said so
+    out = capsys.readouterr()
+    assert out.out == "" and "unknown pipeline 'nothing'; known: triage" in out.err

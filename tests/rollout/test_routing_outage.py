@@ -334,6 +334,20 @@ def test_this_process_falls_back_to_what_it_read_last_even_pinned(
 # -- commands with the API down ----------------------------------------------------------------
 
 
+def knows_triage(path: Path) -> Path:
+    """A warehouse at ``path`` that knows pipeline 'triage' (the CLI refuses unknown names
+    before it reaches the Prefect API)."""
+    wh = genopt.Warehouse(path, read_only=False)
+    try:
+        wh.execute(
+            "INSERT INTO pipelines (pipeline, version, schema_hash, schema) "
+            "VALUES ('triage', 1, 'h', '{}')"
+        )
+    finally:
+        wh.close()
+    return path
+
+
 def test_rollout_commands_say_the_api_is_unreachable(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -342,7 +356,7 @@ def test_rollout_commands_say_the_api_is_unreachable(
     from prefect_genopt.cli import main
 
     url = dead_url()
-    base = ["--warehouse", str(tmp_path / "w.duckdb"), "rollout"]
+    base = ["--warehouse", str(knows_triage(tmp_path / "w.duckdb")), "rollout"]
     verbs = [
         ["analyze", "triage"],
         ["status", "triage"],
@@ -365,7 +379,7 @@ def test_genopt_rollout_analyze_with_the_api_down_exits_2_without_a_traceback(
     env = {
         **os.environ,
         "PREFECT_API_URL": url,
-        "GENOPT_WAREHOUSE": str(tmp_path / "w.duckdb"),
+        "GENOPT_WAREHOUSE": str(knows_triage(tmp_path / "w.duckdb")),
         "PYTHONPATH": str(ROOT),
     }
     out = subprocess.run(
