@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import sys
 
-from prefect_genopt.rollout.flow import canary_flow
+from prefect import tags
+
+from prefect_genopt.rollout.flow import canary_flow, run_tags
 
 #: the deployment entrypoint: flows/canary.py:canary
 canary = canary_flow
@@ -20,4 +22,5 @@ canary = canary_flow
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
         raise SystemExit("usage: python flows/canary.py PIPELINE   (see: genopt rollout --help)")
-    print(canary(sys.argv[1]))
+    with tags(*run_tags(sys.argv[1])):  # as the deployment's runs: genopt, genopt-canary
+        print(canary(sys.argv[1]))

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import sys
 
-from prefect_genopt.optimize.flow import optimize_flow
+from prefect import tags
+
+from prefect_genopt.optimize.flow import optimize_flow, run_tags
 
 #: the deployment entrypoint: flows/optimize.py:optimize
 optimize = optimize_flow
@@ -21,4 +23,5 @@ optimize = optimize_flow
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
         raise SystemExit("usage: python flows/optimize.py PIPELINE   (see: genopt optimize --help)")
-    print(optimize(sys.argv[1]))
+    with tags(*run_tags(sys.argv[1])):  # as the deployment's runs: genopt, genopt-optimizer
+        print(optimize(sys.argv[1]))

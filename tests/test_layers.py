@@ -90,6 +90,8 @@ LAYERS: dict[str, int] = {
     # 8 rollout: the controller and its report; the HTML report of the whole loop
     "prefect_genopt.rollout.controller": 8,
     "prefect_genopt.rollout.report": 8,
+    "prefect_genopt.rollout.schedule": 8,
+    "prefect_genopt.rollout.artifacts": 8,
     "prefect_genopt.report": 8,  # genopt report's HTML report
     # 9 flows and the CLI, and what only users of the library import
     "prefect_genopt.optimize.flow": 9,

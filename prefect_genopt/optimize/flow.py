@@ -7,7 +7,14 @@ limit ``genopt-optimize-<pipeline>`` of 1, created when missing: Prefect's
 ``concurrency()`` on a limit that does not exist silently does nothing), and
 leaves a Markdown artifact of its proposals on the flow run. With ``harvest``, it
 first stores the pipeline's new good, checked runs as experiences (what verified
-replay and ``demos`` fields draw on), so the nightly job keeps them fresh.
+replay and ``demos`` fields draw on), so the nightly job keeps them fresh. Besides the
+Markdown it leaves a table artifact of the pipeline's daily KPI per param set and arm
+(``genopt-optimize-<pipeline>-kpi``) and, when ``GENOPT_REPORT_URL`` is set, a link to
+the published report (:mod:`prefect_genopt.rollout.artifacts`).
+
+Runs carry the tags of :func:`run_tags` (``genopt``, ``genopt-optimizer``,
+``genopt-pipeline:<name>``): the nightly deployment sets them, and ``genopt optimize``
+and ``python flows/optimize.py`` call the flow inside :func:`prefect.tags`.
 """
 
 from __future__ import annotations
@@ -25,10 +32,21 @@ from prefect_genopt.optimize.config import OptimizerSettings
 from prefect_genopt.optimize.runner import optimize
 from prefect_genopt.proposals.proposals import markdown
 from prefect_genopt.replay.experiences import harvest as harvest_experiences
+from prefect_genopt.rollout.artifacts import publish_kpi, publish_report_link
 from prefect_genopt.rollout.controller import RolloutError, start_rollout
 from prefect_genopt.warehouse import Warehouse
 
-__all__ = ["optimize_flow", "lock_name"]
+__all__ = ["optimize_flow", "lock_name", "run_tags"]
+
+
+def run_tags(pipeline: str) -> list[str]:
+    """The tags of an optimizer run of ``pipeline`` (filter on them in the Prefect UI).
+
+    Example:
+        >>> run_tags("triage")
+        ['genopt', 'genopt-optimizer', 'genopt-pipeline:triage']
+    """
+    return ["genopt", "genopt-optimizer", f"genopt-pipeline:{pipeline}"]
 
 
 def lock_name(pipeline: str) -> str:
@@ -96,6 +114,8 @@ def optimize_flow(
         key=name,
         description=f"genopt optimizer run for {pipeline}: {result.summary()}",
     )
+    publish_kpi(Warehouse(warehouse), pipeline, config.window_days)
+    publish_report_link(pipeline)
     return {
         "pipeline": pipeline,
         "skipped": False,

@@ -48,8 +48,8 @@ from prefect_genopt.proposals import ProposalError, get_proposal, rating_row, se
 from prefect_genopt.records import current_user, row_record
 from prefect_genopt.redaction import clean
 from prefect_genopt.replay.gate import gate_proposal
+from prefect_genopt.rollout import schedule, store
 from prefect_genopt.rollout import state as sm
-from prefect_genopt.rollout import store
 from prefect_genopt.rollout.analysis import ArmStats, Assessment, assess, mann_whitney
 from prefect_genopt.rollout.plan import RolloutPlan
 from prefect_genopt.rollout.stable import stable_param_set
@@ -285,6 +285,9 @@ def _apply(
     if decision.changed:
         # sent by Prefect's events worker thread (drained at process exit)
         _emit(decision.kind, after, decision.reason, {"actor": actor, **(extra or {})})
+        running = after.status == "running"
+        if running != (before.status == "running"):
+            schedule.sync(after.pipeline, running)  # the canary check runs only meanwhile
 
 
 def _values_of(wh: Warehouse, pipeline: str, ps_id: str) -> dict[str, Any]:
