@@ -78,14 +78,18 @@ def run_harvest(args: argparse.Namespace, ctx: Context) -> int:
     if not args.kpi:
         raise CLIError("harvest needs --kpi (the KPI whose feedback says an item was good)")
     expires = dt.timedelta(days=args.expires_days) if args.expires_days else None
-    result = harvest(
-        args.pipeline,
-        args.kpi,
-        threshold=args.threshold,
-        direction=args.direction,
-        expires_in=expires,
-        warehouse=ctx.warehouse(),
-    )
+    from prefect_genopt.cli._progress import Progress
+
+    with Progress() as progress:  # a bar with an ETA on a terminal, plain lines otherwise
+        result = harvest(
+            args.pipeline,
+            args.kpi,
+            threshold=args.threshold,
+            direction=args.direction,
+            expires_in=expires,
+            warehouse=ctx.warehouse(),
+            progress=lambda done, total: progress.update("checking runs", done, total),
+        )
     print(result)
     return 0
 

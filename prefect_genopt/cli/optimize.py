@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -229,24 +230,39 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def progress_to_stderr(quiet: bool = False) -> Iterator[None]:
-    """Show the optimizer flow's progress lines on stderr, whatever Prefect's log level."""
-    import logging
+    """Show the optimizer flow's progress on stderr, whatever Prefect's log level: a bar
+    with an ETA on a terminal, plain lines otherwise (:mod:`prefect_genopt.cli._progress`)."""
+    from prefect_genopt.cli._progress import Progress
 
     logger = logging.getLogger("prefect.flow_runs")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    handler.addFilter(lambda r: r.levelno >= logging.INFO)
     old_level, old_propagate = logger.level, logger.propagate
-    if not quiet:
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-        logger.propagate = old_propagate
+    with contextlib.ExitStack() as stack:
+        if not quiet:
+            progress = stack.enter_context(Progress(sys.stderr))
+            handler = _ProgressHandler(progress)
+            logger.addHandler(handler)
+            stack.callback(logger.removeHandler, handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
+        try:
+            yield
+        finally:
+            logger.setLevel(old_level)
+            logger.propagate = old_propagate
+
+
+class _ProgressHandler(logging.Handler):
+    """Log records of the flow run (INFO and up) as lines of a :class:`Progress`."""
+
+    def __init__(self, progress: Any) -> None:
+        super().__init__(logging.INFO)
+        self.progress = progress
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.progress.say(record.getMessage())
+        except Exception:  # noqa: BLE001 - progress never breaks the command
+            self.handleError(record)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
@@ -266,7 +282,15 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
 
     require_pipeline(ctx, args.pipeline)  # a typo: one line, exit 2 (not the flow's traceback)
 
-    with ctx.running_pipelines(), progress_to_stderr(quiet=args.json):
+    from prefect import tags
+
+    from prefect_genopt.optimize.flow import run_tags
+
+    with (  # the run carries the tags of the nightly deployment's runs
+        ctx.running_pipelines(),
+        progress_to_stderr(quiet=args.json),
+        tags(*run_tags(args.pipeline)),
+    ):
         out = optimize_flow(
             args.pipeline,
             settings=settings,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -137,6 +137,7 @@ def harvest(
     since: datetime | None = None,
     expires_in: timedelta | None = None,
     warehouse: Warehouse | str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> HarvestResult:
     """Store the pipeline's good, checked recorded runs (or items) as experiences.
 
@@ -148,6 +149,7 @@ def harvest(
         since: Only steps recorded since then (UTC).
         expires_in: Experiences stop being replayed this long after the harvest.
         warehouse: The warehouse (default: GENOPT_WAREHOUSE).
+        progress: Called with (units done, units in all) as the units are checked.
 
     Raises:
         ExperienceError: No feedback on ``kpi`` yet, or a graded KPI without a threshold.
@@ -167,7 +169,9 @@ def harvest(
     now = utcnow()
     expires_at = (now + expires_in).isoformat() if expires_in is not None else None
     rows: list[dict[str, Any]] = []
-    for unit in units:
+    for done, unit in enumerate(units):
+        if progress is not None:
+            progress(done, len(units))
         good = (
             unit["kpi_value"] >= threshold
             if direction == "higher"
@@ -252,6 +256,8 @@ def harvest(
                     },
                 )
             )
+    if progress is not None and units:
+        progress(len(units), len(units))
     if rows:
         spool.append(rows, wh.spool_dir)
         wh.ingest()
