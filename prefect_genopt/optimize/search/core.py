@@ -33,6 +33,8 @@ __all__ = [
     "Budget",
     "Scores",
     "HistoryEntry",
+    "ProgressLine",
+    "eta_text",
 ]
 
 #: per-item scores of one candidate: item id -> KPI value (a crash or NaN scores as failure)
@@ -200,3 +202,72 @@ class HistoryEntry:
     n_items: int = 0
     candidate_id: str | None = None
     field: str | None = None
+
+
+def eta_text(seconds: float | None) -> str:
+    """An ETA as a progress line shows it: ``42s``, ``3m05s``, ``1h02m`` (``?``: unknown).
+
+    Example:
+        >>> eta_text(42.4), eta_text(185), eta_text(3720), eta_text(None)
+        ('42s', '3m05s', '1h02m', '?')
+    """
+    if seconds is None:
+        return "?"
+    s = int(round(max(seconds, 0.0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class ProgressLine(str):
+    """A progress line of the night that is also a record: a ``str`` (what a
+    ``progress(str)`` callback, a logger or stderr takes, unchanged) with the fields a
+    renderer reads: the ``stage``, the ``candidate`` (and its ``generator``), items
+    ``done`` of ``total`` and ``eta_s`` (seconds, from the measured per-item time).
+
+    Example:
+        >>> line = ProgressLine("replaying ps_1 (drafts): 12/48 items, ETA 30s",
+        ...                     stage="selection", candidate="ps_1", generator="drafts",
+        ...                     done=12, total=48, eta_s=30.0)
+        >>> line.startswith("replaying"), line.stage, line.done, line.total, line.eta_s
+        (True, 'selection', 12, 48, 30.0)
+        >>> line.fields()["candidate"]
+        'ps_1'
+    """
+
+    stage: str
+    candidate: str | None
+    generator: str | None
+    done: int | None
+    total: int | None
+    eta_s: float | None
+
+    def __new__(
+        cls,
+        text: str,
+        *,
+        stage: str,
+        candidate: str | None = None,
+        generator: str | None = None,
+        done: int | None = None,
+        total: int | None = None,
+        eta_s: float | None = None,
+    ) -> ProgressLine:
+        line = super().__new__(cls, text)
+        line.stage, line.candidate, line.generator = stage, candidate, generator
+        line.done, line.total, line.eta_s = done, total, eta_s
+        return line
+
+    def fields(self) -> dict[str, Any]:
+        """The structured form: the text and every field."""
+        return {
+            "text": str(self),
+            "stage": self.stage,
+            "candidate": self.candidate,
+            "generator": self.generator,
+            "done": self.done,
+            "total": self.total,
+            "eta_s": self.eta_s,
+        }

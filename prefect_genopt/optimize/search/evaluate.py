@@ -307,6 +307,8 @@ class ReplayEvaluator:
         self.calls_cached = 0
         self.items_replayed = 0
         self.seconds = 0.0
+        #: seconds spent replaying (of :attr:`items_replayed` items): the per-item time
+        self.replay_seconds = 0.0
 
     # -- the runs -----------------------------------------------------------------------
 
@@ -364,7 +366,9 @@ class ReplayEvaluator:
         for run_id in runs:
             if not self._can_pay(run_id):
                 break
+            t_run = time.monotonic()
             self._replay(candidate, run_id)
+            self.replay_seconds += time.monotonic() - t_run
             if self.on_progress is not None:
                 done = sum(1 for i in wanted if i in have or i in skipped)
                 self.on_progress(candidate, done, len(wanted))
@@ -475,6 +479,10 @@ class ReplayEvaluator:
         return usage
 
     # -- reporting ------------------------------------------------------------------------
+
+    def seconds_per_item(self) -> float | None:
+        """The measured time of one replayed item (None before the first replay)."""
+        return self.replay_seconds / self.items_replayed if self.items_replayed else None
 
     def source_counts(self, candidate_id: str) -> dict[str, int]:
         """How many of a candidate's scores came from each source."""

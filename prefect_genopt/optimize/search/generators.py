@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import random
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -56,7 +57,14 @@ from prefect_genopt.optimize.llm import (
     LLMTimeout,
 )
 from prefect_genopt.optimize.optoprime import Optimizer, OptoPrime, _focus_unit
-from prefect_genopt.optimize.search.core import Budget, Candidate, Dropped, HistoryEntry
+from prefect_genopt.optimize.search.core import (
+    Budget,
+    Candidate,
+    Dropped,
+    HistoryEntry,
+    ProgressLine,
+    eta_text,
+)
 from prefect_genopt.optimize.validate import SuggestionError, check_suggestion
 from prefect_genopt.redaction import redact, truncate
 from prefect_genopt.replay.experiences import verified_demos
@@ -590,6 +598,21 @@ class InstructionDrafts:
             out.notes.append("drafts: no optimizer model")
             return out
         client = _free_text(ctx.client)
+        started = time.monotonic()
+
+        def say(i: int, name: str, what: str) -> None:
+            eta = (time.monotonic() - started) / (i + 1) * (self.n - i - 1)
+            ctx.progress(
+                ProgressLine(
+                    f"draft {i + 1}/{self.n} of {name}: {what}, ETA {eta_text(eta)}",
+                    stage="drafts",
+                    generator=self.name,
+                    done=i + 1,
+                    total=self.n,
+                    eta_s=eta,
+                )
+            )
+
         for i in range(self.n):
             stop = ctx.budget.optimizer_spent()
             if stop:
@@ -612,7 +635,7 @@ class InstructionDrafts:
             if draft is None:
                 detail = "cut off at the token limit" if why == "unparsable" else "no draft"
                 out.dropped.append(Dropped(self.name, why, detail, reply.text[:2000]))
-                ctx.progress(f"draft {i + 1}/{self.n} of {name}: dropped ({why})")
+                say(i, name, f"dropped ({why})")
                 continue
             made = make_candidate(
                 ctx,
@@ -621,10 +644,7 @@ class InstructionDrafts:
                 {"draft": i + 1, "field": name, "temperature": self.temperature},
             )
             out.add(made)
-            ctx.progress(
-                f"draft {i + 1}/{self.n} of {name}: "
-                + (f"{len(draft)} chars" if isinstance(made, Candidate) else made.reason)
-            )
+            say(i, name, f"{len(draft)} chars" if isinstance(made, Candidate) else made.reason)
         return out
 
 

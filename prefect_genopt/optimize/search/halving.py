@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from prefect_genopt.optimize.search.core import Candidate, Scores
+from prefect_genopt.optimize.search.core import Candidate, ProgressLine, Scores, eta_text
 
 __all__ = ["RUNGS", "RungRow", "HalvingResult", "successive_halving", "rank"]
 
@@ -196,11 +196,19 @@ def successive_halving(
             finished.append(c)
             mean, _ = _stats(got, rung_items, fail, direction)
             elapsed = time.monotonic() - started
-            eta = elapsed / done * (total - done) if done else 0.0
+            eta = elapsed / done * (total - done) if done else None
             say(
-                f"selection rung {r}/{len(rungs)}: candidate {k}/{len(survivors)} "
-                f"{c.candidate_id} ({c.generator}) mean {mean:.3g} on {len(rung_items)} "
-                f"items ({len(todo)} new); {done}/{total} items, ETA {eta:.0f}s"
+                ProgressLine(
+                    f"selection rung {r}/{len(rungs)}: candidate {k}/{len(survivors)} "
+                    f"{c.candidate_id} ({c.generator}) mean {mean:.3g} on {len(rung_items)} "
+                    f"items ({len(todo)} new); {done}/{total} items, ETA {eta_text(eta)}",
+                    stage="selection",
+                    candidate=c.candidate_id,
+                    generator=c.generator,
+                    done=done,
+                    total=total,
+                    eta_s=eta,
+                )
             )
         if result.stop_reason is not None:
             if best_so_far is None and finished:  # stopped in the first rung

@@ -76,8 +76,10 @@ from prefect_genopt.optimize.search.core import (
     Dropped,
     HistoryEntry,
     Pools,
+    ProgressLine,
     RunInfo,
     Scores,
+    eta_text,
     split_item_id,
 )
 from prefect_genopt.optimize.search.evaluate import (
@@ -197,6 +199,10 @@ class _Night:
     tokens: int = 0
     optimizer_usd: float | None = None
     trace_id: str = ""
+    #: the stage the evaluator scores for (progress lines), and the items the stage
+    #: still scores after the current candidate's (its ETA counts them)
+    stage: str = "selection"
+    stage_after: int = 0
 
     @property
     def direction(self) -> str:
@@ -655,6 +661,7 @@ def _select(night: _Night, ctx: GenerationContext, candidates: list[Candidate]) 
                 continue
             night.result.candidates.append(comb)
             night.say(f"combination {comb.candidate_id}: scoring on {len(items)} items")
+            night.stage = "combination"
             scores = {winner.candidate_id: ev.score(winner, items), comb.candidate_id: {}}
             scores[comb.candidate_id] = ev.score(comb, items)
             ranked = rank(
@@ -705,7 +712,9 @@ def _confirm(night: _Night, winner: Candidate) -> SignTest | None:
         f"confirmation: {winner.candidate_id} ({winner.generator}) against the parent on "
         f"{len(items)} items"
     )
+    night.stage, night.stage_after = "confirmation", len(items)  # the winner's come next
     parent_scores = ev.score(parent, items)
+    night.stage_after = 0
     cand_scores = ev.score(winner, items)
     test = sign_test(parent_scores, cand_scores, direction=night.direction)
     result.confirmation = test
@@ -964,16 +973,28 @@ def _pool_infos(night: _Night) -> list[RunInfo]:
 
 
 def _progress(night: _Night) -> Callable[[Candidate, int, int], None]:
-    """Progress lines of the evaluator: the stage, the candidate, items done, an ETA."""
-    first: dict[tuple[str, int], tuple[float, int]] = {}
+    """Progress lines of the evaluator (:class:`~.core.ProgressLine`): the stage, the
+    candidate, items done of total and an ETA from the measured per-item replay time (the
+    items still to score in this stage: this candidate's, and the winner's while the
+    parent is confirmed)."""
 
     def report(c: Candidate, done: int, total: int) -> None:
-        now = time.monotonic()
-        t0, d0 = first.setdefault((c.candidate_id, total), (now, done))
-        eta = f"{(now - t0) / (done - d0) * (total - done):.0f}s" if done > d0 else "?"
+        ev = night.evaluator
+        per_item = ev.seconds_per_item() if ev is not None else None
+        left = total - done + night.stage_after
+        eta = per_item * left if per_item is not None else None
         night.say(
-            f"  replaying {c.candidate_id} ({c.generator}): {done}/{total} items, "
-            f"{night.budget.used_task_calls} task call(s) so far, ETA {eta}"
+            ProgressLine(
+                f"  {night.stage}: replaying {c.candidate_id} ({c.generator}): {done}/{total} "
+                f"items, {night.budget.used_task_calls} task call(s) so far, "
+                f"ETA {eta_text(eta)}",
+                stage=night.stage,
+                candidate=c.candidate_id,
+                generator=c.generator,
+                done=done,
+                total=total,
+                eta_s=eta,
+            )
         )
 
     return report

@@ -20,6 +20,7 @@ from prefect_genopt import testing
 from prefect_genopt.cli import main
 from prefect_genopt.optimize import OptimizerSettings, optimize
 from prefect_genopt.optimize.runner import OptimizeResult
+from prefect_genopt.optimize.search.core import ProgressLine
 from prefect_genopt.optimize.search.generators import DRAFT_SYSTEM
 from prefect_genopt.optimize.search.night import NightResult, run_night
 from prefect_genopt.optimize.search.pools import assign_pools, pool_runs
@@ -107,6 +108,17 @@ def test_a_clearly_better_draft_is_proposed_with_its_evidence_in_sql(
     text = "\n".join(lines)
     for stage in ("pools from", "evidence:", "selection:", "confirmation:", "ETA"):
         assert stage in text, stage
+    # ... each counted line is also a record: stage, candidate, done of total, ETA seconds
+    counted = [ln for ln in lines if isinstance(ln, ProgressLine)]
+    assert {"drafts", "selection", "confirmation"} <= {ln.stage for ln in counted}
+    assert all(ln.total and 0 <= (ln.done or 0) <= ln.total for ln in counted)
+    confirming = [ln for ln in counted if ln.stage == "confirmation"]
+    # the parent's confirmation scores are its recorded ones: only the winner is replayed
+    assert {ln.candidate for ln in confirming} == {result.winner.candidate_id}
+    # the ETA comes from the measured time per replayed item; it ends at 0
+    assert all(ln.eta_s is not None and ln.eta_s >= 0 for ln in confirming)
+    assert confirming[-1].eta_s == 0 and confirming[-1].done == confirming[-1].total
+    assert confirming[0].done < confirming[0].total and confirming[0].eta_s > 0
 
     wh = genopt.Warehouse()
     (prop,) = wh.sql("SELECT * FROM proposals")
