@@ -2,7 +2,8 @@
 
 One function per section; :func:`report_data` gathers them for one pipeline and a window
 of days. Everything comes from the warehouse's tables and views (``kpi_by_param_set_day``,
-``run_summary``, ``param_set_lineage``) and :func:`~prefect_genopt.proposals.list_proposals`;
+``run_summary``) and :func:`~prefect_genopt.proposals.list_proposals`; lineage follows each
+param set's first proposal (not the ``param_set_lineage`` view: see :func:`_lineage`);
 the span trees of the trace view are in :mod:`prefect_genopt.report.traces`. Nothing here
 calls the Prefect API: the report shows what the warehouse recorded.
 
@@ -264,13 +265,7 @@ def proposals(wh: Warehouse, pipeline: str, since: datetime) -> list[dict[str, A
             [ids],
         )
     }
-    lineage: dict[str, list[dict[str, Any]]] = {}
-    for r in wh.sql(
-        "SELECT param_set_id, ancestor_param_set_id, proposal_id, depth FROM param_set_lineage "
-        "WHERE pipeline = ? ORDER BY depth",
-        [pipeline],
-    ):
-        lineage.setdefault(r["param_set_id"], []).append(r)
+    origins = _origins(wh, pipeline)
     out = []
     for p in rows:
         cand = p["candidate_param_set_id"]
@@ -294,13 +289,54 @@ def proposals(wh: Warehouse, pipeline: str, since: datetime) -> list[dict[str, A
                 "offline_evidence": _offline(_json(p.get("offline_evidence"))),
                 "gate": gate,
                 "rating": {**rating, "created_at": _iso(rating["created_at"])} if rating else None,
-                "lineage": lineage.get(cand, []) if cand else [],
+                "lineage": _lineage(p, origins),
                 "model": p["model"],
                 "input_tokens": p["input_tokens"],
                 "output_tokens": p["output_tokens"],
                 "cost_usd": _finite(p["cost_usd"]),
             }
         )
+    return out
+
+
+def _origins(wh: Warehouse, pipeline: str) -> dict[str, tuple[str, str]]:
+    """Each proposed param set's origin: ``candidate -> (parent, proposal_id)`` of the
+    first proposal that made it."""
+    rows = wh.sql(
+        "SELECT candidate_param_set_id AS cand, "
+        "arg_min(parent_param_set_id, created_at) AS parent, "
+        "arg_min(proposal_id, created_at) AS proposal_id FROM proposals "
+        "WHERE pipeline = ? AND candidate_param_set_id IS NOT NULL GROUP BY 1",
+        [pipeline],
+    )
+    return {r["cand"]: (r["parent"], r["proposal_id"]) for r in rows}
+
+
+def _lineage(
+    p: dict[str, Any], origins: dict[str, tuple[str, str]], limit: int = 20
+) -> list[dict[str, Any]]:
+    """A proposal's line of ancestors, nearest first: its parent (depth 1), then the
+    parent's origin, and so on.
+
+    The ``param_set_lineage`` view follows every path, which multiplies when several
+    proposals made the same param set and never ends on a cycle (a proposal back to an
+    older param set) before its depth cap: here each param set has one origin (its first
+    proposal) and a param set is visited once.
+
+    Example:
+        >>> origins = {"b": ("a", "p1"), "a": ("b", "p0")}  # a cycle
+        >>> p = {"proposal_id": "p2", "parent_param_set_id": "b", "candidate_param_set_id": "c"}
+        >>> [(x["depth"], x["ancestor_param_set_id"], x["proposal_id"])
+        ...  for x in _lineage(p, origins)]
+        [(1, 'b', 'p2'), (2, 'a', 'p1')]
+    """
+    out: list[dict[str, Any]] = []
+    current, via = p["parent_param_set_id"], p["proposal_id"]
+    seen = {p["candidate_param_set_id"]}
+    while current and current not in seen and len(out) < limit:
+        out.append({"depth": len(out) + 1, "ancestor_param_set_id": current, "proposal_id": via})
+        seen.add(current)
+        current, via = origins.get(current, (None, None))
     return out
 
 

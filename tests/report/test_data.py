@@ -133,3 +133,34 @@ def test_the_window_leaves_older_days_out(seeded: Seeded) -> None:
     assert all(u["day"] >= since for u in data["usage"])
     assert all(t["start_time"] >= since for t in data["traces"])
     assert data["nights"] == [] or all(n["at"] >= since for n in data["nights"])
+
+
+def test_lineage_ends_on_a_cycle_of_proposals(seeded: Seeded) -> None:
+    """A proposal back to an older param set (a cycle), made several times over: the
+    ``param_set_lineage`` view's paths multiply there; the report's lineage stays one line."""
+    from prefect_genopt import spool
+    from prefect_genopt.records import row_record
+
+    ps = seeded.param_sets
+    back = [
+        row_record(
+            "proposals",
+            {
+                "proposal_id": f"back-{i}",
+                "pipeline": "triage",
+                "created_at": utcnow().isoformat(),
+                "status": "proposed",
+                "parent_param_set_id": ps["promoted"],
+                "candidate_param_set_id": ps["stable"],
+            },
+        )
+        for i in range(5)
+    ]
+    spool.append(back, seeded.path.with_name(seeded.path.name + ".spool"))
+    wh = Warehouse(seeded.path)
+    wh.ingest()
+    props = {p["proposal_id"]: p for p in report_data(wh, "triage")["proposals"]}
+    line = [x["ancestor_param_set_id"] for x in props["back-0"]["lineage"]]
+    assert line == [ps["promoted"]]  # which came from stable, the candidate itself: stop
+    good = props[seeded.proposal_ids[0]]["lineage"]
+    assert [x["ancestor_param_set_id"] for x in good] == [ps["stable"]]
