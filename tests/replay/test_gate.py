@@ -107,10 +107,22 @@ def test_a_good_candidate_passes_the_gate_into_its_canary(
     state = controller.start_rollout("triage", values={"prompt": GOOD_PROMPT}, plan=PLAN)
     assert state.status == "running"
     wh = genopt.Warehouse()
-    (gate,) = wh.sql("SELECT outcome, reason, proposal_id FROM replay_gates")
+    (gate,) = wh.sql("SELECT outcome, reason, proposal_id, replay_run_ids FROM replay_gates")
     assert gate["outcome"] == "passed" and gate["proposal_id"] is None
     (started,) = wh.sql("SELECT reason FROM rollout_events WHERE kind = 'started'")
     assert "replay gate passed" in started["reason"]
+    # the replayed flow run is tagged in Prefect, so a UI view can filter replays
+    (replayed,) = orjson.loads(gate["replay_run_ids"])
+    assert {"genopt", "genopt-replay", "genopt-gate"} <= _flow_run_tags(replayed)
+
+
+def _flow_run_tags(run_id: str) -> set[str]:
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return set(client.read_flow_run(UUID(run_id)).tags)
 
 
 def test_a_pipeline_that_cannot_be_replayed_does_not_start_without_gate_false(
