@@ -263,7 +263,7 @@
         legend: { top: 0, data: ["selection", "confirmation"] },
         grid: { left: 50, right: 20, top: 36, bottom: 50 },
         xAxis: { type: "category", data: names, axisLabel: { interval: 0, rotate: 15, fontSize: 10 } },
-        yAxis: { type: "value", scale: true, name: n.kpi || "score" },
+        yAxis: { type: "value", name: n.kpi || "score" },
         series: [{ name: "selection", type: "bar", data: pool("selection"), color: "#2b6cb0" },
                  { name: "confirmation", type: "bar", data: pool("confirmation"), color: "#38a169" }]
       }, "small");
@@ -274,6 +274,18 @@
   (function () {
     var b = body("traces");
     if (!data.traces || !data.traces.length) return empty(b, "No run in the window.");
+    // an LLM call's messages ([{role, content}]) one per paragraph, its choices one per line;
+    // anything else (or a value cut at storage, no longer JSON) as stored
+    function chat(value) {
+      var v;
+      try { v = JSON.parse(value); } catch (e) { return value; }
+      if (!Array.isArray(v)) return value;
+      return v.map(function (m) {
+        if (m && typeof m === "object" && "content" in m)
+          return "[" + (m.role || "?") + "] " + text(m.content);
+        return text(m);
+      }).join("\n\n");
+    }
     function spanNode(s, kids, total, root) {
       var left = total > 0 && s.offset_ms !== null ? Math.max(0, s.offset_ms / total * 100) : 0;
       var width = total > 0 && s.duration_ms !== null ? Math.max(0.5, s.duration_ms / total * 100) : 0;
@@ -294,8 +306,8 @@
       row("params read", s.params_read && Object.keys(s.params_read).length ? s.params_read : null);
       var details = el("details", { "data-span-id": s.span_id }, [summary, kv]);
       if (s.error) details.appendChild(el("pre", { cls: "err", text: "error: " + s.error }));
-      if (s.inputs) details.appendChild(el("div", {}, [el("b", { text: s.type === "llm" ? "messages" : "inputs" }), el("pre", { cls: "inputs", text: s.inputs })]));
-      if (s.output) details.appendChild(el("div", {}, [el("b", { text: s.type === "llm" ? "completion" : "output" }), el("pre", { cls: "output", text: s.output })]));
+      if (s.inputs) details.appendChild(el("div", {}, [el("b", { text: s.type === "llm" ? "messages" : "inputs" }), el("pre", { cls: "inputs", text: s.type === "llm" ? chat(s.inputs) : s.inputs })]));
+      if (s.output) details.appendChild(el("div", {}, [el("b", { text: s.type === "llm" ? "completion" : "output" }), el("pre", { cls: "output", text: s.type === "llm" ? chat(s.output) : s.output })]));
       kids.forEach(function (k) { details.appendChild(k); });
       return el("div", { cls: "span" + (root ? " root" : "") }, [details]);
     }
