@@ -68,6 +68,8 @@ from bench import common
 from bench.common import log
 
 ARMS = ("start", "search", "gepa", "miprov2")
+#: the re-run peers (``bench.bbh_peers``)
+PEERS = ("gepa", "miprov2")
 SEEDS = (0, 1)
 #: labelled items per recorded "production" run of the search arm
 RUN_ITEMS = 5
@@ -176,7 +178,9 @@ def search_arm(ctx: h.ArmContext) -> h.ArmResult:
     confirmation = getattr(result, "confirmation", None)
     selection = getattr(result, "selection", None)
     counts = ctx.models.counts()
+    night_id = getattr(result, "night_id", None)
     notes: dict[str, Any] = {
+        "candidate_scores": _safe(candidate_score_summary, night_id),
         "outcome": "proposal (confirmed)" if proposed else f"start values ({status})",
         "status": status,
         "summary": result.summary() if hasattr(result, "summary") else None,
@@ -214,6 +218,129 @@ def search_arm(ctx: h.ArmContext) -> h.ArmResult:
     )
 
 
+def _safe(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, or the error as a string (bookkeeping must not lose a triple)."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def candidate_score_summary(night_id: str | None, warehouse: Any = None) -> list[dict[str, Any]]:
+    """Per candidate and pool of a night's ``candidate_scores``: generator, items, mean."""
+    import prefect_genopt as genopt
+
+    wh = warehouse if warehouse is not None else genopt.Warehouse()
+    rows = wh.sql(
+        "SELECT candidate_id, generator, pool, count(*) AS n, avg(score) AS mean "
+        "FROM candidate_scores WHERE night_id = ? GROUP BY ALL ORDER BY pool, candidate_id",
+        [night_id],
+    )
+    return [{**r, "n": int(r["n"]), "mean": float(r["mean"])} for r in rows]
+
+
+# -- ablations (issue 14: demos only, drafts only, the old ``>=`` rule) --------------------
+
+#: where the ablation arms read the search's triple (set by :func:`run_all`)
+_RESULTS: dict[str, Path] = {}
+
+
+def _search_notes(ctx: h.ArmContext) -> dict[str, Any]:
+    path = _RESULTS.get("path")
+    rec = (
+        load_results(path)["triples"].get(triple_key(ctx.task, ctx.seed, "search"))
+        if path
+        else None
+    )
+    if not rec:
+        raise RuntimeError(f"no search result for {ctx.task} seed {ctx.seed} to ablate")
+    notes = dict(rec.get("notes") or {})
+    if not isinstance(notes.get("candidate_scores"), list):  # older triples: read it back
+        import prefect_genopt as genopt
+
+        wh = genopt.Warehouse(notes["warehouse"])
+        try:
+            notes["candidate_scores"] = candidate_score_summary(notes["night_id"], wh)
+        finally:
+            wh.close()
+    return notes
+
+
+def best_of(notes: dict[str, Any], generator: str) -> dict[str, Any] | None:
+    """The candidate of ``generator`` the selection ranked best: the most selection items
+    scored (it went furthest in the halving), then the highest mean; None if none.
+
+    Example:
+        >>> notes = {"candidates": [{"candidate_id": "a", "generator": "drafts"},
+        ...                         {"candidate_id": "b", "generator": "drafts"}],
+        ...          "candidate_scores": [
+        ...              {"candidate_id": "a", "pool": "selection", "n": 16, "mean": 0.9},
+        ...              {"candidate_id": "b", "pool": "selection", "n": 40, "mean": 0.6}]}
+        >>> best_of(notes, "drafts")["candidate_id"]
+        'b'
+    """
+    scored = {
+        r["candidate_id"]: (r["n"], r["mean"])
+        for r in notes.get("candidate_scores") or []
+        if r["pool"] == "selection"
+    }
+    mine = [c for c in notes.get("candidates") or [] if c["generator"] == generator]
+    mine = [c for c in mine if c["candidate_id"] in scored]
+    return max(mine, key=lambda c: scored[c["candidate_id"]]) if mine else None
+
+
+def _values_result(values: dict[str, Any] | None, note: dict[str, Any]) -> h.ArmResult:
+    from bench import bbh_pipeline as bp
+
+    values = values or {"instruction": h.START_INSTRUCTION, "demos": []}
+    return h.ArmResult(
+        str(values.get("instruction") or h.START_INSTRUCTION), bp.demos_of(values), 0, 0, 0.0, note
+    )
+
+
+def ablation_arm(generator: str) -> Callable[[h.ArmContext], h.ArmResult]:
+    """The search with only ``generator``'s candidates: its best on selection (no calls)."""
+
+    def arm(ctx: h.ArmContext) -> h.ArmResult:
+        best = best_of(_search_notes(ctx), generator)
+        return _values_result(
+            best["values"] if best else None,
+            {
+                "outcome": f"best {generator} candidate on selection, not confirmed"
+                if best
+                else f"no {generator} candidate scored: start values",
+                "candidate_id": best["candidate_id"] if best else None,
+            },
+        )
+
+    return arm
+
+
+def old_rule_arm(ctx: h.ArmContext) -> h.ArmResult:
+    """The search's winner accepted by the old rule: confirmation mean >= the parent's (a
+    tie goes to the candidate) instead of the sign test."""
+    notes = _search_notes(ctx)
+    conf = notes.get("confirmation") or {}
+    winner = notes.get("winner")
+    ok = winner is not None and conf and conf.get("diff_mean", -1.0) >= 0
+    return _values_result(
+        winner["values"] if ok else None,
+        {
+            "outcome": f"winner accepted on >= (confirmation diff {conf.get('diff_mean')})"
+            if ok
+            else "winner not >= its parent on confirmation (or no winner): start values",
+            "candidate_id": winner["candidate_id"] if ok else None,
+        },
+    )
+
+
+ABLATIONS: dict[str, Callable[[h.ArmContext], h.ArmResult]] = {
+    "demos-only": ablation_arm("demos"),
+    "drafts-only": ablation_arm("drafts"),
+    "old-rule": old_rule_arm,
+}
+
+
 def _candidate(c: Any) -> dict[str, Any] | None:
     if c is None:
         return None
@@ -239,7 +366,11 @@ def _selection_summary(selection: Any) -> Any:
 def arm_functions(names: Sequence[str]) -> tuple[dict[str, Callable[..., Any]], dict[str, str]]:
     """The arm functions asked for, and the ones skipped with why (peers whose module or
     packages are missing)."""
-    own: dict[str, Callable[..., Any]] = {"start": start_arm, "search": search_arm}
+    own: dict[str, Callable[..., Any]] = {
+        "start": start_arm,
+        "search": search_arm,
+        **ABLATIONS,
+    }
     fns: dict[str, Callable[..., Any]] = {}
     skipped: dict[str, str] = {}
     peers: dict[str, Any] | None = None
@@ -409,6 +540,7 @@ def run_all(
     """Run every (task, seed, arm) not yet saved in ``path`` (task first, then seed, then
     arm, so the first pair finishes early), saving each as it finishes; the keys run."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _RESULTS["path"] = path
     fns, skipped = arm_functions(arms)
     for name, why in skipped.items():
         log(f"arm {name} skipped: {why}")
@@ -472,14 +604,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--tasks", default=",".join(h.TASKS), help="comma-separated BBH tasks")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
-    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {ARMS}")
+    ap.add_argument(
+        "--arms",
+        default=",".join(ARMS),
+        help=f"comma-separated, of {ARMS}, or the ablations {tuple(ABLATIONS)} (after search)",
+    )
     ap.add_argument("--quick", action="store_true", help="scripted models, tiny split, 1 task")
     ap.add_argument("--report", action="store_true", help="print and write report.md, exit")
     args = ap.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    unknown = [a for a in arms if a not in ARMS]
+    unknown = [a for a in arms if a not in ARMS and a not in ABLATIONS]
     if unknown or any(t not in h.TASKS for t in tasks):
         print(f"unknown arms {unknown} or tasks {tasks} (known: {ARMS}, {h.TASKS})")
         return 2
@@ -588,7 +724,7 @@ def report(results: dict[str, Any]) -> str:
         return "no finished (task, seed, arm) yet"
     tasks = [t for t in h.TASKS if any(r["task"] == t for r in triples.values())]
     seeds = sorted({int(r["seed"]) for r in triples.values()})
-    arms = [a for a in ARMS if any(r["arm"] == a for r in triples.values())]
+    arms = [a for a in (*ARMS, *ABLATIONS) if any(r["arm"] == a for r in triples.values())]
     out = ["# BBH: start, the search and the peers (issue 14)", ""]
     out += [
         "## Test accuracy per task and seed",
@@ -604,7 +740,7 @@ def report(results: dict[str, Any]) -> str:
                 cells.append(f"{r['test_accuracy']:.3f} (n={r['n_test']})" if r else "–")
             out.append(f"| {t} | {s} | " + " | ".join(cells) + " |")
     out += ["", "## Pooled per seed over the tasks", ""]
-    peers = [a for a in arms if a not in ("start", "search")]
+    peers = [a for a in arms if a in PEERS]
     pooled_cmp: dict[tuple[int, str], dict[str, Any]] = {}
     for s in seeds:
         start = _pooled(triples, s, "start", tasks)
