@@ -787,6 +787,21 @@ def report(results: dict[str, Any]) -> str:
                     f" | {r['optimizer_calls']} | {r['cpu_s'] / 60:.1f} | {r['wall_s'] / 60:.1f} "
                     f"| {outcome} |"
                 )
+    out += [
+        "",
+        "Per arm over the finished triples:",
+        "",
+        "| arm | triples | task calls (mean) | optimizer calls (mean) | CPU min (mean; total) |",
+        "|---|---|---|---|---|",
+    ]
+    for a in arms:
+        rs = [r for r in triples.values() if r["arm"] == a]
+        cpu = [r["cpu_s"] / 60 for r in rs]
+        out.append(
+            f"| {a} | {len(rs)} | {common.mean([r['task_calls'] for r in rs]):.0f} | "
+            f"{common.mean([r['optimizer_calls'] for r in rs]):.1f} | "
+            f"{common.mean(cpu):.1f}; {sum(cpu):.1f} |"
+        )
     out += ["", "## Targets", ""]
     out += _targets(triples, tasks, seeds, pooled_cmp)
     out += ["", "## Final instructions", ""]
