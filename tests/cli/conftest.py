@@ -28,6 +28,24 @@ def knob_runs(prefect_api: str, warehouse_path: Path) -> Path:
     return warehouse_path
 
 
+def warehouse_knowing(path: Path, *pipelines: str) -> Path:
+    """A warehouse at ``path`` that knows ``pipelines`` (a ``pipelines`` row each, no run):
+    the CLI refuses names a warehouse never saw, before it reaches anything else."""
+    from prefect_genopt.warehouse import Warehouse
+
+    wh = Warehouse(path, read_only=False)
+    try:
+        for name in pipelines:
+            wh.execute(
+                "INSERT INTO pipelines (pipeline, version, schema_hash, schema) "
+                "VALUES (?, 1, 'h', '{}')",
+                [name],
+            )
+    finally:
+        wh.close()
+    return path
+
+
 @dataclass
 class Result:
     """What ``genopt ARGS`` did, run in this process."""

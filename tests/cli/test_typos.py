@@ -12,7 +12,7 @@ import pytest
 
 from prefect_genopt.cli import build_parser
 from prefect_genopt.warehouse import Warehouse
-from tests.cli.conftest import Result
+from tests.cli.conftest import Result, warehouse_knowing
 
 
 def pipeline_commands() -> Iterator[tuple[str, ...]]:
@@ -42,16 +42,7 @@ def test_the_walk_finds_the_commands_that_take_a_pipeline() -> None:
 @pytest.fixture
 def triage_warehouse(tmp_path: Path) -> Path:
     """A warehouse that knows one pipeline, 'triage' (no Prefect needed)."""
-    path = tmp_path / "w.duckdb"
-    wh = Warehouse(path, read_only=False)
-    try:
-        wh.execute(
-            "INSERT INTO pipelines (pipeline, version, schema_hash, schema) "
-            "VALUES ('triage', 1, 'h', '{}')"
-        )
-    finally:
-        wh.close()
-    return path
+    return warehouse_knowing(tmp_path / "w.duckdb", "triage")
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=" ".join)

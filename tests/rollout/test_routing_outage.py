@@ -23,6 +23,7 @@ import prefect_genopt as genopt
 from prefect_genopt.rollout import FAST_PLAN, controller, store
 from prefect_genopt.rollout.router import resolve_route
 from prefect_genopt.rollout.state import RoutingState
+from tests.cli.conftest import warehouse_knowing
 from tests.conftest import ROOT
 from tests.rollout.pipelines import KnobParams, make_pipeline
 
@@ -334,20 +335,6 @@ def test_this_process_falls_back_to_what_it_read_last_even_pinned(
 # -- commands with the API down ----------------------------------------------------------------
 
 
-def knows_triage(path: Path) -> Path:
-    """A warehouse at ``path`` that knows pipeline 'triage' (the CLI refuses unknown names
-    before it reaches the Prefect API)."""
-    wh = genopt.Warehouse(path, read_only=False)
-    try:
-        wh.execute(
-            "INSERT INTO pipelines (pipeline, version, schema_hash, schema) "
-            "VALUES ('triage', 1, 'h', '{}')"
-        )
-    finally:
-        wh.close()
-    return path
-
-
 def test_rollout_commands_say_the_api_is_unreachable(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -356,7 +343,7 @@ def test_rollout_commands_say_the_api_is_unreachable(
     from prefect_genopt.cli import main
 
     url = dead_url()
-    base = ["--warehouse", str(knows_triage(tmp_path / "w.duckdb")), "rollout"]
+    base = ["--warehouse", str(warehouse_knowing(tmp_path / "w.duckdb", "triage")), "rollout"]
     verbs = [
         ["analyze", "triage"],
         ["status", "triage"],
@@ -379,7 +366,7 @@ def test_genopt_rollout_analyze_with_the_api_down_exits_2_without_a_traceback(
     env = {
         **os.environ,
         "PREFECT_API_URL": url,
-        "GENOPT_WAREHOUSE": str(knows_triage(tmp_path / "w.duckdb")),
+        "GENOPT_WAREHOUSE": str(warehouse_knowing(tmp_path / "w.duckdb", "triage")),
         "PYTHONPATH": str(ROOT),
     }
     out = subprocess.run(
