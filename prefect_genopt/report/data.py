@@ -60,14 +60,9 @@ Z95 = 1.959964
 MARK_KINDS = ("started", "promote", "abort", "withdraw", "pin", "unpin", "pause", "resume")
 
 
-def _json(v: Any) -> Any:
-    """A JSON column's value (DuckDB hands JSON back as text)."""
-    if isinstance(v, str):
-        try:
-            return orjson.loads(v)
-        except orjson.JSONDecodeError:
-            return v
-    return v
+def _parsed(v: Any) -> Any:
+    """A JSON column of :func:`~prefect_genopt.proposals.list_proposals`'s rows (text)."""
+    return orjson.loads(v) if isinstance(v, str) else v
 
 
 def _iso(v: Any) -> Any:
@@ -186,6 +181,7 @@ def rollouts(wh: Warehouse, pipeline: str, since: datetime) -> list[dict[str, An
         "WHERE pipeline = ? AND (created_at >= ? OR status_at >= ?) "
         "ORDER BY created_at DESC LIMIT ?",
         [pipeline, since, since, MAX_ROLLOUTS],
+        json=True,
     )
     if not heads:
         return []
@@ -196,6 +192,7 @@ def rollouts(wh: Warehouse, pipeline: str, since: datetime) -> list[dict[str, An
         "relative_effect, failed_checks FROM rollout_analyses "
         "WHERE rollout_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY created_at",
         [ids],
+        json=True,
     )
     events = wh.sql(
         "SELECT rollout_id, created_at, kind, status, step, weight, actor, reason "
@@ -215,15 +212,15 @@ def rollouts(wh: Warehouse, pipeline: str, since: datetime) -> list[dict[str, An
                 "created_at": _iso(h["created_at"]),
                 "status_at": _iso(h["status_at"]),
                 "status": latest or h["status"],
-                "plan": _json(h["plan"]),
+                "plan": h["plan"],
                 "checks": [
                     {
                         **{k: c[k] for k in c if k not in ("ci_stable", "ci_canary")},
                         "created_at": _iso(c["created_at"]),
                         "mean_stable": _finite(c["mean_stable"]),
                         "mean_canary": _finite(c["mean_canary"]),
-                        "ci_stable": _json(c["ci_stable"]),
-                        "ci_canary": _json(c["ci_canary"]),
+                        "ci_stable": c["ci_stable"],
+                        "ci_canary": c["ci_canary"],
                         "effect": _finite(c["effect"]),
                         "relative_effect": _finite(c["relative_effect"]),
                     }
@@ -280,13 +277,13 @@ def proposals(wh: Warehouse, pipeline: str, since: datetime) -> list[dict[str, A
                 "night_id": p.get("night_id"),
                 "parent_param_set_id": p["parent_param_set_id"],
                 "candidate_param_set_id": cand,
-                "diff": _json(p["diff"]),
+                "diff": _parsed(p["diff"]),
                 "reasoning": p["reasoning"],
                 "kpi": p["kpi"],
                 "direction": p["direction"],
                 "evidence_kpi_mean": _finite(p["evidence_kpi_mean"]),
                 "evidence_units": p["evidence_units"],
-                "offline_evidence": _offline(_json(p.get("offline_evidence"))),
+                "offline_evidence": _offline(_parsed(p.get("offline_evidence"))),
                 "gate": gate,
                 "rating": {**rating, "created_at": _iso(rating["created_at"])} if rating else None,
                 "lineage": _lineage(p, origins),
@@ -375,6 +372,7 @@ def nights(wh: Warehouse, pipeline: str, since: datetime) -> list[dict[str, Any]
             "llm_seconds, offline_evidence FROM proposals "
             "WHERE night_id IN (SELECT unnest(?::VARCHAR[]))",
             [ids],
+            json=True,
         )
     }
     out = []
@@ -395,7 +393,7 @@ def nights(wh: Warehouse, pipeline: str, since: datetime) -> list[dict[str, Any]
             )
             c[s["pool"]] = {"n": s["n"], "mean": _finite(s["mean"])}
         p = props.get(h["night_id"]) or {}
-        budgets = (_json(p.get("offline_evidence")) or {}).get("budgets") or {}
+        budgets = (p.get("offline_evidence") or {}).get("budgets") or {}
         out.append(
             {
                 "night_id": h["night_id"],

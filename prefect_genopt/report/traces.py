@@ -19,8 +19,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import orjson
-
 from prefect_genopt.warehouse import Warehouse
 
 __all__ = ["recent_traces", "clip", "MAX_VALUE_CHARS", "MAX_SPANS_PER_RUN"]
@@ -36,15 +34,6 @@ def clip(text: str | None, limit: int = MAX_VALUE_CHARS) -> str | None:
     if text is None or len(text) <= limit:
         return text
     return f"{text[:limit]}… [{len(text) - limit} more characters]"
-
-
-def _json(v: Any) -> Any:
-    if isinstance(v, str):
-        try:
-            return orjson.loads(v)
-        except orjson.JSONDecodeError:
-            return v
-    return v
 
 
 def _ms(start: datetime | None, t: datetime | None) -> float | None:
@@ -68,6 +57,7 @@ def recent_traces(
         "WHERE s.pipeline = ? AND s.start_time >= ? "
         "ORDER BY s.start_time DESC, s.run_id LIMIT ?",
         [pipeline, since, limit],
+        json=True,
     )
     if not runs:
         return []
@@ -86,6 +76,7 @@ def recent_traces(
         ORDER BY run_id, start_time, span_id
         """,
         [[r["run_id"] for r in runs]],
+        json=True,
     )
     by_run: dict[str, list[dict[str, Any]]] = {}
     for s in spans:
@@ -102,14 +93,14 @@ def recent_traces(
                 "status": r["status"],
                 "status_message": clip(r["status_message"]),
                 "routing_source": r["routing_source"],
-                "genopt_errors": _json(r["genopt_errors"]),
+                "genopt_errors": r["genopt_errors"],
                 "start_time": start.isoformat() if start else None,
                 "duration_s": r["duration_s"],
                 "tasks": r["tasks"],
                 "llm_calls": r["llm_calls"],
                 "llm_tokens": r["llm_tokens"],
                 "llm_cost_usd": r["llm_cost_usd"],
-                "kpis": _json(r["kpis"]),
+                "kpis": r["kpis"],
                 "spans": [_span(s, start) for s in by_run.get(r["run_id"], [])],
             }
         )
@@ -130,7 +121,7 @@ def _span(s: dict[str, Any], run_start: datetime | None) -> dict[str, Any]:
         "item_key": s["item_key"],
         "inputs": clip(s["inputs"]),
         "output": clip(s["output"]),
-        "params_read": _json(s["params_read"]),
+        "params_read": s["params_read"],
         "model": s["llm_model"],
         "input_tokens": s["input_tokens"],
         "output_tokens": s["output_tokens"],
