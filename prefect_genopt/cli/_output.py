@@ -24,12 +24,20 @@ import csv
 import datetime as dt
 import io
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import orjson
 
-__all__ = ["cell", "format_table", "dumps_json", "print_json", "print_rows", "as_dicts"]
+__all__ = [
+    "cell",
+    "format_table",
+    "dumps_json",
+    "print_json",
+    "print_rows",
+    "as_dicts",
+    "nest_json",
+]
 
 Format = Literal["table", "json", "csv"]
 
@@ -97,6 +105,21 @@ def dumps_json(obj: Any) -> str:
 def print_json(obj: Any) -> None:
     """Write ``obj`` to stdout as indented JSON (see :func:`dumps_json`)."""
     sys.stdout.write(dumps_json(obj) + "\n")
+
+
+def nest_json(row: dict[str, Any], json_columns: Iterable[str]) -> dict[str, Any]:
+    """``row`` with the text of its JSON-typed columns parsed, for ``--json`` output of rows
+    read as text (DuckDB returns JSON values as their text).
+
+    Example:
+        >>> nest_json({"id": "p1", "diff": '{"a": 1}', "note": None}, ["diff", "note"])
+        {'id': 'p1', 'diff': {'a': 1}, 'note': None}
+    """
+    out = dict(row)
+    for name in json_columns:
+        if isinstance(out.get(name), str):
+            out[name] = orjson.loads(out[name])
+    return out
 
 
 def as_dicts(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from prefect_genopt.cli._checks import require_pipeline, require_warehouse
-from prefect_genopt.cli._output import cell, format_table, print_json
+from prefect_genopt.cli._output import cell, format_table, nest_json, print_json
 from prefect_genopt.cli._utilities import Arg, Verb, add_group
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def run_list(args: argparse.Namespace, ctx: Context) -> int:
         ctx.warehouse(), pipeline=args.pipeline, status=args.status, limit=args.limit
     )
     if args.json:
-        print_json(rows)
+        print_json(_nested(ctx, rows))
     elif args.markdown:
         print(markdown(rows))
     else:
@@ -111,7 +111,7 @@ def run_show(args: argparse.Namespace, ctx: Context) -> int:
     require_warehouse(ctx)
     rows = [get_proposal(ctx.warehouse(), args.proposal_id)]
     if args.json:
-        print_json([_nested(r) for r in rows])
+        print_json(_nested(ctx, rows))
     else:
         print(markdown(rows))
     return 0
@@ -127,10 +127,20 @@ def run_reject(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _nested(r: dict[str, Any]) -> dict[str, Any]:
-    """The row with its offline evidence as a JSON object (DuckDB gives JSON as text)."""
-    ev = r.get("offline_evidence")
-    return {**r, "offline_evidence": orjson.loads(ev)} if isinstance(ev, str) else r
+#: The JSON-typed columns of the proposals table (nested in --json output).
+JSON_COLUMNS_SQL = (
+    "SELECT column_name FROM duckdb_columns() "
+    "WHERE table_name = 'proposals' AND data_type = 'JSON' AND NOT internal"
+)
+
+
+def _nested(ctx: Context, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with their JSON-typed columns (diff, suggestion, settings, offline
+    evidence...) as JSON values, not their text."""
+    if not rows:
+        return rows
+    columns = [r["column_name"] for r in ctx.warehouse().sql(JSON_COLUMNS_SQL)]
+    return [nest_json(r, columns) for r in rows]
 
 
 def _row(r: dict[str, Any]) -> tuple[Any, ...]:

@@ -113,3 +113,37 @@ def test_df_with_pandas_is_a_dataframe(tmp_path: Path) -> None:
         "k": [1, 2],
         "n": None,
     }
+
+
+def test_proposals_json_nests_every_json_column(
+    warehouse_path: Path, genopt: Callable[..., Result]
+) -> None:
+    from prefect_genopt.optimize.proposals import record_proposal
+
+    record_proposal(
+        Warehouse(),
+        {
+            "proposal_id": "pr_20261201000001_abcdef",
+            "pipeline": "triage",
+            "created_at": "2026-12-01T00:00:01",
+            "status": "proposed",
+            "kpi": "correct",
+            "direction": "higher",
+            "reasoning": "r",
+            "diff": {"prompt": {"from": "a", "to": "b"}},
+            "suggestion": {"prompt": "b"},
+            "candidate_param_set_id": "ps_0000000000000001",
+            "evidence_run_ids": ["run-1"],
+        },
+        {"prompt": "b"},
+        1,
+    )
+    for argv in (
+        ["proposals", "triage", "--json"],
+        ["proposals", "show", "pr_20261201000001_abcdef", "--json"],
+    ):
+        out = genopt(*argv)
+        assert out.returncode == 0, out.stderr
+        (row,) = orjson.loads(out.stdout)
+        assert row["diff"] == {"prompt": {"from": "a", "to": "b"}}, argv
+        assert row["suggestion"] == {"prompt": "b"} and row["evidence_run_ids"] == ["run-1"]
