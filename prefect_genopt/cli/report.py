@@ -82,12 +82,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace, ctx: Context) -> int:
     """Write the report; print where, its size and what it holds."""
     from prefect_genopt.cli._checks import require_pipeline
+    from prefect_genopt.cli._progress import Progress
     from prefect_genopt.report import report_data, write_report
 
     require_pipeline(ctx, args.pipeline)  # a typo: "unknown pipeline 'triag'; known: triage"
     wh = ctx.warehouse()
-    data = report_data(wh, args.pipeline, days=args.days, traces=args.traces)
-    path = write_report(data, args.out)
+    with Progress() as progress:  # a bar with an ETA on a terminal, plain lines otherwise
+        data = report_data(
+            wh,
+            args.pipeline,
+            days=args.days,
+            traces=args.traces,
+            progress=lambda name, done, total: progress.update(
+                "reading the warehouse", done, total, f"read {name}: {done}/{total} sections"
+            ),
+        )
+        path = write_report(data, args.out)
     size = path.stat().st_size
     print(
         f"wrote {path} ({size / 1e6:.2f} MB): {len(data['kpis'])} KPI chart(s), "

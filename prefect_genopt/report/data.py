@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -433,24 +434,46 @@ def usage(wh: Warehouse, pipeline: str, since: datetime) -> list[dict[str, Any]]
 
 
 def report_data(
-    wh: Warehouse, pipeline: str, *, days: int = 30, traces: int = 25, now: datetime | None = None
+    wh: Warehouse,
+    pipeline: str,
+    *,
+    days: int = 30,
+    traces: int = 25,
+    now: datetime | None = None,
+    progress: Callable[[str, int, int], object] | None = None,
 ) -> dict[str, Any]:
     """Every section of the report of ``pipeline`` over the last ``days`` days, with the
-    last ``traces`` runs in the trace view."""
+    last ``traces`` runs in the trace view.
+
+    Args:
+        wh: The warehouse.
+        pipeline: The pipeline's name.
+        days: The window.
+        traces: Runs in the trace view.
+        now: The window's end (default: now, UTC).
+        progress: Called with ``(section, sections done, sections)`` as each section is read.
+    """
     from prefect_genopt.report.traces import recent_traces
 
     end = now or utcnow()
     since = end - timedelta(days=days)
-    return {
+    readers: dict[str, Callable[[], list[dict[str, Any]]]] = {
+        "kpis": lambda: kpi_series(wh, pipeline, since),
+        "marks": lambda: marks(wh, pipeline, since),
+        "rollouts": lambda: rollouts(wh, pipeline, since),
+        "proposals": lambda: proposals(wh, pipeline, since),
+        "nights": lambda: nights(wh, pipeline, since),
+        "traces": lambda: recent_traces(wh, pipeline, since, traces),
+        "usage": lambda: usage(wh, pipeline, since),
+    }
+    out: dict[str, Any] = {
         "pipeline": pipeline,
         "generated_at": _iso(end),
         "since": _iso(since),
         "days": days,
-        "kpis": kpi_series(wh, pipeline, since),
-        "marks": marks(wh, pipeline, since),
-        "rollouts": rollouts(wh, pipeline, since),
-        "proposals": proposals(wh, pipeline, since),
-        "nights": nights(wh, pipeline, since),
-        "traces": recent_traces(wh, pipeline, since, traces),
-        "usage": usage(wh, pipeline, since),
     }
+    for i, (name, read) in enumerate(readers.items()):
+        out[name] = read()
+        if progress is not None:
+            progress(name, i + 1, len(readers))
+    return out

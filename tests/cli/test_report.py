@@ -19,6 +19,8 @@ def test_report_writes_the_html_file(
     assert out.is_file() and out.stat().st_size > 100_000
     assert f"wrote {out}" in r.stdout and "3 run trace(s)" in r.stdout
     assert "last 7 days" in r.stdout
+    # progress on stderr (plain lines, not a terminal): the first section and the last
+    assert "read kpis: 1/7 sections" in r.stderr and "read usage: 7/7 sections" in r.stderr
 
 
 def test_unknown_pipeline_exits_2_naming_the_known_ones(
