@@ -1,10 +1,10 @@
 """What the optimizer and canary flows show in the Prefect UI, besides their Markdown.
 
-The Prefect UI renders an artifact's Markdown through a sanitizer (DOMPurify; scripts,
-styles, iframes and ``style`` attributes removed), so the report's interactive charts
-cannot live there. The series behind them can: a **table artifact** keeps one row per
-point, and every run of the flow adds a version under the same key, so the UI's
-artifact page shows the history.
+The report's charts cannot live in an artifact's Markdown: Prefect 3.8.8's default UI
+(v2) drops an inline ``<svg>`` (only its text labels show), and the v1 UI removes scripts,
+styles and ``style`` attributes (checked in headless Chromium, see the README). The series
+behind them can: a **table artifact** keeps one row per point, and every run of the flow
+adds a version under the same key, so the UI's artifact page shows the history.
 
 * the canary flow: each check of the rollout, both arms side by side (n, mean, 95%
   interval), the weight, the verdict and the decision (:func:`arms_rows`);
