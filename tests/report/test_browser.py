@@ -134,3 +134,15 @@ def test_missing_chromium_skips_but_fails_under_ci(monkeypatch: pytest.MonkeyPat
     with pytest.raises(pytest.fail.Exception, match="CI=true"):
         chromium_or_skip(None)
     assert chromium_or_skip("chromium") == "chromium"
+
+
+def test_an_empty_report_says_so_without_errors(
+    browser: Browser, warehouse_path: Path, tmp_path: Path
+) -> None:
+    data = report_data(Warehouse(warehouse_path), "triage")
+    page = write_report(data, tmp_path / "empty.html")
+    browser.open(page.resolve().as_uri())
+    assert browser.evaluate("window.genoptReport.ready") is True
+    assert browser.evaluate("window.genoptReport.charts.length") == 0
+    assert browser.evaluate("document.querySelectorAll('section p.empty').length") == 6
+    assert browser.errors() == []
