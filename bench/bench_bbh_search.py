@@ -575,6 +575,11 @@ def run_all(
         return []
     log(f"{common.describe_library(info)}; todo {run['todo']}")
     models = h.Models(path.parent / "cache", quick=quick)
+    if any(a in ("search", *ABLATIONS) for _, _, a in todo):
+        # load the library's search stack now, once: a long run must not import half of a
+        # checkout that changes under it (a later import would mix two versions)
+        importlib.import_module("prefect_genopt.optimize.search.night")
+        importlib.import_module("bench.bbh_pipeline")
     ran = []
     with _prefect(any(a == "search" for _, _, a in todo)):
         for task, seed, arm in todo:
