@@ -73,7 +73,9 @@ def _rows(rng: random.Random, sets: list[common.ParamSet], now: datetime) -> lis
                         "night_id": night,
                         "selection": {"n": 48, "parent_mean": 0.6, "winner_mean": 0.7},
                         "confirmation": {"n": 150, "parent_mean": 0.6, "candidate_mean": 0.7},
-                        "candidates": [{"candidate_id": f"c{j}", "changed": ["prompt"]} for j in range(16)],
+                        "candidates": [
+                            {"candidate_id": f"c{j}", "changed": ["prompt"]} for j in range(16)
+                        ],
                     },
                 },
             )
@@ -220,9 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     size = len(page.encode())
     library = len(_asset("vendor", ECHARTS_FILE).encode())
     sections = {
-        k: len(json.dumps(v, default=str).encode())
-        for k, v in data.items()
-        if isinstance(v, list)
+        k: len(json.dumps(v, default=str).encode()) for k, v in data.items() if isinstance(v, list)
     }
     rows = [["whole file", f"{size:,}"], [f"chart library ({ECHARTS_FILE})", f"{library:,}"]]
     rows += [[f"data: {k}", f"{v:,}"] for k, v in sections.items()]
