@@ -54,6 +54,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -637,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(common.settings().work / f"{RESULTS_NAME}-quick", ignore_errors=True)
     common.prefect_env()
     os.environ.setdefault("GENOPT_LOCAL_THREADS", "1")
+    # a stopped run (kill PID) unwinds: the Prefect test server it started stops with it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run_all(path, tasks, seeds, arms, args.quick, sys.argv[1:] if argv is None else list(argv))
     text = report(load_results(path))
     print(text)
