@@ -81,7 +81,7 @@ def test_report_renders_in_chromium(browser: Browser, seeded: Seeded, tmp_path: 
         s["name"]: s["points"] for s in by_section["kpi"][0]["series"] if "95%" not in s["name"]
     }
     for ps in data["kpis"][0]["param_sets"]:
-        assert kpi_points[ps["param_set_id"][:8]] == len(ps["days"])
+        assert kpi_points[ps["param_set_id"][:11]] == len(ps["days"])  # "ps_" + 8 hex
     ro = {s["name"]: s["points"] for s in by_section["rollouts"][0]["series"]}
     assert ro["canary"] == ro["stable"] == ro["decision"] == len(data["rollouts"][0]["checks"])
     night = {s["name"]: s["points"] for s in by_section["nights"][0]["series"]}

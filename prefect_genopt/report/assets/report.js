@@ -24,7 +24,13 @@
     });
     return node;
   }
-  function short(id) { return id ? String(id).slice(0, 8) : "-"; }
+  // ids shortened for tables and legends (the full id is in the title / tooltip):
+  // param sets keep "ps_" and 8 hex digits, other ids their first 8 characters
+  function short(id) {
+    if (!id) return "-";
+    var s = String(id);
+    return s.slice(0, s.indexOf("ps_") === 0 ? 11 : 8);
+  }
   function num(v, digits) {
     if (v === null || v === undefined || typeof v !== "number" || !isFinite(v)) return "-";
     return v.toFixed(digits === undefined ? 3 : digits);
