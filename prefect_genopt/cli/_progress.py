@@ -140,7 +140,7 @@ class Progress:
         if new:
             self._stage, self._started, self._first_done = (stage, total), now, done
         if self._bar is not None:
-            label = (line or stage)[:60]
+            label = stage if len(stage) <= 32 else stage[:31] + "…"  # room for the bar
             if new:
                 if self._task is not None:
                     self._bar.remove_task(self._task)
