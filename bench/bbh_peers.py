@@ -106,8 +106,8 @@ GEPA_MINIBATCH = 3
 #: GEPA's reflection temperature: what its usual hosted reflection models sample at by default
 #: (the embedded model's provider would take an unset temperature as 0, where it answered
 #: GEPA's reflection prompt "Certainly! Please provide the inputs for the new instruction."
-#: 12 times of 12 on sports_understanding); the search drafts at 1.0 and MIPROv2 proposes at
-#: 1.0 too
+#: 11 times of 12 on sports_understanding seed 0, and "Certainly! Please provide the new
+#: instruction." once); the search drafts at 1.0 and MIPROv2 proposes at 1.0 too
 REFLECTION_TEMPERATURE = 1.0
 #: the GEPA component that holds the instruction
 GEPA_COMPONENT = "system_prompt"
