@@ -47,6 +47,7 @@ from prefect_genopt.replay.steps import (
     StepPolicy,
     fingerprint,
     record_step,
+    reusing_recorded_steps,
     step_version,
     try_replay,
 )
@@ -503,8 +504,8 @@ def _instrument_task_fn(
 
     def replayed(span: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The replayed output, or _COMPUTE; records the decision on the span."""
-        if not policy.replay:
-            return _COMPUTE
+        if not policy.replay and not (policy.active and reusing_recorded_steps()):
+            return _COMPUTE  # (a recording step may reuse its recorded output on a replay)
         rc = run_var.get()
         if rc is None:
             return _COMPUTE

@@ -241,6 +241,12 @@ class OptimizerSettings(BaseModel):
         description="Most optimizer-model calls one night may make (drafts, the OptoPrime "
         "update); None: unlimited.",
     )
+    reuse_recorded_steps: bool = Field(
+        default=True,
+        description="On the search's replays, a recording step whose inputs, version, params "
+        "read and model are unchanged (a step upstream of the one tuned tonight) returns its "
+        "recorded output instead of running (prefect_genopt.replay.steps).",
+    )
 
     rollout: Literal["manual", "auto"] = Field(
         default="manual",

@@ -62,6 +62,7 @@ from prefect_genopt.proposals import rate, set_status
 from prefect_genopt.records import row_record
 from prefect_genopt.redaction import REDACTED, clean
 from prefect_genopt.replay.fingerprint import code_fingerprint
+from prefect_genopt.replay.steps import reuse_recorded_steps
 from prefect_genopt.warehouse import Warehouse, as_warehouse
 from prefect_genopt.warehouse.schema import utcnow
 
@@ -354,12 +355,19 @@ def replay_run(
     inputs: dict[str, Any],
     values: dict[str, Any],
     tags: Sequence[str] = REPLAY_TAGS,
+    reuse_recorded: bool = False,
 ) -> str:
     """Re-run one recorded run's ``inputs`` with ``values`` pinned on the ``replay`` arm;
     the replayed run's id. A failed run returns its state (not raised): its id still counts,
     and the items it did not score have no feedback. The flow run carries the Prefect
-    ``tags`` (default :data:`REPLAY_TAGS`)."""
-    with pinned_params(values, arm=ARM), prefect.tags(*tags):
+    ``tags`` (default :data:`REPLAY_TAGS`). With ``reuse_recorded``, recording steps whose
+    inputs, version, params read and model are unchanged return their recorded output
+    (:func:`~prefect_genopt.replay.steps.reuse_recorded_steps`)."""
+    with (
+        pinned_params(values, arm=ARM),
+        prefect.tags(*tags),
+        reuse_recorded_steps(reuse_recorded),
+    ):
         state = flow(**inputs, return_state=True)
     return str(state.state_details.flow_run_id)
 

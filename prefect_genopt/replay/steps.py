@@ -21,10 +21,30 @@ A hit returns the recorded output without running the function (no model call);
 the span says ``genopt.replay = "replayed"`` with the experience id. Otherwise
 the step runs and the span says why nothing was replayed. :func:`stats` counts
 both per process.
+
+**Recorded outputs on the replay arm** (:func:`reuse_recorded_steps`). The nightly
+search replays a multi-step pipeline hundreds of times to tune one step; the steps
+whose params did not change (the upstream ones) would give what they gave in the
+recorded run. Inside :func:`reuse_recorded_steps`, on the ``replay`` arm, a recording
+step (``record=True``, ``replay=True`` or ``side_effect=True``) returns the output
+recorded for it in a production run (not a replay) instead of running when:
+
+* the same input fingerprint and the same step version;
+* the same values of the params it read then (so the step being tuned, whose params
+  a candidate changes, runs; and a step downstream of it, whose inputs change, runs);
+* the same model, when it called one (``model=`` declared, as for verified replay);
+* the recorded values are exact and were not redacted.
+
+The span says ``genopt.replay = "reused: ..."`` and :func:`stats` counts ``reused``.
+No verification is needed: a replay only measures a candidate, it never serves a
+user. A temperature above 0 makes the reused output one sample of the step, as the
+recorded run saw it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import inspect
 import logging
@@ -32,7 +52,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,9 +81,47 @@ __all__ = [
     "stats",
     "reset_stats",
     "clear_cache",
+    "reuse_recorded_steps",
+    "reusing_recorded_steps",
+    "REUSED",
 ]
 
 logger = logging.getLogger("prefect_genopt.replay")
+
+#: the span's ``genopt.replay`` value of a step whose recorded output was reused
+REUSED = "reused: the recorded output (same inputs, step version, params read and model)"
+#: the arm a step's recorded output may be reused on (the replay gate's and the search's)
+_REPLAY_ARM = "replay"
+
+_reuse_var: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "genopt_reuse_recorded_steps", default=False
+)
+
+
+@contextlib.contextmanager
+def reuse_recorded_steps(on: bool = True) -> Iterator[None]:
+    """Inside the block, recording steps of runs on the ``replay`` arm return their
+    recorded output when their inputs, version, params read and model are unchanged
+    (see the module docstring).
+
+    Example:
+        >>> with reuse_recorded_steps():
+        ...     reusing_recorded_steps()
+        True
+        >>> reusing_recorded_steps()
+        False
+    """
+    token = _reuse_var.set(on)
+    try:
+        yield
+    finally:
+        _reuse_var.reset(token)
+
+
+def reusing_recorded_steps() -> bool:
+    """Whether :func:`reuse_recorded_steps` is on here."""
+    return _reuse_var.get()
+
 
 _stats: Counter[str] = Counter()
 _stats_lock = threading.Lock()
@@ -209,6 +267,7 @@ def clear_cache() -> None:
     """Forget the experiences read so far (the next replay-enabled step reads them again)."""
     with _index_lock:
         _index.clear()
+        _recorded.clear()
 
 
 def _load(path: Path, pipeline: str) -> tuple[dict[tuple[str, str], list[_Exp]], str | None]:
@@ -266,6 +325,91 @@ def _experiences(pipeline: str) -> tuple[dict[tuple[str, str], list[_Exp]], str 
 
 
 @dataclass(frozen=True)
+class _Rec:
+    record_id: str
+    step_version: str | None
+    params_read: dict[str, Any]
+    models: tuple[str, ...]
+    output: str
+
+
+_RECORDED_SQL = f"""
+SELECT s.record_id, s.step, s.input_fingerprint, s.step_version, s.params_read, s.model,
+       s.output
+FROM step_values s
+WHERE s.pipeline = ? AND s.exact AND NOT coalesce(s.redacted, false)
+  AND s.output IS NOT NULL AND s.input_fingerprint IS NOT NULL
+  AND s.run_id NOT IN (SELECT run_id FROM runs WHERE arm = '{_REPLAY_ARM}')
+ORDER BY s.created_at DESC
+"""
+
+#: (warehouse path, pipeline) -> (loaded at, {(step, fingerprint): [_Rec, newest first]})
+_recorded: dict[tuple[str, str], tuple[float, dict[tuple[str, str], list[_Rec]]]] = {}
+
+
+def _load_recorded(path: Path, pipeline: str) -> dict[tuple[str, str], list[_Rec]]:
+    from prefect_genopt.warehouse.access import (
+        WarehouseBusyError,
+        WarehouseMissingError,
+        connect,
+    )
+
+    try:
+        with connect(path, read_only=True, timeout=2.0) as con:
+            rows = con.execute(_RECORDED_SQL, [pipeline]).fetchall()
+    except (WarehouseMissingError, WarehouseBusyError, duckdb.Error):
+        return {}
+    out: dict[tuple[str, str], list[_Rec]] = {}
+    for rid, step, fp, ver, reads, model, output in rows:
+        models = tuple(m for m in (model or "").split(",") if m)
+        out.setdefault((step, fp), []).append(
+            _Rec(rid, ver, orjson.loads(reads) if reads else {}, models, output)
+        )
+    return out
+
+
+def _recorded_outputs(pipeline: str) -> dict[tuple[str, str], list[_Rec]]:
+    settings = get_settings()
+    key = (str(settings.warehouse_path), pipeline)
+    now = time.monotonic()
+    with _index_lock:
+        hit = _recorded.get(key)
+        if hit and now - hit[0] < settings.replay_ttl:
+            return hit[1]
+    index = _load_recorded(settings.warehouse_path, pipeline)
+    with _index_lock:
+        _recorded[key] = (now, index)
+    return index
+
+
+def _reuse(
+    policy: StepPolicy, rc: RunContext, step: str, version: str, bound: dict[str, Any]
+) -> Replay | None:
+    """The recorded output of this call on the replay arm (see the module docstring)."""
+    if not (policy.active and rc.arm == _REPLAY_ARM and reusing_recorded_steps()):
+        return None
+    found = _recorded_outputs(rc.pipeline).get((step, fingerprint(policy.content(bound))))
+    if not found:
+        return None
+    params = _item_params(policy, rc, bound)
+    if params is None:
+        return None
+    values = params.values()
+    model = policy.declared_model()
+    for rec in found:
+        if rec.step_version != version:
+            continue
+        current = {k: values.get(k) for k in rec.params_read}
+        if params_fingerprint(current) != params_fingerprint(rec.params_read):
+            continue
+        if rec.models and (model is None or set(rec.models) != {model}):
+            continue
+        _count("reused")
+        return Replay(f"recorded:{rec.record_id}", orjson.loads(rec.output), rec.params_read)
+    return None
+
+
+@dataclass(frozen=True)
 class Replay:
     """A verified experience that stands in for a step's call."""
 
@@ -317,7 +461,13 @@ def _why_invalid(
 def try_replay(
     policy: StepPolicy, rc: RunContext, step: str, version: str, bound: dict[str, Any]
 ) -> tuple[Replay | None, str]:
-    """A verified, still-valid experience for this call, or None and why not."""
+    """A verified, still-valid experience for this call, or None and why not. On the
+    replay arm inside :func:`reuse_recorded_steps`, the call's recorded output first."""
+    reused = _reuse(policy, rc, step, version, bound)
+    if reused is not None:
+        return reused, REUSED
+    if not policy.replay:
+        return None, "computed: not reused (no recorded output with these inputs and params)"
     index, note = _experiences(rc.pipeline)
     candidates = index.get((step, fingerprint(policy.content(bound))), [])
     if not candidates:

@@ -35,6 +35,11 @@ items, so a later request for another of its items costs nothing. Rules:
   items times the calls, and the USD, per item measured so far) and otherwise stops
   cleanly: :attr:`ReplayEvaluator.stop_reason` says why, and
   :meth:`~ReplayEvaluator.score` returns what it has.
+* **Upstream steps.** A recording step whose inputs, version, params read and model
+  are unchanged returns its recorded output on the replay instead of running
+  (``reuse_recorded``, on by default: :func:`~prefect_genopt.replay.steps.reuse_recorded_steps`),
+  so a multi-step pipeline tuned at one step does not re-run the steps upstream of it;
+  the step tuned (its params changed) and the steps whose inputs it changes do run.
 * **Order.** :meth:`~ReplayEvaluator.score` evaluates one candidate on all of its items
   before it returns (runs in the order of the items asked), so a local model reuses the
   candidate's shared prompt prefix.
@@ -258,6 +263,10 @@ class ReplayEvaluator:
             :func:`code_fingerprint` of ``flow``).
         on_progress: Called after each replay with the candidate, the items scored so far
             of the current :meth:`score` call and the items it asked for.
+        reuse_recorded: Recording steps whose inputs, version, params read and model are
+            unchanged (those upstream of the tuned step) return their recorded output on
+            the replays instead of running
+            (:func:`~prefect_genopt.replay.steps.reuse_recorded_steps`).
     """
 
     def __init__(
@@ -274,6 +283,7 @@ class ReplayEvaluator:
         failure: float | None = None,
         fingerprint: str | None = None,
         on_progress: Callable[[Candidate, int, int], None] | None = None,
+        reuse_recorded: bool = True,
     ) -> None:
         self.wh = wh
         self.pipeline = pipeline
@@ -287,6 +297,7 @@ class ReplayEvaluator:
         #: the cache key's fingerprint: the steps' one, else the flow module's source
         self.cache_key = self.fingerprint or _source_fingerprint(flow)
         self.on_progress = on_progress
+        self.reuse_recorded = reuse_recorded
         self._inputs: dict[str, dict[str, Any] | None] = {}
         self._keys: dict[str, list[str]] = {}
         self._recorded_values: list[float] = []
@@ -426,7 +437,13 @@ class ReplayEvaluator:
         rep: str | None = None
         if inputs is not None:
             try:
-                rep = replay_run(self.flow, inputs, candidate.values, tags=SEARCH_TAGS)
+                rep = replay_run(
+                    self.flow,
+                    inputs,
+                    candidate.values,
+                    tags=SEARCH_TAGS,
+                    reuse_recorded=self.reuse_recorded,
+                )
             except Exception as exc:  # noqa: BLE001 - the user's code may raise anything
                 logger.warning("replay of run %s raised %s: %s", run_id, type(exc).__name__, exc)
         got: dict[str, float] = {}

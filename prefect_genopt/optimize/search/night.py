@@ -19,7 +19,9 @@ confirmation -> a ``proposed`` or ``not_better`` proposal, every score in SQL.
    dropped draft is counted with its reason.
 4. **Selection** by successive halving (:mod:`~.halving`) on the selection items in a
    seeded order, the parent first (its score is the baseline: a candidate must beat it),
-   scored by replay (:class:`~.evaluate.ReplayEvaluator`). Then the best draft combined
+   scored by replay (:class:`~.evaluate.ReplayEvaluator`; the steps upstream of
+   tonight's, whose params a candidate does not change, return their recorded outputs
+   instead of running: ``reuse_recorded_steps``). Then the best draft combined
    with the best demo set (:class:`~.generators.Combination`), scored on all the selection
    items, replaces the winner when it beats it.
 5. **Confirmation**: the winner and the parent on the confirmation items; the exact
@@ -316,6 +318,7 @@ def _run(
         budget=night.budget,
         cache=cache if cache is not None else ScoreCache(score_cache_path(night.wh.path)),
         on_progress=_progress(night),
+        reuse_recorded=s.reuse_recorded_steps,
     )
     ev = night.evaluator
     night.selection_items = _seeded(night, ev.items_of(night.pools.selection))

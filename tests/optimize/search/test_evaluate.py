@@ -219,3 +219,61 @@ def test_a_crash_scores_as_a_failure_and_side_effects_are_not_run_on_replay(
     assert list(scores) == [items[0]] and scores[items[0]] == 0.0
     assert ev2.skipped[param_set_id({"prompt": "bug: crash"})] == set(items[1:])
     assert SENT == ["k1", "k2", "k3"]
+
+
+#: three runs of four tickets each for the two-step pipeline: (key, text, expected)
+TWOSTEP_RUNS = [
+    [
+        [f"T{b}{i}", text, label]
+        for i, (text, label) in enumerate(
+            [
+                ("My INVOICE is wrong", "billing"),
+                ("The app CRASH on start", "bug"),
+                ("Refund for a double charge", "billing"),
+                ("Thanks for the roadmap", "other"),
+            ]
+        )
+    ]
+    for b in range(3)
+]
+
+
+def test_steps_upstream_of_the_tuned_one_reuse_their_recorded_outputs(
+    prefect_api: str, warehouse_path: Path
+) -> None:
+    from tests.optimize.search import twostep
+
+    for items in TWOSTEP_RUNS:
+        twostep.twostep(items)
+    wh = Warehouse()
+    wh.ingest()
+    recorded = len(twostep.SUMMARIZER.calls)
+    assert recorded == 12
+    stable = wh.sql("SELECT param_set_id FROM runs LIMIT 1")[0]["param_set_id"]
+    import orjson
+
+    base = orjson.loads(
+        wh.sql('SELECT "values" FROM param_sets WHERE param_set_id = ?', [stable])[0]["values"]
+    )
+    # tonight's step is classify: a candidate changes its prompt only
+    tuned = _candidate({**base, "prompt": GOOD})
+    ev = _evaluator(wh, "twostep", "correct", budget=Budget())
+    items = ev.items_of(sorted(ev.runs))
+    scores = ev.score(tuned, items)
+    assert len(scores) == 12 and _replays(wh) == 3
+    # the upstream step did not run again: its recorded outputs were returned
+    assert len(twostep.SUMMARIZER.calls) == recorded
+    assert ev.calls_replayed == 12  # the downstream step's calls only
+    reused = wh.sql(
+        "SELECT count(*) AS n FROM spans s JOIN runs r USING (run_id) WHERE r.arm = 'replay' "
+        """AND json_extract_string(s.attributes, '$."genopt.replay"') LIKE 'reused%'"""
+    )[0]["n"]
+    assert reused == 12
+    # without reuse the upstream step runs on every item, and the scores are the same
+    full = _evaluator(wh, "twostep", "correct", budget=Budget(), reuse_recorded=False)
+    assert full.score(tuned, items) == scores
+    assert len(twostep.SUMMARIZER.calls) == recorded + 12 and full.calls_replayed == 24
+    # a candidate that changes the upstream step's param runs it again
+    upstream = _candidate({**base, "summary_prompt": "Repeat the ticket, lower case."})
+    ev.score(upstream, items)
+    assert len(twostep.SUMMARIZER.calls) == recorded + 24
