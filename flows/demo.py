@@ -1,14 +1,19 @@
-"""The end-to-end demo: pipeline runs with feedback -> the optimizer -> a checked proposal.
+"""The end-to-end demo: pipeline runs with feedback -> the nightly search -> a canary.
 
     make demo            (or: python -m flows.demo)
 
-1. the example pipeline (flows/examples/triage.py) runs 5 times and scores itself;
+1. the example pipeline (flows/examples/triage.py) runs on 16-ticket batches until the
+   night's pools are full (:mod:`flows.demo_night`: evidence 20, selection 32 and
+   confirmation 80 labelled tickets) and scores itself;
 2. a person adds feedback from the shell; bad feedback gets clear errors;
 3. the warehouse answers SQL;
 4. the optimizer flow runs now (as its nightly deployment would) with GENOPT_MODEL, else
-   the embedded local model, and proposes a new prompt;
+   the embedded local model: the search. It keeps the good answers as experiences,
+   drafts new prompts, draws balanced demo sets from the experiences, chooses one by
+   replaying recorded runs, and proposes it only when a sign test on the confirmation
+   tickets says it beats the stable prompt;
 5. the proposal goes out behind a canary: each ticket of later runs goes to the stable or
-   the candidate prompt by a stable hash, and a check after each run advances, promotes,
+   the candidate param set by a stable hash, and a check after each run advances, promotes,
    rolls back or pauses it (a fast demo plan: few tickets, big effects only); a rollout
    left without a verdict is a person's call: the demo aborts it and keeps stable;
 6. a deliberately bad hand-written prompt is stopped by the replay gate (the candidate
@@ -18,7 +23,7 @@
 7. good answers become experiences (``genopt experiences harvest``), and the same tickets
    again are answered by verified replay instead of model calls.
 
-``GENOPT_DEMO_SEED`` (default 0) picks the tickets and the optimizer's minibatches.
+``GENOPT_DEMO_SEED`` (default 0) picks the tickets and the night's seed.
 
 It uses a fresh demo home (``.demo/`` in the project; set ``GENOPT_DEMO_HOME``
 to move it) holding the Prefect database and the trace warehouse, and runs
@@ -33,6 +38,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +58,8 @@ def _setup_env() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect waits 20 s for its embedded API to start: too little on a busy 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ["GENOPT_ROUTING_TTL"] = "0"  # see rollout changes made by the CLI at once
 
@@ -91,6 +100,14 @@ GOOD_PROMPT = (
 )
 
 
+def person_params(prompt: str) -> dict[str, Any]:
+    """A person's param set: their prompt, no demos. The demos are written out: a rollout
+    merges a hand-written set over the schema's defaults, and the schema has none for a
+    ``genopt.demos`` field (a default factory), so without them the rollout's param set would
+    not be the one the pipeline runs and the canary would never see a value."""
+    return {"prompt": prompt, "demos": []}
+
+
 def wh_now() -> Any:
     """A fresh warehouse reader (it loads what arrived since the last one)."""
     import prefect_genopt as genopt
@@ -98,7 +115,27 @@ def wh_now() -> Any:
     return genopt.Warehouse()
 
 
-def canary_loop(first_seed: int, max_runs: int = 40) -> str:
+@dataclass
+class CanaryOutcome:
+    """How a canary ended: the last decision, and the KPI per arm at the last check that
+    had values on both arms (None before)."""
+
+    decision: str = "none"
+    stable: float | None = None
+    stable_n: int = 0
+    canary: float | None = None
+    canary_n: int = 0
+
+    def rise(self) -> float | None:
+        """The candidate's KPI minus stable's on the canary (None without both)."""
+        if self.stable is None or self.canary is None:
+            return None
+        return self.canary - self.stable
+
+
+def canary_loop(
+    first_seed: int, max_runs: int = 40, say: Callable[[str], None] = print
+) -> CanaryOutcome:
     """Pipeline runs with a canary check after each (what the genopt-canary deployment
     does every 10 minutes), until the rollout is promoted, rolled back or paused."""
     import prefect.settings as ps
@@ -106,33 +143,33 @@ def canary_loop(first_seed: int, max_runs: int = 40) -> str:
     from flows.examples.triage import triage
     from prefect_genopt.rollout.controller import analyze
 
-    decision = "none"
+    out = CanaryOutcome()
     with ps.temporary_settings({ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         for i in range(max_runs):
             acc = triage(n=16, seed=first_seed + i)
             result = analyze("triage", actor="demo canary check")
-            decision = result.decision.kind
+            out.decision = result.decision.kind
             a = result.assessment
-            arms = (
-                f"stable {a.stable.mean:.2f} (n={a.stable.n}), canary {a.canary.mean:.2f} "
-                f"(n={a.canary.n})"
-                if a and a.stable.n and a.canary.n
-                else "waiting for values"
-            )
-            print(
+            arms = "waiting for values"
+            if a and a.stable.n and a.canary.n:
+                out.stable, out.stable_n = a.stable.mean, a.stable.n
+                out.canary, out.canary_n = a.canary.mean, a.canary.n
+                arms = f"stable {a.stable.mean:.2f} (n={a.stable.n}), canary {a.canary.mean:.2f} "
+                arms += f"(n={a.canary.n})"
+            say(
                 f"  run {i + 1}: accuracy {acc:.2f}; weight {result.state.weight:.0%} -> "
-                f"{decision}; correct: {arms}",
-                flush=True,
+                f"{out.decision}; correct: {arms}"
             )
-            if decision in ("promote", "abort", "pause"):
-                print(f"  => {decision}: {result.decision.reason}")
+            if out.decision in ("promote", "abort", "pause"):
+                say(f"  => {out.decision}: {result.decision.reason}")
                 break
-    return decision
+    return out
 
 
-def settle(decision: str) -> str:
+def settle(outcome: CanaryOutcome) -> str:
     """A rollout the canary left without a verdict (paused as inconclusive, or still
     running when the demo's runs are up) is a person's call: the demo keeps stable."""
+    decision = outcome.decision
     if decision not in ("promote", "abort"):
         print("  no verdict: the candidate is neither shown better nor shown worse within the")
         print("  demo's few tickets; a person decides. Here: keep stable.")
@@ -156,22 +193,22 @@ def start_rollout(*args: str) -> bool:
 def main() -> None:
     _setup_env()
     t0 = time.monotonic()
-    step("1. Run the example pipeline 5 times (flows/examples/triage.py)")
+    step("1. Run the example pipeline (flows/examples/triage.py) until the night's pools are full")
     print(f"demo home: {HOME}")
     print("starting a local Prefect API (embedded) on first run; this takes a few seconds...")
     import prefect.settings as ps
 
+    from flows import demo_night
     from flows.examples.triage import model, triage
 
     print(f"model: {model()}  (set GENOPT_DEMO_MODEL to any litellm model string)")
+    print(
+        f"{demo_night.TICKETS_PER_RUN} tickets a run; the night's pools (labelled tickets): "
+        + ", ".join(f"{k.split('_')[0]} {v}" for k, v in demo_night.POOLS.items())
+    )
     demo_seed = int(os.environ.get("GENOPT_DEMO_SEED", "0"))
-    seeds = [demo_seed * 100 + i for i in range(5)]
     with ps.temporary_settings({ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        before = []
-        for i, seed in enumerate(seeds):
-            acc = triage(n=8, seed=seed)
-            before.append(acc)
-            print(f"  run {i + 1}/5: accuracy {acc:.2f}", flush=True)
+        demo_night.record_runs(demo_seed * 100, say=lambda m: print(m, flush=True))
 
     import prefect_genopt as genopt
 
@@ -233,35 +270,36 @@ def main() -> None:
         f"optimizer model: {os.environ.get('GENOPT_MODEL') or local_model.MODEL}"
         "  (set GENOPT_MODEL to any litellm model string)"
     )
-    genopt_cli(
-        "optimize",
-        "triage",
-        "--no-search",
-        "--editable",
-        "prompt",
-        "--max-updates",
-        "3",
-        "--seed",
-        str(demo_seed),
-        stream=True,
+    print(
+        "the search: keep good answers as experiences, draft prompts, draw demo sets, choose "
+        "one by replaying recorded runs, confirm it with a sign test"
     )
+    genopt_cli("optimize", "triage", *demo_night.night_options(demo_seed), stream=True)
     step("6. Next morning: the proposals")
     genopt_cli("proposals", "triage")
-    rows = wh.sql(
-        "SELECT proposal_id, candidate_param_set_id FROM proposals "
-        "WHERE pipeline = 'triage' AND status = 'proposed' ORDER BY created_at DESC LIMIT 1"
+    rows = wh_now().sql(
+        "SELECT proposal_id, status FROM proposals "
+        "WHERE pipeline = 'triage' ORDER BY created_at DESC LIMIT 1"
     )
     promoted = False
-    if not rows:
-        print("no valid proposal this time (see the reasons above); no canary for it")
-    else:
+    if rows:
         genopt_cli("proposals", "show", rows[0]["proposal_id"])
+    if not rows or rows[0]["status"] != "proposed":
+        print("the night confirmed no candidate (its numbers are above); no canary for it")
+    else:
         step(
             "7. The proposal: replayed offline on a recorded run (the replay gate), then "
             "behind a canary (fast demo plan: 30% -> 50% -> 100%)"
         )
         if start_rollout("--proposal", rows[0]["proposal_id"], "--reason", "tonight's proposal"):
-            promoted = settle(canary_loop(first_seed=1000 + demo_seed * 100)) == "promote"
+            outcome = canary_loop(first_seed=1000 + demo_seed * 100)
+            promoted = settle(outcome) == "promote"
+            if outcome.rise() is not None:
+                print(
+                    f"  the KPI on the canary: stable {outcome.stable:.2f} "
+                    f"(n={outcome.stable_n}) -> candidate {outcome.canary:.2f} "
+                    f"(n={outcome.canary_n}), {outcome.rise():+.2f}"
+                )
         else:
             print("the replay gate stopped it: no real ticket saw it")
 
@@ -270,7 +308,7 @@ def main() -> None:
         for i in range(2):  # recorded runs on today's stable param set, for the replay gate
             print(f"  run {i + 1}: accuracy {triage(n=8, seed=1500 + demo_seed * 100 + i):.2f}")
     bad = HOME / "bad-candidate.json"
-    bad.write_text(orjson.dumps({"prompt": BAD_PROMPT}).decode())
+    bad.write_text(orjson.dumps(person_params(BAD_PROMPT)).decode())
     print(f"{bad.name}: {bad.read_text()}")
     if not start_rollout("--params", str(bad), "--reason", "a person's idea"):
         print(
@@ -282,7 +320,7 @@ def main() -> None:
     if not promoted:
         step("9. A good hand-written prompt instead (what a support lead might write)")
         good = HOME / "good-candidate.json"
-        good.write_text(orjson.dumps({"prompt": GOOD_PROMPT}).decode())
+        good.write_text(orjson.dumps(person_params(GOOD_PROMPT)).decode())
         print(f"{good.name}: {good.read_text()}")
         if start_rollout("--params", str(good), "--reason", "rules from the support lead"):
             settle(canary_loop(first_seed=3000 + demo_seed * 100))

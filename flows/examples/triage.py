@@ -8,7 +8,9 @@ Every run lands in the warehouse: the run, its param set, one span per ticket
 ticket (``correct``, with the ticket id as item key and the expected label) and
 per run (``accuracy``). ``classify`` records its full values and replays a
 verified experience (``genopt experiences harvest triage --kpi correct``) for a
-ticket it has already answered right with the same prompt and model.
+ticket it has already answered right with the same prompt and model. Its few-shot
+``demos`` (empty at first) go before the ticket as chat turns; the nightly search draws
+balanced sets of them from ``classify``'s verified answers.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ class TriageParams(genopt.Tunables):
     temperature: float = genopt.numeric(
         0.0, ge=0.0, le=1.0, description="sampling temperature of the classifier"
     )
+    demos: list[dict] = genopt.demos(
+        description="worked examples shown to the classifier before the ticket (a ticket "
+        "and its right label each), drawn from its verified answers",
+        max_items=6,
+        step="classify",
+    )
 
 
 LABELS = ("billing", "bug", "other")
@@ -48,6 +56,26 @@ def model() -> str:
     return os.environ.get("GENOPT_DEMO_MODEL") or keyword_model.MODEL
 
 
+def demo_turns(demos: list[dict]) -> list[dict[str, str]]:
+    """Few-shot demos as chat turns: the ticket's text as the user's, its label as the
+    assistant's (a demo's ``input`` is ``classify``'s arguments, or the text alone).
+
+    Example:
+        >>> demo_turns([{"input": {"ticket_id": "T-1", "text": "refund please"},
+        ...              "output": "billing"}])
+        [{'role': 'user', 'content': 'refund please'}, {'role': 'assistant', 'content': 'billing'}]
+    """
+    turns = []
+    for d in demos:
+        given = d.get("input")
+        text = given.get("text", "") if isinstance(given, dict) else given
+        turns += [
+            {"role": "user", "content": str(text)},
+            {"role": "assistant", "content": str(d.get("output", ""))},
+        ]
+    return turns
+
+
 @genopt.task(replay=True, model=model, item_key="ticket_id")
 def classify(ticket_id: str, text: str) -> str:
     """Ask the model for the ticket's label."""
@@ -56,6 +84,7 @@ def classify(ticket_id: str, text: str) -> str:
         model=model(),
         messages=[
             {"role": "system", "content": p.prompt},
+            *demo_turns(p.demos),
             {"role": "user", "content": text},
         ],
         temperature=p.temperature,
