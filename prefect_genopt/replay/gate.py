@@ -419,8 +419,9 @@ def night_scores(
     if not rows or not rows[0]["night_id"] or not rows[0]["offline_evidence"]:
         return None, {}
     night = str(rows[0]["night_id"])
+    raw = rows[0]["offline_evidence"]
     try:
-        evidence = orjson.loads(rows[0]["offline_evidence"])
+        evidence = raw if isinstance(raw, dict) else orjson.loads(raw)
     except orjson.JSONDecodeError:
         return night, {}
     if not isinstance(evidence, dict) or evidence.get("fingerprint") != code:
