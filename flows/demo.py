@@ -100,14 +100,6 @@ GOOD_PROMPT = (
 )
 
 
-def person_params(prompt: str) -> dict[str, Any]:
-    """A person's param set: their prompt, no demos. The demos are written out: a rollout
-    merges a hand-written set over the schema's defaults, and the schema has none for a
-    ``genopt.demos`` field (a default factory), so without them the rollout's param set would
-    not be the one the pipeline runs and the canary would never see a value."""
-    return {"prompt": prompt, "demos": []}
-
-
 def wh_now() -> Any:
     """A fresh warehouse reader (it loads what arrived since the last one)."""
     import prefect_genopt as genopt
@@ -308,7 +300,7 @@ def main() -> None:
         for i in range(2):  # recorded runs on today's stable param set, for the replay gate
             print(f"  run {i + 1}: accuracy {triage(n=8, seed=1500 + demo_seed * 100 + i):.2f}")
     bad = HOME / "bad-candidate.json"
-    bad.write_text(orjson.dumps(person_params(BAD_PROMPT)).decode())
+    bad.write_text(orjson.dumps({"prompt": BAD_PROMPT}).decode())
     print(f"{bad.name}: {bad.read_text()}")
     if not start_rollout("--params", str(bad), "--reason", "a person's idea"):
         print(
@@ -320,7 +312,7 @@ def main() -> None:
     if not promoted:
         step("9. A good hand-written prompt instead (what a support lead might write)")
         good = HOME / "good-candidate.json"
-        good.write_text(orjson.dumps(person_params(GOOD_PROMPT)).decode())
+        good.write_text(orjson.dumps({"prompt": GOOD_PROMPT}).decode())
         print(f"{good.name}: {good.read_text()}")
         if start_rollout("--params", str(good), "--reason", "rules from the support lead"):
             settle(canary_loop(first_seed=3000 + demo_seed * 100))

@@ -297,8 +297,11 @@ def demos(
             answers with experience ids; each becomes ``{"input", "output",
             "experience_id"}``. Without it, the optimizer writes demos itself.
     """
+    # a plain default (pydantic copies it for each instance), not a factory: the JSON
+    # schema then carries it, and a hand-written param set merged over the schema's
+    # defaults (a rollout's --params) is the param set the pipeline runs
     return Field(
-        default_factory=lambda: list(default or []),
+        list(default or []),
         description=description,
         max_length=max_items,
         json_schema_extra=_extra("demos", genopt_step=step),

@@ -69,6 +69,11 @@ def test_demo_turns_put_each_demo_before_the_ticket_as_a_user_and_assistant_turn
 def test_the_triage_example_has_a_demos_param_of_classify() -> None:
     spec = TriageParams.model_json_schema()["properties"]["demos"]
     assert spec["genopt_kind"] == "demos" and spec["genopt_step"] == "classify"
+    assert TriageParams().demos == [] and spec["default"] == []
+    # the default is in the schema, so a rollout's hand-written param set (merged over the
+    # schema's defaults) is the one the pipeline runs; and each instance has its own list
+    first = TriageParams()
+    first.demos.append({"input": "x", "output": "bug"})
     assert TriageParams().demos == []
 
 
