@@ -370,13 +370,19 @@ def pipeline(name: str | None = None, *, params: type[Tunables] | None = None) -
 
         def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             rc = _start_run(pname, params_cls, schema, schema_hash, entry, _bind(sig, args, kwargs))
-            return run_var.set(rc)
+            reads: dict[str, Any] = {}  # what the flow body itself reads (tasks keep their own)
+            return run_var.set(rc), _reads.set(reads), reads
 
-        def finish(token: Any, result: Any = None, exc: BaseException | None = None) -> None:
+        def finish(tokens: Any, result: Any = None, exc: BaseException | None = None) -> None:
+            token, reads_token, reads = tokens
             rc = run_var.get()
             run_var.reset(token)
+            _reads.reset(reads_token)
             if rc is None:
                 return
+            flow_span = trace.get_current_span()
+            if reads and flow_span.is_recording():  # the flow span's params_read
+                flow_span.set_attribute(semconv.PARAMS_READ, clean(reads))
             try:
                 _end_run(rc, result, exc)
             except Exception as failure:  # noqa: BLE001 - recording never fails the flow

@@ -12,6 +12,11 @@ row: ``proposed`` (a new immutable candidate param set), ``rejected`` (with the
 reason) or ``no_change``. The run stops after ``max_updates``, after
 ``proposals_per_run`` valid proposals, or before a call the budget cannot pay for.
 
+Both paths edit only what the evidence shows being read (:func:`editable_tonight`, decided
+once before either runs): a Tunables field no task and no flow body read in the window's
+evidence runs (the spans' ``params_read``) is not editable that night, and the run says so;
+an explicit ``starting_artifact.editable`` (``--editable``) wins.
+
 Example:
     >>> OptimizeResult(stop_reason="done").summary()
     '0 proposal(s), 0 rejected, 0 no-change in 0 update(s); 0 tokens, cost unpriced; stopped: done'
@@ -23,8 +28,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from prefect_genopt import spool
 from prefect_genopt.optimize.config import OptimizerSettings
@@ -55,8 +63,9 @@ from prefect_genopt.replay.experiences import verified_demos
 from prefect_genopt.tracing import tracer
 from prefect_genopt.tunables import param_set_id
 from prefect_genopt.warehouse import Warehouse, WarehouseBusyError
+from prefect_genopt.warehouse.schema import utcnow
 
-__all__ = ["optimize", "OptimizeResult", "UpdateOutcome"]
+__all__ = ["optimize", "OptimizeResult", "UpdateOutcome", "editable_tonight", "params_read_in"]
 
 logger = logging.getLogger("prefect_genopt.optimize")
 
@@ -385,6 +394,65 @@ def resolve_demos(suggestion: Any, pools: dict[str, dict[str, dict[str, Any]]]) 
     return out
 
 
+#: The params read in a pipeline's evidence runs (its runs with feedback in the window): the
+#: keys of every span's ``params_read`` (tasks' reads, and the flow body's on the flow span).
+PARAMS_READ_SQL = """
+WITH evidence AS (
+    SELECT DISTINCT f.run_id FROM feedback f
+    WHERE f.pipeline = ? AND f.created_at >= ? AND f.value IS NOT NULL
+)
+SELECT (SELECT count(*) FROM evidence) AS runs,
+       list_sort(list_distinct(flatten(list(json_keys(s.params_read))))) AS names
+FROM spans s
+WHERE s.run_id IN (SELECT run_id FROM evidence) AND s.params_read IS NOT NULL
+"""
+
+
+def params_read_in(wh: Warehouse, pipeline: str, window_days: float) -> tuple[int, list[str]]:
+    """``(evidence runs, params read in them)``: the pipeline's runs with feedback in the
+    last ``window_days`` days, and the names any of their spans read, sorted."""
+    since = utcnow() - timedelta(days=window_days)
+    (row,) = wh.sql(PARAMS_READ_SQL, [pipeline, since])
+    return int(row["runs"] or 0), list(row["names"] or [])
+
+
+def editable_tonight(
+    wh: Warehouse, settings: OptimizerSettings, say: Callable[[str], None]
+) -> OptimizerSettings:
+    """``settings`` with the fields no evidence run read taken out of the editable ones.
+
+    An explicit ``starting_artifact.editable`` is kept as given. So are the settings when
+    the pipeline is unknown (the evidence reader says so), when no evidence run recorded a
+    read (nothing to go by), or when every field was read. Otherwise the editable fields
+    are the ones read, in schema order, and ``say`` names those left out and why.
+    """
+    start = settings.starting_artifact
+    if start.editable is not None:
+        return settings
+    rows = wh.sql(
+        "SELECT schema FROM pipelines WHERE pipeline = ? ORDER BY version DESC LIMIT 1",
+        [settings.pipeline],
+    )
+    if not rows:
+        return settings
+    fields = list((orjson.loads(rows[0]["schema"]).get("properties") or {}).keys())
+    runs, read = params_read_in(wh, settings.pipeline, settings.window_days)
+    if not runs or not read:
+        return settings
+    editable = [f for f in fields if f in read]
+    unread = [f for f in fields if f not in read]
+    if not unread or not editable:
+        return settings
+    say(
+        f"not editable tonight: {', '.join(unread)} (read by no task or flow body in the "
+        f"{runs} evidence run(s) of the last {settings.window_days:g} days; --editable "
+        f"{' '.join(fields)} edits them anyway); editable: {', '.join(editable)}"
+    )
+    return settings.model_copy(
+        update={"starting_artifact": start.model_copy(update={"editable": editable})}
+    )
+
+
 def optimize(
     settings: OptimizerSettings,
     *,
@@ -416,20 +484,21 @@ def optimize(
         EvidenceError: No usable evidence (unknown pipeline, no feedback in the window).
         LLMCallError: The provider failed (after recording the failed update).
     """
+    t0 = time.perf_counter()
+    say = progress or logger.info
+    wh = fresh_warehouse(warehouse, say)
+    settings = editable_tonight(wh, settings, say)  # both paths edit only what was read
     if settings.search:
         from prefect_genopt.optimize.search.night import run_night
 
         return run_night(
             settings,
-            warehouse=warehouse,
+            warehouse=wh,
             client=client,
             progress=progress,
             optimizer=optimizer,
             optimizer_run_id=optimizer_run_id,
         )
-    t0 = time.perf_counter()
-    say = progress or logger.info
-    wh = fresh_warehouse(warehouse, say)
     instruction_id = None
     if optimizer is None:
         if settings.tune_instruction_every:

@@ -96,6 +96,8 @@ def push(item: str) -> float:
 @genopt.pipeline(name="knob", params=KnobParams)
 def knob(items: list[str]) -> float:
     """Push each item and score how close the level is to what the items need."""
+    if not genopt.current_params().note.strip():  # the flow body reads the note (editable)
+        raise ValueError("the knob needs a note")
     total = 0.0
     for item in items:
         level = push(item)
