@@ -22,7 +22,9 @@ Examples:
 Layout: :mod:`~prefect_genopt.cli._app` builds the parser and runs a command;
 :mod:`~prefect_genopt.cli._utilities` makes command groups with verbs;
 :mod:`~prefect_genopt.cli._output` prints tables, JSON and CSV;
-:mod:`~prefect_genopt.cli._errors` maps errors to exit statuses.
+:mod:`~prefect_genopt.cli._errors` maps errors to exit statuses;
+:mod:`~prefect_genopt.cli._checks` refuses a pipeline the warehouse never saw and a read of a
+warehouse that does not exist, in every command.
 """
 
 from __future__ import annotations
