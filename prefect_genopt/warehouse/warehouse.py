@@ -349,7 +349,9 @@ def parse_json_columns(
     return [tuple(parse(k, v) for k, v in zip(kinds, row, strict=True)) for row in rows]
 
 
-def _fetch(cur: duckdb.DuckDBPyConnection | None, json: bool = False) -> tuple[list[str], list[tuple]]:
+def _fetch(
+    cur: duckdb.DuckDBPyConnection | None, json: bool = False
+) -> tuple[list[str], list[tuple]]:
     if cur is None or cur.description is None:  # None: a query of comments or semicolons only
         return [], []
     rows = cur.fetchall()
