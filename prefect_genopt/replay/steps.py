@@ -134,7 +134,8 @@ def _count(key: str) -> None:
 
 def stats() -> dict[str, int]:
     """This process's counts: ``replayed``, ``computed``, ``invalid`` (an experience
-    existed but failed a condition), ``recorded``, ``refused`` (too big to record)."""
+    existed but failed a condition), ``recorded``, ``refused`` (too big to record),
+    ``reused`` (a recorded output returned on a replay: :func:`reuse_recorded_steps`)."""
     with _stats_lock:
         return dict(_stats)
 
@@ -330,12 +331,12 @@ class _Rec:
     step_version: str | None
     params_read: dict[str, Any]
     models: tuple[str, ...]
-    output: str
 
 
+#: what the index of recorded outputs holds (the outputs are read on a hit, one at a time:
+#: step_values of a large warehouse do not all fit in memory)
 _RECORDED_SQL = f"""
-SELECT s.record_id, s.step, s.input_fingerprint, s.step_version, s.params_read, s.model,
-       s.output
+SELECT s.record_id, s.step, s.input_fingerprint, s.step_version, s.params_read, s.model
 FROM step_values s
 WHERE s.pipeline = ? AND s.exact AND NOT coalesce(s.redacted, false)
   AND s.output IS NOT NULL AND s.input_fingerprint IS NOT NULL
@@ -360,12 +361,30 @@ def _load_recorded(path: Path, pipeline: str) -> dict[tuple[str, str], list[_Rec
     except (WarehouseMissingError, WarehouseBusyError, duckdb.Error):
         return {}
     out: dict[tuple[str, str], list[_Rec]] = {}
-    for rid, step, fp, ver, reads, model, output in rows:
+    for rid, step, fp, ver, reads, model in rows:
         models = tuple(m for m in (model or "").split(",") if m)
         out.setdefault((step, fp), []).append(
-            _Rec(rid, ver, orjson.loads(reads) if reads else {}, models, output)
+            _Rec(rid, ver, orjson.loads(reads) if reads else {}, models)
         )
     return out
+
+
+def _recorded_output(record_id: str) -> tuple[bool, Any]:
+    """``(found, output)`` of one recorded step call."""
+    from prefect_genopt.warehouse.access import (
+        WarehouseBusyError,
+        WarehouseMissingError,
+        connect,
+    )
+
+    try:
+        with connect(get_settings().warehouse_path, read_only=True, timeout=2.0) as con:
+            row = con.execute(
+                "SELECT output FROM step_values WHERE record_id = ?", [record_id]
+            ).fetchone()
+    except (WarehouseMissingError, WarehouseBusyError, duckdb.Error):
+        return False, None
+    return (True, orjson.loads(row[0])) if row is not None else (False, None)
 
 
 def _recorded_outputs(pipeline: str) -> dict[tuple[str, str], list[_Rec]]:
@@ -404,8 +423,11 @@ def _reuse(
             continue
         if rec.models and (model is None or set(rec.models) != {model}):
             continue
+        found_output, output = _recorded_output(rec.record_id)
+        if not found_output:
+            continue
         _count("reused")
-        return Replay(f"recorded:{rec.record_id}", orjson.loads(rec.output), rec.params_read)
+        return Replay(f"recorded:{rec.record_id}", output, rec.params_read)
     return None
 
 
