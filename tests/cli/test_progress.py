@@ -113,3 +113,31 @@ def test_progress_to_stderr_restores_the_flow_logger(quiet: bool) -> None:
     with progress_to_stderr(quiet=quiet):
         pass
     assert (logger.level, logger.propagate, list(logger.handlers)) == before
+
+
+def test_genopt_optimize_shows_the_llm_heartbeat(
+    knob_runs: Path, genopt: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow optimizer call says it is still waiting, through the flow run's log."""
+    from prefect_genopt import testing
+
+    monkeypatch.setenv("GENOPT_LLM_HEARTBEAT", "0.1")
+    testing.register("slowcli", testing.scripted_optimizer, delay=0.5)
+    try:
+        out = genopt(
+            "optimize",
+            "knob",
+            "--no-search",
+            "--model",
+            "slowcli/follow",
+            "--response-format",
+            "none",
+            "--max-updates",
+            "1",
+            "--editable",
+            "level",
+        )
+    finally:
+        testing.unregister("slowcli")
+    assert out.returncode == 0, out.stderr
+    assert "still waiting for slowcli/follow (" in out.stderr
