@@ -9,7 +9,8 @@ first ``N/M``, its counts the last ``N/M``.
 
 * On a terminal, rich (which Prefect brings) draws one bar for the current stage
   (description, bar, done/total, elapsed, time remaining); lines without counts are
-  printed above it.
+  printed above it, and so are counted lines as often as in plain mode (the bar shows
+  only their stage).
 * Otherwise every line without counts is printed; counted lines are printed at most
   every ``every`` seconds per stage, and at the end of a stage, with an ETA appended
   when the line has none.
@@ -139,6 +140,8 @@ class Progress:
         new = self._stage != (stage, total)
         if new:
             self._stage, self._started, self._first_done = (stage, total), now, done
+        finished = done >= total
+        due = new or finished or now - self._last_said >= self.every
         if self._bar is not None:
             label = stage if len(stage) <= 32 else stage[:31] + "…"  # room for the bar
             if new:
@@ -147,9 +150,11 @@ class Progress:
                 self._task = self._bar.add_task(label, total=total, completed=done)
             else:
                 self._bar.update(self._task, description=label, completed=done)
+            if line is not None and due:  # the whole line too, now and then
+                self._last_said = now
+                self._bar.console.print(line, markup=False, highlight=False)
             return
-        finished = done >= total
-        if not (new or finished or now - self._last_said >= self.every):
+        if not due:
             return
         text = line or f"{stage}: {done}/{total}"
         eta = self.eta(done, total, now)

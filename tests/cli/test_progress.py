@@ -59,10 +59,12 @@ def test_on_a_terminal_a_bar_with_eta_is_drawn_and_lines_print_above_it() -> Non
     out = io.StringIO()
     with Progress(out, tty=True) as p:
         p.say("evidence: 30 items")
+        p.say("update 1/2: 4 units (run a)")  # a new stage: its whole line shows too
         p.update("scoring", 3, 4)
         p.update("scoring", 4, 4)
     text = out.getvalue()
     assert "evidence: 30 items" in text
+    assert "update 1/2: 4 units (run a)" in text
     assert "scoring" in text and "4/4" in text and "ETA" in text
     assert "\x1b[" in text  # drawn with terminal control sequences (rich), not plain lines
     assert "━" in text  # the bar
