@@ -5,7 +5,8 @@ A :class:`Progress` takes what the work says: free lines (:meth:`Progress.say`) 
 counts (:meth:`Progress.update`: a stage, items done, items in all). A line that
 carries counts as ``N/M`` (the optimizer's ``update 2/3``, ``draft 1/4``,
 ``replaying c_1 (drafts): 12/48 items``) counts too: its stage is the text before its
-first ``N/M``, its counts the last ``N/M``.
+first ``N/M``, its counts the last ``N/M``. Counts continue one bar while the total holds
+and the count does not go back; otherwise a new bar (and ETA) starts.
 
 * On a terminal, rich (which Prefect brings) draws one bar for the current stage
   (description, bar, done/total, elapsed, time remaining); lines without counts are
@@ -83,7 +84,7 @@ class Progress:
         self.every = every
         self._bar: Any = None
         self._task: Any = None
-        self._stage: tuple[str, int] | None = None
+        self._stage: tuple[int, int] | None = None  # (total, done) of the current bar
         self._started = 0.0
         self._first_done = 0
         self._last_said = 0.0
@@ -137,9 +138,13 @@ class Progress:
     def update(self, stage: str, done: int, total: int, line: str | None = None) -> None:
         """``done`` of ``total`` items of ``stage`` are done."""
         now = time.monotonic()
-        new = self._stage != (stage, total)
+        # one bar while the total holds and the count does not go back (a stage's text may
+        # change as it goes: "read kpis: 1/7", "read usage: 7/7"; each candidate's replay
+        # starts its own count of the same total)
+        new = self._stage is None or total != self._stage[0] or done < self._stage[1]
         if new:
-            self._stage, self._started, self._first_done = (stage, total), now, done
+            self._started, self._first_done = now, done
+        self._stage = (total, done)
         finished = done >= total
         due = new or finished or now - self._last_said >= self.every
         if self._bar is not None:

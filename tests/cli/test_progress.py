@@ -143,3 +143,19 @@ def test_genopt_optimize_shows_the_llm_heartbeat(
         testing.unregister("slowcli")
     assert out.returncode == 0, out.stderr
     assert "still waiting for slowcli/follow (" in out.stderr
+
+
+def test_one_bar_while_the_total_holds_and_the_count_goes_on() -> None:
+    out = io.StringIO()
+    with Progress(out, tty=False, every=3600) as p:
+        for i, section in enumerate(["kpis", "rollouts", "proposals", "usage"], 1):
+            p.say(f"read {section}: {i}/4 sections")  # the text changes, the count goes on
+        p.say("replaying c_1 (drafts): 48/48 items")
+        p.say("replaying c_2 (drafts): 1/48 items")  # the count went back: a new bar
+        p.say("replaying c_2 (drafts): 2/48 items")
+    assert out.getvalue().splitlines() == [
+        "read kpis: 1/4 sections",
+        "read usage: 4/4 sections",
+        "replaying c_1 (drafts): 48/48 items",
+        "replaying c_2 (drafts): 1/48 items",
+    ]
