@@ -27,8 +27,9 @@ pool's scores are reused: the selection pool chose the candidate, so its scores 
 it. An item the night scored as a failure (a crash) counts as one here too.
 
 Replayed flow runs carry the Prefect tags :data:`REPLAY_TAGS` (``genopt``,
-``genopt-replay``) and the gate's :data:`GATE_TAGS` add ``genopt-gate``, so the Prefect
-UI can filter them out of (or into) a view.
+``genopt-replay``); the gate's add ``genopt-gate`` and ``genopt-pipeline:<pipeline>``
+(:data:`GATE_TAGS`, :func:`pipeline_tag`), so the Prefect UI can filter them out of (or
+into) a view.
 
 Example:
     >>> judge([1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0], "higher", 0.05, "relative").outcome
@@ -82,6 +83,7 @@ __all__ = [
     "ARM",
     "REPLAY_TAGS",
     "GATE_TAGS",
+    "pipeline_tag",
 ]
 
 logger = logging.getLogger("prefect_genopt.replay")
@@ -90,8 +92,20 @@ logger = logging.getLogger("prefect_genopt.replay")
 ARM = "replay"
 #: the Prefect tags of every replayed flow run (the gate's and the search's)
 REPLAY_TAGS = ("genopt", "genopt-replay")
-#: the Prefect tags of the replay gate's flow runs
+#: the Prefect tags of the replay gate's flow runs (and :func:`pipeline_tag`)
 GATE_TAGS = (*REPLAY_TAGS, "genopt-gate")
+
+
+def pipeline_tag(pipeline: str) -> str:
+    """The Prefect tag naming a replay's pipeline (as the optimizer flow's runs carry it).
+
+    Example:
+        >>> pipeline_tag("triage")
+        'genopt-pipeline:triage'
+    """
+    return f"genopt-pipeline:{pipeline}"
+
+
 _TRUNCATED = "…[truncated "
 
 
@@ -509,6 +523,7 @@ def replay_gate(
                 tolerance,
                 tolerance_mode,
                 reusable,
+                (*GATE_TAGS, pipeline_tag(pipeline)),
             )
             if result.reused_run_ids:
                 result.reason += (
@@ -598,6 +613,7 @@ def _replay(
     tolerance: float,
     tolerance_mode: str,
     reusable: dict[str, dict[str, float]] | None = None,
+    tags: Sequence[str] = GATE_TAGS,
 ) -> GateResult:
     reusable = reusable or {}
     replayed: dict[str, str] = {}
@@ -607,7 +623,7 @@ def _replay(
         if have and set(_item_values(wh, src, kpi, stable_id)) <= set(have):
             reused.append(src)  # the night scored every item: not replayed again
         else:
-            replayed[src] = replay_run(flow, inputs, values, tags=GATE_TAGS)
+            replayed[src] = replay_run(flow, inputs, values, tags=tags)
     wh = Warehouse(wh.path)  # a fresh reader loads the replayed runs
     stable_v: list[float] = []
     cand_v: list[float] = []

@@ -113,7 +113,8 @@ def test_a_good_candidate_passes_the_gate_into_its_canary(
     assert "replay gate passed" in started["reason"]
     # the replayed flow run is tagged in Prefect, so a UI view can filter replays
     (replayed,) = orjson.loads(gate["replay_run_ids"])
-    assert {"genopt", "genopt-replay", "genopt-gate"} <= _flow_run_tags(replayed)
+    tags = _flow_run_tags(replayed)
+    assert {"genopt", "genopt-replay", "genopt-gate", "genopt-pipeline:triage"} <= tags
 
 
 def _flow_run_tags(run_id: str) -> set[str]:

@@ -79,7 +79,13 @@ from prefect_genopt.optimize.search.core import (
 )
 from prefect_genopt.pipeline import SIDE_EFFECT_SKIPPED
 from prefect_genopt.replay.fingerprint import code_fingerprint
-from prefect_genopt.replay.gate import REPLAY_TAGS, item_values, replay_run, replayable_inputs
+from prefect_genopt.replay.gate import (
+    REPLAY_TAGS,
+    item_values,
+    pipeline_tag,
+    replay_run,
+    replayable_inputs,
+)
 from prefect_genopt.semconv import REPLAY
 from prefect_genopt.warehouse import Warehouse, WarehouseBusyError
 
@@ -441,7 +447,7 @@ class ReplayEvaluator:
                     self.flow,
                     inputs,
                     candidate.values,
-                    tags=SEARCH_TAGS,
+                    tags=(*SEARCH_TAGS, pipeline_tag(self.pipeline)),
                     reuse_recorded=self.reuse_recorded,
                 )
             except Exception as exc:  # noqa: BLE001 - the user's code may raise anything

@@ -219,7 +219,9 @@ def test_the_replay_gate_reuses_the_night_s_confirmation_scores(triage_runs: Pat
     assert orjson.loads(prop["offline_evidence"])["fingerprint"]
     # the search's replays are tagged in Prefect
     night_replay = wh.sql("SELECT run_id FROM runs WHERE arm = 'replay' LIMIT 1")[0]["run_id"]
-    assert {"genopt", "genopt-replay", "genopt-search"} <= _flow_run_tags(night_replay)
+    assert {"genopt", "genopt-replay", "genopt-search", "genopt-pipeline:triage"} <= (
+        _flow_run_tags(night_replay)
+    )
     values = orjson.loads(
         wh.sql(
             'SELECT "values" FROM param_sets WHERE param_set_id = ?',
