@@ -22,7 +22,7 @@ earlier single-shot measurement (the KPI rose on 1 of 5 seeds).
     GENOPT_LOCAL_THREADS=1 python -m bench.bench_demo --seeds 0 1 2 3 4
     python -m bench.bench_demo --quick     # seed 0, small pools, the scripted optimizer
 
-``--quick`` is a smoke run: pools of 16 / 16 / 40 tickets, the optimizer is
+``--quick`` is a smoke run: pools of 8 / 16 / 25 tickets (at least 3 runs), the optimizer is
 :func:`prefect_genopt.testing.scripted_optimizer` in mode ``rules`` instead of a real model,
 a canary of at most 6 runs, 2 held-out batches; results go to the work directory (see
 :mod:`bench.common`), never into demo_search.json.
@@ -96,7 +96,13 @@ def _held_out(seed: int, values: dict[str, Any], batches: int) -> dict[str, Any]
 
 
 def one_seed(
-    seed: int, model: str | None, *, pools: dict[str, int] | None, canary_runs: int, batches: int
+    seed: int,
+    model: str | None,
+    *,
+    pools: dict[str, int] | None,
+    min_runs: int | None,
+    canary_runs: int,
+    batches: int,
 ) -> dict[str, Any]:
     """One seed of the demo's loop (see the module docstring); its entry."""
     import prefect_genopt as genopt
@@ -106,7 +112,7 @@ def one_seed(
     home = common.scratch_dir(f"bench-demo-{seed}-")
     os.environ["GENOPT_WAREHOUSE"] = str(home / "warehouse.duckdb")
     t0 = time.perf_counter()
-    before = demo_night.record_runs(seed * 100, say=log)
+    before = demo_night.record_runs(seed * 100, say=log, pools=pools, min_runs=min_runs)
     harvested = genopt.harvest("triage", kpi="correct")
     log(f"{len(before)} runs in {time.perf_counter() - t0:.0f}s; {harvested}")
     settings = demo_night.night_settings(
@@ -194,10 +200,10 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.quick:
         model = common.scripted_optimizer("rules")
-        pools = {"evidence_items": 16, "selection_items": 16, "confirmation_items": 40}
-        canary_runs, batches = 6, 2
+        pools = {"evidence_items": 8, "selection_items": 16, "confirmation_items": 25}
+        min_runs, canary_runs, batches = 3, 6, 2
     else:
-        model, pools, canary_runs, batches = None, None, 40, HELD_OUT
+        model, pools, min_runs, canary_runs, batches = None, None, None, 40, HELD_OUT
     results = common.results_path("demo_search", quick=args.quick)
     done = json.loads(results.read_text()) if results.exists() and not args.quick else {"runs": []}
     seen = {r["seed"] for r in done["runs"]}
@@ -207,7 +213,14 @@ def main(argv: list[str] | None = None) -> None:
                 if seed in seen:
                     continue
                 log(f"seed {seed}")
-                entry = one_seed(seed, model, pools=pools, canary_runs=canary_runs, batches=batches)
+                entry = one_seed(
+                    seed,
+                    model,
+                    pools=pools,
+                    min_runs=min_runs,
+                    canary_runs=canary_runs,
+                    batches=batches,
+                )
                 entry["machine"] = common.machine_info()
                 done["runs"].append(entry)
                 done["command"] = common.command_line("bench_demo", argv)

@@ -25,7 +25,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
@@ -60,40 +60,52 @@ EDITABLE = ("prompt", "demos")
 KPI = "correct"
 
 
-def pools_filled(pipeline: str = "triage") -> dict[str, tuple[int, int]] | None:
+def pools_filled(
+    pipeline: str = "triage", pools: Mapping[str, int] | None = None
+) -> dict[str, tuple[int, int]] | None:
     """The pools tonight's night would get from the recorded runs: ``{pool: (wanted,
-    got)}``, or None when every pool is full."""
+    got)}``, or None when every pool is full. ``pools``: sizes other than :data:`POOLS`."""
+    sizes = {**POOLS, **(pools or {})}
     import prefect_genopt as genopt
     from prefect_genopt.optimize.search.pools import assign_pools, pool_runs
 
     runs = pool_runs(genopt.Warehouse(), pipeline, KPI, limit=MAX_RUNS * 2)
-    pools = assign_pools(
+    split = assign_pools(
         runs,
         pipeline=pipeline,
-        evidence=POOLS["evidence_items"],
-        selection=POOLS["selection_items"],
-        confirmation=POOLS["confirmation_items"],
+        evidence=sizes["evidence_items"],
+        selection=sizes["selection_items"],
+        confirmation=sizes["confirmation_items"],
     )
-    if all(got >= wanted for wanted, got in pools.sizes.values()):
+    if all(got >= wanted for wanted, got in split.sizes.values()):
         return None
-    return dict(pools.sizes)
+    return dict(split.sizes)
 
 
-def record_runs(first_seed: int, say: Callable[[str], None] = print) -> list[float]:
+def record_runs(
+    first_seed: int,
+    say: Callable[[str], None] = print,
+    *,
+    pools: Mapping[str, int] | None = None,
+    min_runs: int | None = None,
+) -> list[float]:
     """Run the triage example (16 tickets a run, ticket seeds ``first_seed + i``) until the
-    night's pools are full: at least :data:`MIN_RUNS`, at most :data:`MAX_RUNS` runs.
-    Returns each run's accuracy."""
+    night's pools (``pools``, else :data:`POOLS`) are full: at least ``min_runs`` (default
+    :data:`MIN_RUNS`), at most :data:`MAX_RUNS` runs. Returns each run's accuracy."""
     from flows.examples.triage import triage
 
     accuracy: list[float] = []
     for i in range(MAX_RUNS):
         accuracy.append(triage(n=TICKETS_PER_RUN, seed=first_seed + i))
         say(f"  run {i + 1}: accuracy {accuracy[-1]:.2f}")
-        if i + 1 >= MIN_RUNS and pools_filled() is None:
+        if i + 1 >= (MIN_RUNS if min_runs is None else min_runs) and (
+            pools_filled(pools=pools) is None
+        ):
             say(f"  the night's pools are full after {i + 1} runs")
             break
     else:
-        say(f"  {MAX_RUNS} runs: pools still short {pools_filled()}; the night uses what there is")
+        short = pools_filled(pools=pools)
+        say(f"  {MAX_RUNS} runs: pools still short {short}; the night uses what there is")
     return accuracy
 
 

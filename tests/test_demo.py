@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
 
 import prefect_genopt as genopt
@@ -18,6 +19,7 @@ from prefect_genopt import testing
 from prefect_genopt.cli._app import build_parser
 from prefect_genopt.cli.optimize import settings_from_args
 from prefect_genopt.optimize import OptimizerSettings
+from prefect_genopt.replay import verified_demos
 
 STABLE = TriageParams().prompt
 
@@ -96,36 +98,42 @@ def test_the_demos_pools_can_confirm_a_ten_point_gain() -> None:
 
 @pytest.mark.prefect
 def test_the_demo_records_runs_until_its_pools_are_full_then_a_night_draws_demo_sets(
-    prefect_api: str, warehouse_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_api: str, warehouse_path: Path
 ) -> None:
     from prefect_genopt.optimize import optimize
     from tests.optimize import scripted  # noqa: F401  (registers scripted-opt)
 
-    small = {"evidence_items": 16, "selection_items": 16, "confirmation_items": 32}
-    monkeypatch.setattr(demo_night, "POOLS", small)
-    monkeypatch.setattr(demo_night, "MIN_RUNS", 3)
+    small = {"evidence_items": 8, "selection_items": 16, "confirmation_items": 25}
     said: list[str] = []
-    accuracy = demo_night.record_runs(0, say=said.append)
-    assert 3 <= len(accuracy) < demo_night.MAX_RUNS, said
-    assert demo_night.pools_filled() is None and "pools are full" in said[-1]
+    accuracy = demo_night.record_runs(0, say=said.append, pools=small, min_runs=2)
+    assert 2 <= len(accuracy) < demo_night.MAX_RUNS, said
+    assert demo_night.pools_filled(pools=small) is None and "pools are full" in said[-1]
+    assert demo_night.pools_filled() is not None  # the demo's own pools want more
     assert genopt.harvest("triage", kpi=demo_night.KPI).verified > 0
     night = optimize(
-        demo_night.night_settings(0, model="scripted-opt/rules", response_format="none")
+        demo_night.night_settings(
+            0, model="scripted-opt/rules", response_format="none", n_demo_sets=3, **small
+        )
     )
     assert night.editable == ["demos", "prompt"], night.notes
     demo_sets = [c for c in night.candidates if c.generator == "demos"]
     assert demo_sets, night.notes
-    verified = {
-        r["experience_id"]
-        for r in genopt.Warehouse().sql(
-            "SELECT experience_id FROM experiences WHERE status = 'verified'"
-        )
-    }
+    wh = genopt.Warehouse()
+    (row,) = wh.sql("SELECT evidence_run_ids FROM proposals")
+    # the demo source: classify's verified experiences of the evidence runs, one per input
+    pool = verified_demos("triage", "classify", run_ids=orjson.loads(row["evidence_run_ids"]))
+    available = Counter(d["output"] for d in pool)
     for c in demo_sets:
         demos = c.values["demos"]
-        assert 2 <= len(demos) <= 4 and {d["experience_id"] for d in demos} <= verified
+        # only verified experiences of the evidence pool's runs
+        assert 2 <= len(demos) <= 4
+        assert {d["experience_id"] for d in demos} <= {d["id"] for d in pool}
+        # balanced: two labels differ by more than one only when the rarer ran out
         counts = Counter(d["output"] for d in demos)
-        assert max(counts.values()) - min(counts.values()) <= 1, counts
+        for a in available:
+            for b in available:
+                if counts[a] > counts[b] + 1:
+                    assert counts[b] == available[b], (counts, available)
     # the demo's pipeline runs a demo set for real: pinned, the demos reach the model
     best = max(demo_sets, key=lambda c: len(c.values["demos"]))
     with genopt.pinned_params(best.values, arm="offline"):
