@@ -16,7 +16,9 @@ there is one, confirmed or not) and stable run on the same 5 held-out batches of
 routing noise.
 
 Results go to ``bench/results/demo_search.json``, one entry per seed, saved as each seed ends;
-a seed already there is skipped (the run resumes). ``bench/results/demo.json`` keeps the
+a seed already there is skipped (the run resumes). Each seed has its own Prefect API (test
+harness) and routing state, so it starts from the example's own param set, never from the one
+an earlier seed promoted (the benchmark checks it). ``bench/results/demo.json`` keeps the
 earlier single-shot measurement (the KPI rose on 1 of 5 seeds).
 
     GENOPT_LOCAL_THREADS=1 python -m bench.bench_demo --seeds 0 1 2 3 4
@@ -107,12 +109,20 @@ def one_seed(
     """One seed of the demo's loop (see the module docstring); its entry."""
     import prefect_genopt as genopt
     from flows import demo_night
+    from flows.examples.triage import TriageParams
     from prefect_genopt.optimize import optimize
+    from prefect_genopt.tunables import param_set_id
 
     home = common.scratch_dir(f"bench-demo-{seed}-")
     os.environ["GENOPT_WAREHOUSE"] = str(home / "warehouse.duckdb")
     t0 = time.perf_counter()
     before = demo_night.record_runs(seed * 100, say=log, pools=pools, min_runs=min_runs)
+    ran = {
+        r["param_set_id"] for r in genopt.Warehouse().sql("SELECT DISTINCT param_set_id FROM runs")
+    }
+    start = param_set_id(TriageParams().values())
+    if ran != {start}:
+        raise RuntimeError(f"seed {seed}: the runs used {sorted(ran)}, not the start {start}")
     harvested = genopt.harvest("triage", kpi="correct")
     log(f"{len(before)} runs in {time.perf_counter() - t0:.0f}s; {harvested}")
     settings = demo_night.night_settings(
@@ -123,6 +133,7 @@ def one_seed(
     entry: dict[str, Any] = {
         "seed": seed,
         "runs": len(before),
+        "stable_param_set_id": start,
         "stable_accuracy": mean(before),
         "experiences": harvested.verified,
         "pools": {k: list(v) for k, v in night.pools.items()},
@@ -194,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2, 3, 4])
-    common.prefect_env()
+    # every run reads the routing pointer afresh (as the demo does: it sees a promotion at once)
+    common.prefect_env(GENOPT_ROUTING_TTL="0")
     import prefect.settings as ps
     from prefect.testing.utilities import prefect_test_harness
 
@@ -207,12 +219,16 @@ def main(argv: list[str] | None = None) -> None:
     results = common.results_path("demo_search", quick=args.quick)
     done = json.loads(results.read_text()) if results.exists() and not args.quick else {"runs": []}
     seen = {r["seed"] for r in done["runs"]}
-    with prefect_test_harness(server_startup_timeout=180):
-        with ps.temporary_settings({ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            for seed in seeds:
-                if seed in seen:
-                    continue
-                log(f"seed {seed}")
+    for seed in seeds:
+        if seed in seen:
+            continue
+        log(f"seed {seed}")
+        # a fresh Prefect API per seed: the routing pointer (which param set is stable) is a
+        # Prefect Variable, and a seed must not start from the one an earlier seed promoted
+        state = common.scratch_dir(f"bench-demo-state-{seed}-")
+        os.environ["GENOPT_STATE_DIR"] = str(state)
+        with prefect_test_harness(server_startup_timeout=180):
+            with ps.temporary_settings({ps.PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 entry = one_seed(
                     seed,
                     model,
@@ -221,11 +237,11 @@ def main(argv: list[str] | None = None) -> None:
                     canary_runs=canary_runs,
                     batches=batches,
                 )
-                entry["machine"] = common.machine_info()
-                done["runs"].append(entry)
-                done["command"] = common.command_line("bench_demo", argv)
-                common.save_json(results, done)
-                log(f"seed {seed}: {_row(entry)}")
+        entry["machine"] = common.machine_info()
+        done["runs"].append(entry)
+        done["command"] = common.command_line("bench_demo", argv)
+        common.save_json(results, done)
+        log(f"seed {seed}: {_row(entry)}")
     print(
         "seed | night | winner | confirmation wins/losses/ties p | canary stable -> candidate "
         "| held-out stable -> candidate | night s"
