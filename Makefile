@@ -42,7 +42,7 @@ setup: $(VENV)/.installed  ## create .venv and install prefect-genopt with test 
 
 setup-local: $(VENV)/.installed-local  ## also install the embedded local model
 
-demo: setup-local  ## pipeline runs + feedback -> optimizer (embedded model) -> proposal
+demo: setup-local  ## pipeline runs + feedback -> the nightly search (embedded model) -> proposal -> canary
 	$(PY) -m flows.demo
 
 lint: setup
