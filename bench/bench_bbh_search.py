@@ -704,6 +704,7 @@ def compare(a: dict[str, float], b: dict[str, float]) -> dict[str, Any]:
     n = len(both)
     return {
         "n": n,
+        "tasks": sorted({k.split(":", 1)[0] for k in both}),
         "acc_a": sum(aa.values()) / n if n else float("nan"),
         "acc_b": sum(bb.values()) / n if n else float("nan"),
         "diff": better.diff_mean,
@@ -720,7 +721,7 @@ def _fmt_cmp(c: dict[str, Any]) -> str:
     return (
         f"{c['acc_a']:.3f} → {c['acc_b']:.3f} ({c['diff']:+.3f}, 95% CI {c['ci'][0]:+.3f} to "
         f"{c['ci'][1]:+.3f}; +{c['wins']}/-{c['losses']}; McNemar p = {c['p_mcnemar']:.3g}, "
-        f"one-sided p = {c['p_better']:.3g}) on {c['n']} items"
+        f"one-sided p = {c['p_better']:.3g}) on {c['n']} items ({', '.join(c['tasks'])})"
     )
 
 
@@ -752,7 +753,7 @@ def report(results: dict[str, Any]) -> str:
     pooled_cmp: dict[tuple[int, str], dict[str, Any]] = {}
     for s in seeds:
         start = _pooled(triples, s, "start", tasks)
-        out.append(f"**seed {s}** (tasks: {', '.join(tasks)})")
+        out.append(f"**seed {s}** (each comparison on the tasks both arms finished)")
         out.append("")
         for a in arms:
             if a == "start":
@@ -765,7 +766,9 @@ def report(results: dict[str, Any]) -> str:
             out.append(f"- {a} vs start: {_fmt_cmp(c)}")
         search = _pooled(triples, s, "search", tasks)
         peer_acc = {
-            p: sum(v.values()) / len(v) for p in peers if (v := _pooled(triples, s, p, tasks))
+            p: compare(search, v)["acc_b"]
+            for p in peers
+            if (v := _pooled(triples, s, p, tasks)) and search and set(v) & set(search)
         }
         if search and peer_acc:
             best = max(peer_acc, key=peer_acc.__getitem__)
@@ -839,8 +842,11 @@ def _targets(
 ) -> list[str]:
     T = TARGETS
     out = []
-    complete = set(tasks) == set(h.TASKS)
-    note = "" if complete else f" (only {', '.join(tasks)} so far)"
+
+    def note(c: dict[str, Any]) -> str:
+        done = c["tasks"]
+        return "" if set(done) == set(h.TASKS) else f" (only {', '.join(done)} so far)"
+
     for s in seeds:
         c = pooled.get((s, "search"))
         if c:
@@ -850,7 +856,7 @@ def _targets(
                 f"{c['p_better']:.3g}; target ≥ +{T['gain_over_start']:.2f} with p < 0.05): "
                 + ("**met**" if met else f"**missed** by {T['gain_over_start'] - c['diff']:+.3f}")
                 + (" (p not below 0.05)" if c["p_better"] >= T["alpha"] else "")
-                + note
+                + note(c)
             )
         c = pooled.get((s, "search-vs-best-peer"))
         if c:
@@ -863,7 +869,7 @@ def _targets(
                     if met
                     else f"**missed** by {T['ahead_of_best_peer'] - c['diff']:+.3f}"
                 )
-                + note
+                + note(c)
             )
     below = []
     for t in tasks:
