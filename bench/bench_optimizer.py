@@ -486,10 +486,10 @@ class Probe:
 
         execute, sql = Warehouse.execute, Warehouse.sql
 
-        def timed_execute(wh: Any, query: str, params: Any = None) -> Any:
+        def timed_execute(wh: Any, query: str, params: Any = None, **kw: Any) -> Any:
             nested = probe.phases.get(NESTED_INGEST, 0.0)
             t0 = time.perf_counter()
-            out = execute(wh, query, params)
+            out = execute(wh, query, params, **kw)
             seconds = time.perf_counter() - t0
             ingest = probe.phases.get(NESTED_INGEST, 0.0) - nested  # Warehouse._before_query
             probe.queries.append(
@@ -503,9 +503,9 @@ class Probe:
             )
             return out
 
-        def timed_sql(wh: Any, query: str, params: Any = None) -> Any:
+        def timed_sql(wh: Any, query: str, params: Any = None, **kw: Any) -> Any:
             t0 = time.perf_counter()
-            out = sql(wh, query, params)
+            out = sql(wh, query, params, **kw)
             if probe.queries:
                 probe.queries[-1]["sql_s"] = time.perf_counter() - t0
             return out

@@ -15,3 +15,12 @@ def test_optimizer_probe_installs_and_restores_every_patch() -> None:
         assert evidence.setup_tracing is not before[0]
         assert runner.collect is not before[1]
     assert (evidence.setup_tracing, runner.collect, LLMClient.__dict__["complete"]) == before
+
+
+def test_optimizer_probe_passes_query_options_through(tmp_path) -> None:
+    from prefect_genopt.warehouse import Warehouse
+
+    wh = Warehouse(tmp_path / "w.duckdb")
+    with Probe().installed():
+        rows = wh.sql("SELECT '{\"a\": 1}'::JSON AS j", json=True)
+    assert rows == [{"j": {"a": 1}}]
