@@ -19,7 +19,7 @@ Example:
     'https://reports.example.com/genopt/triage.html'
     >>> report_url("a b", "https://r.example.com/?p={pipeline}")
     'https://r.example.com/?p=a%20b'
-    >>> report_url("triage", "/srv/www/report.html") is None
+    >>> report_url("triage", "reports/report.html") is None  # a local file: no link
     True
 """
 
