@@ -380,10 +380,10 @@ def pipeline(name: str | None = None, *, params: type[Tunables] | None = None) -
             _reads.reset(reads_token)
             if rc is None:
                 return
-            flow_span = trace.get_current_span()
-            if reads and flow_span.is_recording():  # the flow span's params_read
-                flow_span.set_attribute(semconv.PARAMS_READ, clean(reads))
             try:
+                flow_span = trace.get_current_span()
+                if reads and flow_span.is_recording():  # the flow span's params_read
+                    flow_span.set_attribute(semconv.PARAMS_READ, clean(reads))
                 _end_run(rc, result, exc)
             except Exception as failure:  # noqa: BLE001 - recording never fails the flow
                 if incidents.strict():
