@@ -33,10 +33,15 @@ $(VENV)/.installed-local: $(VENV)/.installed
 	echo "== setup-local [2/2] done in $$(( $$(date +%s) - start )) s"
 	@touch $@
 
-# bench/bench_ingest.py compares with DuckDB's DataFrame and Arrow inserts
+# bench/bench_ingest.py compares with DuckDB's DataFrame and Arrow inserts; the BBH peers
+# (GEPA, DSPy MIPROv2) run in bench/bench_bbh_search.py and in tests/bench/, so `make test`
+# installs them too
 $(VENV)/.installed-bench: $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[test,bench]"
-	touch $@
+	@echo "== setup: installing the benchmark extras (pandas, dspy, gepa, optuna; ~1 min)..."
+	@set -e; start=$$(date +%s); \
+	$(PY) -m pip install -q -e ".[test,bench]"; \
+	echo "== setup done in $$(( $$(date +%s) - start )) s"
+	@touch $@
 
 setup: $(VENV)/.installed  ## create .venv and install prefect-genopt with test tools
 
@@ -53,10 +58,10 @@ lint: setup
 # a test hung for 10 minutes fails with every thread's stack instead of hanging CI.
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --timeout=600 --timeout-method=thread
 
-test: setup lint  ## lint, then the whole test suite (fails if no test ran)
+test: $(VENV)/.installed-bench lint  ## lint, then the whole test suite (fails if no test ran)
 	$(PYTEST)
 
-test-fast: setup  ## the unit lane: no Prefect harness, no end-to-end processes (< 1 min)
+test-fast: $(VENV)/.installed-bench  ## the unit lane: no Prefect harness, no end-to-end processes (< 1 min)
 	$(PYTEST) -m "not e2e and not prefect"
 
 bench: $(VENV)/.installed-bench  ## the benchmarks behind docs/benchmarks.md
