@@ -15,7 +15,9 @@ pipeline run per item; these checks cost nothing. :func:`filter_drafts` drops a 
   in more than half of the evidence inputs (the task's own boilerplate, such as "is the
   following sentence plausible"), do not count;
 * ``drops_answer_words``: for a step whose output is parsed (``answer_words`` given),
-  a draft with none of the answer words (as whole words, any case).
+  a draft with none of the answer words (as whole words, any case) when the parent's
+  value has one: a draft cannot drop what the parent never said (a bare "Answer the
+  question." parent would otherwise veto every draft that does not name the labels).
 
 Candidates that do not change ``field`` (a demo set, say) pass untouched.
 
@@ -48,6 +50,8 @@ __all__ = [
     "MIN_LENGTH_LIMIT",
     "QUOTE_RUNS",
     "filter_drafts",
+    "length_limit",
+    "has_word",
     "reasons",
     "normalise",
     "edit_distance",
@@ -190,11 +194,27 @@ def _history_values(history: Iterable[Any], field: str) -> list[str]:
     return out
 
 
-def _has_word(text: str, words: Sequence[str]) -> bool:
+def has_word(text: str, words: Sequence[str]) -> bool:
+    """Whether ``text`` holds one of ``words`` as a whole word (any case).
+
+    Example:
+        >>> has_word("Reply Yes or No.", ["yes"]), has_word("knowing", ["no"])
+        (True, False)
+    """
     low = text.lower()
     return any(
         re.search(rf"(?<!\w){re.escape(w.lower().strip())}(?!\w)", low) for w in words if w.strip()
     )
+
+
+def length_limit(current: str) -> int:
+    """The most characters a draft of ``current`` may have (``too_long`` above it).
+
+    Example:
+        >>> length_limit("Answer the question."), length_limit("x" * 100)
+        (200, 300)
+    """
+    return int(max(MAX_GROWTH * len(current), MIN_LENGTH_LIMIT))
 
 
 def filter_drafts(
@@ -226,7 +246,8 @@ def filter_drafts(
     current = parent.get(field)
     current_text = current if isinstance(current, str) else ""
     earlier = ([current_text] if current_text else []) + _history_values(history, field)
-    length_limit = max(MAX_GROWTH * len(current_text), MIN_LENGTH_LIMIT)
+    limit = length_limit(current_text)
+    parent_names_answers = bool(answer_words) and has_word(current_text, answer_words or [])
     kept: list[Candidate] = []
     kept_texts: list[str] = []
     dropped: list[Dropped] = []
@@ -247,7 +268,7 @@ def filter_drafts(
             what = "the current value" if copied == 0 and current_text else "an earlier value"
             drop(c, "copy", f"a copy of {what}", value)
             continue
-        if len(value) > length_limit:
+        if len(value) > limit:
             drop(
                 c,
                 "too_long",
@@ -264,7 +285,7 @@ def filter_drafts(
                 value,
             )
             continue
-        if answer_words and not _has_word(value, answer_words):
+        if answer_words and parent_names_answers and not has_word(value, answer_words):
             drop(
                 c,
                 "drops_answer_words",

@@ -21,8 +21,14 @@ Built in:
   does). The answer is free text in a fenced block, not JSON (:func:`parse_draft`).
 * :class:`DemoSets` (``demos``): for each ``genopt.demos`` param, balanced sets of 2-4
   verified experiences drawn with the seeded ``rng`` (:func:`draw_demo_sets`); no LLM call.
-* :class:`Combination` (``combination``): the best draft and the best demo set, chosen
-  by the caller after selection, in one candidate (:func:`combine`).
+* :class:`AnswerFormat` (``format``): for a step whose answer is parsed (the evidence's
+  expected values are a few short labels), the current instruction plus one sentence
+  naming the labels (:data:`ANSWER_FORMAT`); no LLM call. A small model's first errors
+  are format and bias (issue 14): prose where a label was parsed, one label for every
+  item.
+* :class:`Combination` (``combination``): the best instruction candidate (a draft or the
+  answer format) and the best demo set, chosen by the caller after selection, in one
+  candidate (:func:`combine`).
 * :class:`OptoPrimeUpdate` (``optoprime``): today's single-shot OptoPrime update (the
   runner's attempt: one call, one retry on an unusable answer) as one generator among
   the others.
@@ -65,6 +71,7 @@ from prefect_genopt.optimize.search.core import (
     ProgressLine,
     eta_text,
 )
+from prefect_genopt.optimize.search.filters import has_word, length_limit
 from prefect_genopt.optimize.validate import SuggestionError, check_suggestion
 from prefect_genopt.redaction import redact, truncate
 from prefect_genopt.replay.experiences import verified_demos
@@ -86,6 +93,8 @@ __all__ = [
     "CandidateGenerator",
     "InstructionDrafts",
     "DemoSets",
+    "AnswerFormat",
+    "ANSWER_FORMAT",
     "Combination",
     "OptoPrimeUpdate",
     "make_candidate",
@@ -119,7 +128,7 @@ How the pipeline did with the current instruction:
 {examples}
 {distribution}
 Write one new instruction that would get these examples right. State a general rule; do \
-not copy the examples. Keep it about as long as the current one.{answer_words}
+not copy the examples. Keep it short: at most {max_chars} characters.{answer_words}
 Answer with the new instruction only, inside ``` and ```."""
 
 #: the scored history (OPRO): the best past values, worst first
@@ -128,6 +137,9 @@ HISTORY_ENTRY = "score {score:.2f}:\n```\n{value}\n```\n"
 EXAMPLE = "Example {i} ({verdict})\ninput: {input}\nthe pipeline answered: {output}\n"
 DISTRIBUTION_LINE = "All answers: {distribution}.\n"
 ANSWER_WORDS_NOTE = " The step's answer is read by a program: it must still answer with {words}."
+
+#: the sentence :class:`AnswerFormat` appends to a parsed step's instruction
+ANSWER_FORMAT = "Reply with only {words}."
 
 #: characters of each example's input, answer and expected value in the meta-prompt
 EXAMPLE_CHARS = 300
@@ -570,6 +582,7 @@ class InstructionDrafts:
                 pipeline=repr(ctx.pipeline),
                 description=ctx.spec(name).get("description") or name,
                 current=str(ctx.parent.get(name) or "").strip(),
+                max_chars=length_limit(str(ctx.parent.get(name) or "").strip()),
                 history=history,
                 examples="\n".join(lines) if lines else "(no example recorded)\n",
                 distribution=DISTRIBUTION_LINE.format(distribution=ctx.distribution)
@@ -754,6 +767,56 @@ class DemoSets:
         return out
 
 
+# -- the answer format --------------------------------------------------------------------
+
+
+def or_list(words: Sequence[str]) -> str:
+    """Words joined for a sentence.
+
+    Example:
+        >>> or_list(["Yes", "No"]), or_list(["billing", "bug", "other"]), or_list(["x"])
+        ('Yes or No', 'billing, bug or other', 'x')
+    """
+    words = list(words)
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+class AnswerFormat:
+    """The current instruction and one sentence naming the answers a parsed step's
+    program reads (:data:`ANSWER_FORMAT`), for each editable prompt param; no LLM call.
+
+    Nothing is made when the step's answers are not a few short labels
+    (``ctx.answer_words`` is None) or when the instruction already names every label.
+
+    Example:
+        >>> ctx = GenerationContext("p", "ps_parent", {"prompt": "Answer the question."},
+        ...     {"properties": {"prompt": {"type": "string", "genopt_kind": "prompt"}}},
+        ...     ["prompt"], answer_words=["No", "Yes"])
+        >>> AnswerFormat().generate(ctx).candidates[0].values["prompt"]
+        'Answer the question. Reply with only No or Yes.'
+    """
+
+    name = "format"
+
+    def generate(self, ctx: GenerationContext) -> GeneratorOutput:
+        out = GeneratorOutput()
+        words = ctx.answer_words or []
+        if not words:
+            out.notes.append("format: the step's answers are not a few short labels")
+            return out
+        for name in ctx.fields_of_kind("prompt"):
+            current = ctx.parent.get(name)
+            if not isinstance(current, str):
+                continue
+            if all(has_word(current, [w]) for w in words):
+                out.notes.append(f"format: {name} already names every answer")
+                continue
+            sentence = ANSWER_FORMAT.format(words=or_list(words))
+            value = f"{current.rstrip()} {sentence}" if current.strip() else sentence
+            out.add(make_candidate(ctx, {name: value}, self.name, {"field": name}))
+        return out
+
+
 # -- the combination ----------------------------------------------------------------------
 
 
@@ -879,6 +942,7 @@ def default_generators(
     from the selection's best draft and demo set)."""
     return [
         InstructionDrafts(n=n_drafts, temperature=draft_temperature),
+        AnswerFormat(),
         DemoSets(n=n_demo_sets),
         OptoPrimeUpdate(optimizer),
     ]

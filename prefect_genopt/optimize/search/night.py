@@ -14,16 +14,17 @@ confirmation -> a ``proposed`` or ``not_better`` proposal, every score in SQL.
    with ``evidence_run_ids``), and **the step to tune tonight**: the one step credit
    blames (:mod:`~prefect_genopt.optimize.step_credit`), else the one step that reads the
    editable params; its editable params are tonight's.
-3. **Candidates** from the generators (instruction drafts, demo sets, the OptoPrime
-   update: :mod:`~.generators`), through the cheap filters (:mod:`~.filters`); every
+3. **Candidates** from the generators (instruction drafts, the answer format, demo sets,
+   the OptoPrime update: :mod:`~.generators`), through the cheap filters (:mod:`~.filters`); every
    dropped draft is counted with its reason.
 4. **Selection** by successive halving (:mod:`~.halving`) on the selection items in a
    seeded order, the parent first (its score is the baseline: a candidate must beat it),
    scored by replay (:class:`~.evaluate.ReplayEvaluator`; the steps upstream of
    tonight's, whose params a candidate does not change, return their recorded outputs
-   instead of running: ``reuse_recorded_steps``). Then the best draft combined
-   with the best demo set (:class:`~.generators.Combination`), scored on all the selection
-   items, replaces the winner when it beats it.
+   instead of running: ``reuse_recorded_steps``). Then the best instruction candidate (of
+   :data:`INSTRUCTION_GENERATORS`) combined with the best demo set
+   (:class:`~.generators.Combination`), scored on all the selection items, replaces the
+   winner when it beats it.
 5. **Confirmation**: the winner and the parent on the confirmation items; the exact
    one-sided sign test (:func:`~.stats.sign_test`) with ``p < confirm_alpha`` makes a
    ``proposed`` proposal (:func:`~prefect_genopt.proposals.proposals.record_proposal`: its
@@ -128,6 +129,8 @@ FIRST_RUNG = (16, 4)
 MAX_ANSWER_WORDS = 12
 #: most scored past values shown to the drafts (OPRO's history)
 HISTORY_SIZE = 20
+#: the generators whose best candidate the combination joins with the best demo set
+INSTRUCTION_GENERATORS = ("drafts", "format")
 
 
 def new_night_id() -> str:
@@ -651,11 +654,13 @@ def _select(night: _Night, ctx: GenerationContext, candidates: list[Candidate]) 
     stopped = halving.stop_reason or ev.stop_reason  # the evaluator may stop mid-candidate
     if stopped:
         night.result.stop_reason = f"selection stopped: {stopped}"
-    # the combination of the best draft with the best demo set, on every selection item
+    # the combination of the best instruction candidate (a draft or the answer format,
+    # whichever placed better) with the best demo set, on every selection item
     best = _best_by_generator(halving, [parent, *candidates])
-    if winner is not None and not stopped and {"drafts", "demos"} <= set(best):
-        ctx.best = best
-        out = Combination().generate(ctx)
+    instruction = next((g for g in best if g in INSTRUCTION_GENERATORS), None)
+    if winner is not None and not stopped and instruction and "demos" in best:
+        ctx.best = {g: c for g, (_, c) in best.items()}
+        out = Combination((instruction, "demos")).generate(ctx)
         night.dropped += out.dropped
         for note in out.notes:
             night.say(f"  {note}")
@@ -681,19 +686,21 @@ def _select(night: _Night, ctx: GenerationContext, candidates: list[Candidate]) 
     return winner
 
 
-def _best_by_generator(halving: HalvingResult, cands: list[Candidate]) -> dict[str, Candidate]:
+def _best_by_generator(
+    halving: HalvingResult, cands: list[Candidate]
+) -> dict[str, tuple[tuple[int, int], Candidate]]:
     """Each generator's best candidate: the one that reached the furthest rung at the best
-    place."""
+    place, with that (rung, place) key; the generators in the order of their best."""
     by_id = {c.candidate_id: c for c in cands}
-    best: dict[str, tuple[int, int, Candidate]] = {}
+    best: dict[str, tuple[tuple[int, int], Candidate]] = {}
     for row in halving.table:
         c = by_id.get(row.candidate_id)
         if c is None:
             continue
         key = (-row.rung, row.place)
-        if c.generator not in best or key < best[c.generator][:2]:
-            best[c.generator] = (*key, c)
-    return {g: c for g, (_, _, c) in best.items()}
+        if c.generator not in best or key < best[c.generator][0]:
+            best[c.generator] = (key, c)
+    return dict(sorted(best.items(), key=lambda kv: kv[1][0]))
 
 
 def _confirm(night: _Night, winner: Candidate) -> SignTest | None:

@@ -107,6 +107,16 @@ def test_answer_words_are_whole_words_and_optional() -> None:
     assert kept
 
 
+def test_a_parent_without_the_answer_words_lets_drafts_omit_them() -> None:
+    # "Answer the question." names no label: a draft cannot drop what it never had
+    text = "Decide if the athlete could do this in their sport. Reply with one word."
+    bare = {**PARENT, "prompt": "Answer the question."}
+    kept, dropped = _run([_draft(0, text)], parent=bare)
+    assert [c.candidate_id for c in kept] == ["c0"] and not dropped
+    kept, dropped = _run([_draft(0, text)])  # PARENT names yes / no: the same draft drops them
+    assert not kept and dropped[0].reason == "drops_answer_words"
+
+
 def test_candidates_that_do_not_change_the_field_pass() -> None:
     demos = Candidate("d", {**PARENT, "threshold": 0.7}, "demos", "ps_parent", ("threshold",))
     kept, dropped = _run([demos])

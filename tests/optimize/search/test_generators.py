@@ -18,6 +18,8 @@ from prefect_genopt import testing
 from prefect_genopt.optimize.llm import LLMClient
 from prefect_genopt.optimize.search.core import Budget, Candidate, HistoryEntry
 from prefect_genopt.optimize.search.generators import (
+    ANSWER_FORMAT,
+    AnswerFormat,
     CandidateGenerator,
     Combination,
     DemoSets,
@@ -213,7 +215,43 @@ def test_combination_joins_the_best_draft_and_the_best_demo_set() -> None:
 def test_the_built_in_generators_follow_the_interface() -> None:
     gens = [*default_generators(), Combination()]
     assert all(isinstance(g, CandidateGenerator) for g in gens)
-    assert [g.name for g in gens] == ["drafts", "demos", "optoprime", "combination"]
+    assert [g.name for g in gens] == ["drafts", "format", "demos", "optoprime", "combination"]
+
+
+def test_answer_format_names_the_labels_once_without_a_call() -> None:
+    bare = {**PARENT, "prompt": "Sort the ticket."}
+    out = AnswerFormat().generate(_ctx(parent=bare, parent_id=param_set_id(bare), client=None))
+    (c,) = out.candidates
+    assert c.values["prompt"] == "Sort the ticket. Reply with only billing, bug or other."
+    assert c.generator == "format" and c.changed == ("prompt",) and out.calls == 0
+    assert c.values["examples"] == bare["examples"]  # only the instruction changes
+    # the current instruction already names every label (CURRENT does): nothing to add
+    named = AnswerFormat().generate(_ctx())
+    assert not named.candidates and "already names every answer" in named.notes[0]
+    # the step's answers are not a few labels: nothing to make
+    free = AnswerFormat().generate(_ctx(answer_words=None))
+    assert not free.candidates and "not a few short labels" in free.notes[0]
+    # an empty instruction becomes the sentence alone
+    empty = {**PARENT, "prompt": ""}
+    out = AnswerFormat().generate(_ctx(parent=empty, parent_id=param_set_id(empty)))
+    assert out.candidates[0].values["prompt"] == ANSWER_FORMAT.format(words="billing, bug or other")
+
+
+def test_combination_may_join_the_answer_format_and_a_demo_set() -> None:
+    ctx = _ctx(client=None)
+    fmt = Candidate(
+        "f",
+        {**PARENT, "prompt": CURRENT + " Reply with only bug."},
+        "format",
+        ctx.parent_id,
+        ("prompt",),
+    )
+    demos = [{"input": "refund", "output": "billing", "experience_id": "exp_1"}]
+    demo = Candidate("s", {**PARENT, "examples": demos}, "demos", ctx.parent_id, ("examples",))
+    ctx.best = {"format": fmt, "demos": demo}
+    assert Combination().generate(ctx).notes  # the default pair is drafts and demos
+    (both,) = Combination(("format", "demos")).generate(ctx).candidates
+    assert both.values == {"prompt": CURRENT + " Reply with only bug.", "examples": demos}
 
 
 # -- with a warehouse ---------------------------------------------------------------------
