@@ -316,10 +316,10 @@ def _lineage(
     """A proposal's line of ancestors, nearest first: its parent (depth 1), then the
     parent's origin, and so on.
 
-    The ``param_set_lineage`` view follows every path, which multiplies when several
-    proposals made the same param set and never ends on a cycle (a proposal back to an
-    older param set) before its depth cap: here each param set has one origin (its first
-    proposal) and a param set is visited once.
+    It starts at the proposal itself (its own parent, depth 1), then follows each
+    ancestor's origin (its first proposal), visiting a param set once, as the
+    ``param_set_lineage`` view does since schema v11 (the view starts at a param set's
+    origin, not at one proposal of it).
 
     Example:
         >>> origins = {"b": ("a", "p1"), "a": ("b", "p0")}  # a cycle

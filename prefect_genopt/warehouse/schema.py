@@ -7,7 +7,7 @@ and ``rollout_analyses``, ``replay_gates``, ``proposal_ratings``, ``step_values`
 ``candidate_scores`` (plus ``pending_feedback``, ``param_set_checks``, ``span_drops`` and
 the ingester's bookkeeping). Views answer the common questions: ``kpi_by_param_set_day``,
 ``llm_usage``, ``run_summary``, ``param_set_lineage`` (every ancestor of a proposed param
-set, with its depth).
+set, with its depth, along each param set's origin: the first proposal that made it).
 
 All times are ``TIMESTAMP`` in UTC. Migrations are a list applied in order;
 ``schema_version`` holds the applied version. Only the ingester applies them
@@ -577,6 +577,36 @@ _V10 = """
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS routing_source VARCHAR;
 """
 
+# v11: param_set_lineage follows each param set's origin, the first proposal that made it,
+# and stops at a param set already on the line. The v2 view followed every proposal of a
+# param set (lines multiplied when several proposals made the same one) and went round a
+# cycle (a proposal back to an older param set) to its depth cap of 100.
+_V11 = """
+CREATE OR REPLACE VIEW param_set_lineage AS
+WITH RECURSIVE origin AS (
+    SELECT pipeline, candidate_param_set_id AS param_set_id,
+           arg_min(parent_param_set_id, created_at) AS parent_param_set_id,
+           arg_min(proposal_id, created_at) AS proposal_id
+    FROM proposals WHERE candidate_param_set_id IS NOT NULL
+    GROUP BY pipeline, candidate_param_set_id
+),
+chain(pipeline, param_set_id, ancestor_param_set_id, proposal_id, depth, seen) AS (
+    SELECT pipeline, param_set_id, parent_param_set_id, proposal_id, 1, [param_set_id]
+    FROM origin
+    WHERE parent_param_set_id IS NOT NULL AND parent_param_set_id <> param_set_id
+    UNION ALL
+    SELECT c.pipeline, c.param_set_id, o.parent_param_set_id, o.proposal_id, c.depth + 1,
+           list_append(c.seen, c.ancestor_param_set_id)
+    FROM chain c JOIN origin o
+      ON o.pipeline = c.pipeline AND o.param_set_id = c.ancestor_param_set_id
+    WHERE o.parent_param_set_id IS NOT NULL
+      AND o.parent_param_set_id <> c.ancestor_param_set_id
+      AND NOT list_contains(c.seen, o.parent_param_set_id)
+      AND c.depth < 100
+)
+SELECT pipeline, param_set_id, ancestor_param_set_id, proposal_id, depth FROM chain;
+"""
+
 #: Tables genopt writes through spool ``row`` records (not spans or feedback):
 #: table -> its key columns. A row loaded twice is stored once.
 ROW_TABLES: dict[str, tuple[str, ...]] = {
@@ -609,6 +639,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (8, _V8),
     (9, _V9),
     (10, _V10),
+    (11, _V11),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -137,7 +137,7 @@ def test_the_window_leaves_older_days_out(seeded: Seeded) -> None:
 
 def test_lineage_ends_on_a_cycle_of_proposals(seeded: Seeded) -> None:
     """A proposal back to an older param set (a cycle), made several times over: the
-    ``param_set_lineage`` view's paths multiply there; the report's lineage stays one line."""
+    report's lineage and the ``param_set_lineage`` view (since schema v11) stay one line."""
     from prefect_genopt import spool
     from prefect_genopt.records import row_record
 
@@ -164,3 +164,12 @@ def test_lineage_ends_on_a_cycle_of_proposals(seeded: Seeded) -> None:
     assert line == [ps["promoted"]]  # which came from stable, the candidate itself: stop
     good = props[seeded.proposal_ids[0]]["lineage"]
     assert [x["ancestor_param_set_id"] for x in good] == [ps["stable"]]
+    # the view: each param set's line follows its first proposal and stops on the cycle
+    view = wh.sql(
+        "SELECT param_set_id AS ps, ancestor_param_set_id AS anc, depth "
+        "FROM param_set_lineage WHERE pipeline = 'triage'"
+    )
+    pairs = [(r["ps"], r["anc"]) for r in view]
+    assert len(pairs) == len(set(pairs)) and all(a != p for p, a in pairs)
+    assert (ps["promoted"], ps["stable"]) in pairs and (ps["stable"], ps["promoted"]) in pairs
+    assert max(r["depth"] for r in view) <= len(set(ps.values()))
