@@ -240,7 +240,7 @@ def candidate_score_summary(night_id: str | None, warehouse: Any = None) -> list
     return [{**r, "n": int(r["n"]), "mean": float(r["mean"])} for r in rows]
 
 
-# -- ablations (issue 14: demos only, drafts only, the old ``>=`` rule) --------------------
+# -- ablations (issue 14: demos only, drafts only, the old ``>=`` rule; and format only) ----
 
 #: where the ablation arms read the search's triple (set by :func:`run_all`)
 _RESULTS: dict[str, Path] = {}
@@ -338,6 +338,7 @@ def old_rule_arm(ctx: h.ArmContext) -> h.ArmResult:
 ABLATIONS: dict[str, Callable[[h.ArmContext], h.ArmResult]] = {
     "demos-only": ablation_arm("demos"),
     "drafts-only": ablation_arm("drafts"),
+    "format-only": ablation_arm("format"),
     "old-rule": old_rule_arm,
 }
 
