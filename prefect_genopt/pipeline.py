@@ -582,6 +582,25 @@ def _instrument_task_fn(
             except Exception:  # noqa: BLE001 - recording never breaks the step
                 logger.exception("could not record step %s for experiences", task_name)
 
+    def shortcut(
+        span: Any,
+        reads: dict[str, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        started: int,
+    ) -> Any:
+        """The step's result without running it, or ``_COMPUTE``: a side-effecting step's
+        recorded output on the replay arm (not recorded again), else a verified replay's
+        output (recorded, with the experience it came from)."""
+        substitute = side_effect_output(span, args, kwargs)
+        if substitute is not _COMPUTE:
+            return substitute
+        hit = replayed(span, args, kwargs)
+        if hit is _COMPUTE:
+            return _COMPUTE
+        recorded(span, reads, args, kwargs, hit.output, started, hit.experience_id)
+        return hit.output
+
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
@@ -589,14 +608,8 @@ def _instrument_task_fn(
             started = time.time_ns()
             span, reads, token = before(args, kwargs)
             try:
-                substitute = side_effect_output(span, args, kwargs)
-                hit = replayed(span, args, kwargs) if substitute is _COMPUTE else _COMPUTE
-                if substitute is not _COMPUTE:
-                    result = substitute  # not run, not recorded again
-                elif hit is not _COMPUTE:
-                    result = hit.output
-                    recorded(span, reads, args, kwargs, result, started, hit.experience_id)
-                else:
+                result = shortcut(span, reads, args, kwargs, started)
+                if result is _COMPUTE:
                     result = await fn(*args, **kwargs)
                     recorded(span, reads, args, kwargs, result, started)
             except BaseException as exc:
@@ -615,14 +628,8 @@ def _instrument_task_fn(
         started = time.time_ns()
         span, reads, token = before(args, kwargs)
         try:
-            substitute = side_effect_output(span, args, kwargs)
-            hit = replayed(span, args, kwargs) if substitute is _COMPUTE else _COMPUTE
-            if substitute is not _COMPUTE:
-                result = substitute  # not run, not recorded again
-            elif hit is not _COMPUTE:
-                result = hit.output
-                recorded(span, reads, args, kwargs, result, started, hit.experience_id)
-            else:
+            result = shortcut(span, reads, args, kwargs, started)
+            if result is _COMPUTE:
                 result = fn(*args, **kwargs)
                 recorded(span, reads, args, kwargs, result, started)
         except BaseException as exc:
