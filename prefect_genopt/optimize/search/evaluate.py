@@ -195,6 +195,10 @@ class ScoreCache:
             )
 
 
+#: how a stop caused by :meth:`ReplayEvaluator.reserve` ends
+RESERVE_NOTE = "kept for the confirmation"
+
+
 def task_budget_spent(budget: Budget) -> str | None:
     """Why replays must stop (the task-call or the USD budget is spent), or None:
     :meth:`~.core.Budget.task_spent`. The optimizer-call budget stops only the optimizer's
@@ -318,6 +322,9 @@ class ReplayEvaluator:
         self.replays: dict[str, list[str]] = {}
         #: why evaluation stopped (the budget), or None
         self.stop_reason: str | None = None
+        #: items whose task calls a replay must leave unspent (the night keeps the
+        #: confirmation's calls while it selects: :meth:`reserve`)
+        self.reserved_items = 0
         self.calls_replayed = 0
         #: litellm's cost of the replays' task-model calls (0 where the model is unpriced)
         self.usd_replayed = 0.0
@@ -412,6 +419,21 @@ class ReplayEvaluator:
                     iid = item_id(run_id, key)
                     self.scores[cid][iid], self.sources[cid][iid] = value, "recorded"
 
+    def reserve(self, items: int) -> None:
+        """Keep the task calls of about ``items`` items (at the calls per item measured so
+        far) unspent: a replay that would eat into them is not made, and ``stop_reason``
+        says so. ``reserve(0)`` releases them (and clears a stop the reserve caused).
+
+        Example:
+            >>> ev = ReplayEvaluator.__new__(ReplayEvaluator)
+            >>> ev.reserved_items, ev.stop_reason = 0, None
+            >>> ev.reserve(160); ev.reserved_items
+            160
+        """
+        if items <= 0 and self.reserved_items and (self.stop_reason or "").endswith(RESERVE_NOTE):
+            self.stop_reason = None
+        self.reserved_items = max(0, items)
+
     def _can_pay(self, run_id: str) -> bool:
         """Whether the budget can pay for replaying ``run_id`` (else sets stop_reason)."""
         why = task_budget_spent(self.budget)
@@ -419,10 +441,16 @@ class ReplayEvaluator:
         n_items = max(len(self._keys.get(run_id, [])), 1)
         per_item = self.calls_replayed / self.items_replayed if self.items_replayed else 1.0
         estimate = math.ceil(n_items * per_item)
+        kept = math.ceil(self.reserved_items * per_item)
         if why is None and left is not None and estimate > left:
             why = (
                 f"task-call budget of {self.budget.task_calls}: {left} call(s) left, a replay "
                 f"of run {run_id[:8]} needs about {estimate}"
+            )
+        if why is None and left is not None and kept and estimate + kept > left:
+            why = (
+                f"task-call budget of {self.budget.task_calls}: {left} call(s) left, about "
+                f"{kept} of them {RESERVE_NOTE}"
             )
         usd_left = self.budget.usd_left()
         usd = n_items * self.usd_replayed / self.items_replayed if self.items_replayed else 0.0

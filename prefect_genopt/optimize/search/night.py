@@ -86,6 +86,7 @@ from prefect_genopt.optimize.search.core import (
     split_item_id,
 )
 from prefect_genopt.optimize.search.evaluate import (
+    RESERVE_NOTE,
     ReplayEvaluator,
     ScoreCache,
     score_cache_path,
@@ -639,6 +640,10 @@ def _select(night: _Night, ctx: GenerationContext, candidates: list[Candidate]) 
     def should_stop() -> str | None:
         return ev.stop_reason or task_budget_spent(night.budget)
 
+    reserve = _confirmation_reserve(night)
+    if reserve:
+        ev.reserve(reserve)
+        night.say(f"selection keeps the task calls of {reserve} confirmation replay(s)")
     halving = successive_halving(
         [parent, *candidates],
         items,
@@ -652,7 +657,10 @@ def _select(night: _Night, ctx: GenerationContext, candidates: list[Candidate]) 
     night.result.selection = halving
     winner = halving.winner
     stopped = halving.stop_reason or ev.stop_reason  # the evaluator may stop mid-candidate
-    if stopped:
+    if stopped and stopped.endswith(RESERVE_NOTE):
+        night.result.notes.append(f"selection stopped early: {stopped}")
+        night.say(night.result.notes[-1])
+    elif stopped:
         night.result.stop_reason = f"selection stopped: {stopped}"
     # the combination of the best instruction candidate (a draft or the answer format,
     # whichever placed better) with the best demo set, on every selection item
@@ -682,8 +690,39 @@ def _select(night: _Night, ctx: GenerationContext, candidates: list[Candidate]) 
                 f"combination mean {ranked[[r[0] for r in ranked].index(comb)][1]:.3g}: "
                 + ("the new winner" if winner is comb else f"{winner.generator} stays the winner")
             )
+    ev.reserve(0)  # the confirmation may spend them now
     night.result.winner = winner
     return winner
+
+
+def _confirmation_reserve(night: _Night) -> int:
+    """The replays the confirmation will need: the winner on every confirmation item, and
+    the parent on those its recorded runs do not score (0 when the budget is unlimited).
+
+    The selection leaves their task calls unspent (at the calls per item it measures),
+    so a tight budget shortens the selection, not the paired test. A budget too small to
+    keep them and still score one candidate on the first rung keeps nothing back.
+    """
+    ev, parent = night.evaluator, night.parent
+    assert ev is not None and parent is not None
+    left = night.budget.task_calls_left()
+    if left is None:
+        return 0
+    recorded = {
+        r.run_id
+        for r in ev.runs.values()
+        if r.param_set_id == parent.candidate_id and r.fingerprint == ev.fingerprint
+    }
+    items = night.confirmation_items
+    parent_replays = sum(1 for i in items if split_item_id(i)[0] not in recorded)
+    need = len(items) + (parent_replays if ev.fingerprint is not None else len(items))
+    if left - need < FIRST_RUNG[0]:
+        night.say(
+            f"the task-call budget ({left} left) cannot keep the confirmation's ~{need} "
+            "replays and still score a candidate on the first rung: nothing is kept back"
+        )
+        return 0
+    return need
 
 
 def _best_by_generator(

@@ -6,6 +6,7 @@ every score and the offline evidence are in SQL, the old path still works."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -39,7 +40,18 @@ DRAFTS = {
 }
 
 
+#: three different drafts, one per call, for the route ``varied``
+VARIED = [
+    DRAFTS["good"],
+    DRAFTS["equal"],
+    "Read the ticket and name its kind: billing, bug or other. billing: invoice.",
+]
+_varied = itertools.count()
+
+
 def _respond(call: testing.Call) -> testing.Reply:
+    if DRAFT_SYSTEM in call.system and call.route == "varied":
+        return testing.Reply(f"```\n{VARIED[next(_varied) % len(VARIED)]}\n```")
     if DRAFT_SYSTEM in call.system:
         return testing.Reply(f"Here it is:\n```\n{DRAFTS[call.route]}\n```")
     # the OptoPrime update asks for no change (a dropped candidate, counted)
@@ -339,6 +351,21 @@ def test_the_task_call_budget_stops_the_replays_cleanly(triage_runs: Path) -> No
     assert "task-call budget" in prop["status_reason"]
     # what was measured before the stop is kept
     assert wh.sql("SELECT count(*) AS n FROM candidate_scores")[0]["n"] > 0
+
+
+def test_a_tight_budget_shortens_the_selection_not_the_confirmation(triage_runs: Path) -> None:
+    # 3 drafts on 16 selection items (48 replays; the parent's scores are recorded) and the
+    # winner on 40 confirmation items would need 88 calls: 70 keep the confirmation's 40
+    result = run_night(settings("varied", n_drafts=3, task_call_budget=70))
+    assert result.task_calls <= 70
+    assert any(
+        "selection stopped early" in n and "kept for the confirmation" in n for n in result.notes
+    ), result.notes
+    assert result.confirmation is not None and result.confirmation.n_items == 40
+    assert "cut short" not in (result.stop_reason or "")
+    # the reserve is kept only when the budget can also pay for a first rung: not at 12
+    small = run_night(settings("varied", n_drafts=3, task_call_budget=12))
+    assert "task-call budget of 12" in small.stop_reason
 
 
 def test_the_optimizer_call_budget_stops_only_the_optimizer(triage_runs: Path) -> None:
