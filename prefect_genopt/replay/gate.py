@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -49,7 +50,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -364,6 +365,46 @@ def recorded_entrypoint(wh: Warehouse, pipeline: str) -> str | None:
     return entry[0]["entrypoint"] if entry and entry[0]["entrypoint"] else None
 
 
+class _ReplayConsoleFilter(logging.Filter):
+    """Drops a replayed run's INFO lines (and lower) from the console.
+
+    A night replays the pipeline hundreds of times; each replay would print "Beginning
+    subflow run ...", "View at ..." and a "Finished in state" line per task. The lines
+    still reach Prefect's API (the run's logs in the UI): only the console handlers on the
+    root logger get this filter, and only while :func:`replay_run` runs.
+
+    Example:
+        >>> rec = logging.LogRecord("prefect.flow_runs", logging.INFO, "", 0, "x", None, None)
+        >>> _ReplayConsoleFilter().filter(rec)
+        False
+        >>> rec.levelno = logging.WARNING
+        >>> _ReplayConsoleFilter().filter(rec)
+        True
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        return not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+
+
+@contextlib.contextmanager
+def _quiet_console() -> Iterator[None]:
+    handlers = [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.StreamHandler) and type(h).__name__ == "PrefectConsoleHandler"
+    ]
+    quiet = _ReplayConsoleFilter()
+    for h in handlers:
+        h.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(quiet)
+
+
 def replay_run(
     flow: Any,
     inputs: dict[str, Any],
@@ -381,6 +422,7 @@ def replay_run(
         pinned_params(values, arm=ARM),
         prefect.tags(*tags),
         reuse_recorded_steps(reuse_recorded),
+        _quiet_console(),
     ):
         state = flow(**inputs, return_state=True)
     return str(state.state_details.flow_run_id)
