@@ -643,7 +643,7 @@ def _select(night: _Night, ctx: GenerationContext, candidates: list[Candidate]) 
     reserve = _confirmation_reserve(night)
     if reserve:
         ev.reserve(reserve)
-        night.say(f"selection keeps the task calls of {reserve} confirmation replay(s)")
+        night.say(f"selection keeps the task calls of {reserve} confirmation item(s)")
     halving = successive_halving(
         [parent, *candidates],
         items,
