@@ -390,11 +390,9 @@ class _ReplayConsoleFilter(logging.Filter):
 
 @contextlib.contextmanager
 def _quiet_console() -> Iterator[None]:
-    handlers = [
-        h
-        for h in logging.getLogger().handlers
-        if isinstance(h, logging.StreamHandler) and type(h).__name__ == "PrefectConsoleHandler"
-    ]
+    from prefect.logging.handlers import PrefectConsoleHandler  # loaded with prefect
+
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
     quiet = _ReplayConsoleFilter()
     for h in handlers:
         h.addFilter(quiet)
