@@ -160,3 +160,27 @@ def test_a_rerun_skips_a_finished_triple(
     assert data["runs"][-1]["skipped_done"] == ["navigate/0/start"]
     assert bs.run_all(path, ["navigate"], [0, 1], ["start"], quick=True) == []
     assert "no finished" not in bs.report(data)
+
+
+def _triple(task: str, arm: str, scores: list[int]) -> dict[str, object]:
+    return {
+        "task": task,
+        "seed": 0,
+        "arm": arm,
+        "test_accuracy": sum(scores) / len(scores),
+        "test_scores": {f"{task}-{i:03d}": s for i, s in enumerate(scores)},
+    }
+
+
+def test_headroom_takes_each_tasks_best_arm_on_test_and_pools_it() -> None:
+    triples = {
+        "snarks/0/start": _triple("snarks", "start", [0, 0, 1, 1]),
+        "snarks/0/gepa": _triple("snarks", "gepa", [1, 1, 1, 0]),
+        "snarks/0/search": _triple("snarks", "search", [0, 1, 1, 1]),
+        "navigate/0/start": _triple("navigate", "start", [1, 1, 0, 0]),
+        "navigate/0/search": _triple("navigate", "search", [1, 0, 0, 0]),
+    }
+    (line,) = bs._headroom(triples, ["navigate", "snarks"], [0])
+    # snarks: gepa and search tie at 0.75, the first found wins; navigate: the start stays
+    assert "navigate: start 0.500" in line and "snarks: gepa 0.750" in line
+    assert "0.500 → 0.625 (+0.125" in line and "on 8 items" in line
