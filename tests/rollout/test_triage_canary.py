@@ -23,11 +23,11 @@ BAD_PROMPT = (
 )
 
 
-def _drive(first_seed: int, max_runs: int = 30) -> list[dict[str, Any]]:
-    """Run the pipeline, then the canary flow, until the rollout ends."""
+def _drive(first_seed: int, max_runs: int = 30, n: int = 16) -> list[dict[str, Any]]:
+    """Run the pipeline (``n`` tickets a run), then the canary flow, until the rollout ends."""
     results = []
     for seed in range(first_seed, first_seed + max_runs):
-        triage(n=16, seed=seed)
+        triage(n=n, seed=seed)
         out = canary_flow("triage")
         results.append(out)
         if out["decision"] in ("promote", "abort", "pause"):
@@ -62,7 +62,8 @@ def test_a_proposal_is_promoted_through_the_canary(
     wh = genopt.Warehouse()
     assert wh.sql("SELECT status FROM proposals")[0]["status"] == "canary"
 
-    steps = _drive(100)
+    # 48 tickets a run: the verdict comes in 2-5 canary checks (with 16, 4 to 25+)
+    steps = _drive(100, n=48)
     decisions = [s["decision"] for s in steps]
     assert decisions[-1] == "promote", steps[-1]
     assert "advance" in decisions
