@@ -41,6 +41,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import importlib
 import importlib.util
@@ -365,25 +366,36 @@ def recorded_entrypoint(wh: Warehouse, pipeline: str) -> str | None:
     return entry[0]["entrypoint"] if entry and entry[0]["entrypoint"] else None
 
 
+#: set while :func:`replay_run` runs, in its context (and the task threads Prefect copies it to)
+_replaying: contextvars.ContextVar[bool] = contextvars.ContextVar("genopt_replaying", default=False)
+
+
 class _ReplayConsoleFilter(logging.Filter):
     """Drops a replayed run's INFO lines (and lower) from the console.
 
     A night replays the pipeline hundreds of times; each replay would print "Beginning
     subflow run ...", "View at ..." and a "Finished in state" line per task. The lines
     still reach Prefect's API (the run's logs in the UI): only the console handlers on the
-    root logger get this filter, and only while :func:`replay_run` runs.
+    root logger get this filter, only while :func:`replay_run` runs, and it drops only the
+    lines logged in the replay's own context, so another flow running in another thread
+    of the process keeps its console lines.
 
     Example:
         >>> rec = logging.LogRecord("prefect.flow_runs", logging.INFO, "", 0, "x", None, None)
-        >>> _ReplayConsoleFilter().filter(rec)
+        >>> quiet = _ReplayConsoleFilter()
+        >>> quiet.filter(rec)  # logged outside a replay
+        True
+        >>> token = _replaying.set(True)
+        >>> quiet.filter(rec)
         False
         >>> rec.levelno = logging.WARNING
-        >>> _ReplayConsoleFilter().filter(rec)
+        >>> quiet.filter(rec)
         True
+        >>> _replaying.reset(token)
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
+        if record.levelno >= logging.WARNING or not _replaying.get():
             return True
         return not record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
 
@@ -394,6 +406,7 @@ def _quiet_console() -> Iterator[None]:
 
     handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
     quiet = _ReplayConsoleFilter()
+    token = _replaying.set(True)
     for h in handlers:
         h.addFilter(quiet)
     try:
@@ -401,6 +414,7 @@ def _quiet_console() -> Iterator[None]:
     finally:
         for h in handlers:
             h.removeFilter(quiet)
+        _replaying.reset(token)
 
 
 def replay_run(

@@ -1,17 +1,27 @@
 """A night's replays stay off the console (the "Beginning subflow run" noise of
 ``genopt optimize``): a replayed run's INFO lines are dropped from Prefect's console handler
-while its warnings still show, and nothing changes outside the replay."""
+while its warnings still show, and nothing changes outside the replay: not after it, nor in
+another thread during it."""
 
 from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Iterator
 
 import pytest
 from prefect import flow, get_run_logger
+from prefect.logging.handlers import PrefectConsoleHandler
 
 from prefect_genopt.replay.gate import replay_run
+
+
+def _another_flow_logs() -> None:
+    """A line of another flow run, logged like Prefect's run loggers log."""
+    logging.getLogger("prefect.flow_runs").info(
+        "another thread's line", extra={"flow_run_name": "another-run"}
+    )
 
 
 @flow(name="console-replayed")
@@ -19,6 +29,10 @@ def replayed(x: int) -> int:
     log = get_run_logger()
     log.info("an info line of the replayed run")
     log.warning("a warning of the replayed run")
+    # another thread of the process (its own context) logs while the replay runs
+    other = threading.Thread(target=_another_flow_logs)
+    other.start()
+    other.join()
     return x
 
 
@@ -34,9 +48,7 @@ def night(replay: bool) -> None:
 @pytest.fixture
 def console() -> Iterator[io.StringIO]:
     """What Prefect's console handler (on the root logger) prints, captured."""
-    handlers = [
-        h for h in logging.getLogger().handlers if type(h).__name__ == "PrefectConsoleHandler"
-    ]
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
     if not handlers:
         pytest.fail("Prefect's console handler is not on the root logger")
     buf = io.StringIO()
@@ -68,4 +80,5 @@ def test_a_replay_prints_only_its_warnings(prefect_api: str, console: io.StringI
     text = console.getvalue()
     assert "Beginning subflow run" not in text and "an info line of the replayed run" not in text
     assert "a warning of the replayed run" in text
+    assert "another thread's line" in text  # only the replay's own context is quiet
     assert "the night's own line" in text  # the filter is gone after the replay
