@@ -62,7 +62,7 @@ def test_a_proposal_is_promoted_through_the_canary(
     wh = genopt.Warehouse()
     assert wh.sql("SELECT status FROM proposals")[0]["status"] == "canary"
 
-    # 48 tickets a run: the verdict came in 2-5 canary checks in 8 runs (with 16: 4-11 in 6)
+    # 48 tickets a run: the verdict came in 2-5 canary checks in 10 runs (with 16: 4-11 in 6)
     steps = _drive(100, n=48)
     decisions = [s["decision"] for s in steps]
     assert decisions[-1] == "promote", steps[-1]
